@@ -1,0 +1,71 @@
+//! Command line: `run` and `key set`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::config::AgentConfig;
+
+/// Application-tunnel agent: dials out to the gateway and serves a local service.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to the gateway and serve the tunnel until SIGTERM.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage the stored tunnel key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+/// Key commands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Read the tunnel key from standard input and store it encrypted.
+    Set {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Key {
+            command: KeyCommand::Set { config },
+        } => {
+            let cfg = AgentConfig::load(&config)?;
+            let mut text = Zeroizing::new(String::new());
+            std::io::stdin().take(4096).read_to_string(&mut text)?;
+            let key = protocol::TunnelKey::parse(&text)?;
+            crate::keystore::store_key(&cfg.tunnel, &key)?;
+            eprintln!(
+                "tunnel key stored encrypted in {}",
+                cfg.tunnel.key_file.display()
+            );
+            Ok(0)
+        }
+        Command::Run { config } => {
+            let cfg = AgentConfig::load(&config)?;
+            let key = crate::keystore::load_key(&cfg.tunnel)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::run::run(cfg, key))
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Agent configuration: TOML file plus `AGENT__SECTION__FIELD` environment
+//! overrides, checked at start with errors naming the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `agent run` and `agent key set` read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The gateway to dial.
+    pub gateway: GatewaySection,
+    /// The tunnel this agent serves and where its key is kept.
+    pub tunnel: TunnelSection,
+    /// The local service requests are forwarded to.
+    pub local: LocalSection,
+    /// Dead-peer detection.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+    /// Reconnection after a lost connection.
+    #[serde(default)]
+    pub reconnect: ReconnectSection,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub drain: DrainSection,
+}
+
+/// The gateway to dial.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// `wss://host:port/_tunnel/v1`; the host is verified against the certificate.
+    pub url: String,
+    /// PEM CA bundle to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds for TCP connect, TLS, upgrade and handshake together.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+/// Which cipher protects the stored tunnel key.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum Cipher {
+    /// AES-256-GCM (default).
+    #[default]
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305.
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+/// The tunnel this agent serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// Tunnel id printed by `gateway tunnel create`.
+    pub id: String,
+    /// This agent's name, unique per node; defaults to the host name.
+    #[serde(default)]
+    pub agent_name: Option<String>,
+    /// Where `agent key set` stores the encrypted key.
+    pub key_file: PathBuf,
+    /// File with the key-encryption key (base64, 32 bytes), created with
+    /// mode 0600 by `agent key set` when missing.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Environment variable holding the key-encryption key instead.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// AEAD protecting the stored key.
+    #[serde(default)]
+    pub cipher: Cipher,
+}
+
+/// The local service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSection {
+    /// `host:port` of the local HTTP service.
+    pub address: String,
+    /// Allow an address that is not loopback.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// Seconds to connect to the local service.
+    #[serde(default = "default_local_connect")]
+    pub connect_timeout_secs: u64,
+}
+
+/// Dead-peer detection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSection {
+    /// Seconds between HTTP/2 PINGs to the gateway.
+    pub interval_secs: u64,
+    /// Seconds without an answer before the connection is dropped.
+    pub timeout_secs: u64,
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        HeartbeatSection {
+            interval_secs: 10,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// Reconnection: exponential backoff with full jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconnectSection {
+    /// First backoff ceiling in milliseconds.
+    pub initial_backoff_ms: u64,
+    /// Largest backoff ceiling in milliseconds.
+    pub max_backoff_ms: u64,
+    /// A connection that lasted this long resets the backoff.
+    pub stable_after_secs: u64,
+}
+
+impl Default for ReconnectSection {
+    fn default() -> Self {
+        ReconnectSection {
+            initial_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            stable_after_secs: 30,
+        }
+    }
+}
+
+/// Shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainSection {
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub grace_secs: u64,
+}
+
+impl Default for DrainSection {
+    fn default() -> Self {
+        DrainSection { grace_secs: 30 }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_local_connect() -> u64 {
+    5
+}
+
+/// A configuration error, naming the file or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load config {path}: {source}")]
+    Load {
+        path: String,
+        source: config::ConfigError,
+    },
+    #[error("invalid config field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The parts of `gateway.url` the agent uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl AgentConfig {
+    /// Loads `path`, applies `AGENT__…` environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let load_err = |source| ConfigError::Load {
+            path: path.display().to_string(),
+            source,
+        };
+        let cfg: AgentConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("AGENT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(load_err)?
+            .try_deserialize()
+            .map_err(load_err)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.gateway_url()?;
+        if self.tunnel.id.is_empty() || self.tunnel.id.len() > protocol::handshake::MAX_NAME_LEN {
+            return Err(invalid(
+                "tunnel.id",
+                "must be the id printed by `gateway tunnel create`",
+            ));
+        }
+        let name = self.agent_name();
+        if name.is_empty() || name.len() > protocol::handshake::MAX_NAME_LEN {
+            return Err(invalid("tunnel.agent_name", "must be 1-128 bytes"));
+        }
+        match (&self.tunnel.kek_file, &self.tunnel.kek_env) {
+            (None, None) => return Err(invalid("tunnel.kek_file", "set kek_file or kek_env")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "tunnel.kek_env",
+                    "set only one of kek_file and kek_env",
+                ))
+            }
+            _ => {}
+        }
+        self.local_target()?;
+        if self.heartbeat.interval_secs == 0 {
+            return Err(invalid("heartbeat.interval_secs", "must be at least 1"));
+        }
+        if self.heartbeat.timeout_secs < self.heartbeat.interval_secs {
+            return Err(invalid(
+                "heartbeat.timeout_secs",
+                "must be at least heartbeat.interval_secs",
+            ));
+        }
+        if self.reconnect.initial_backoff_ms == 0 {
+            return Err(invalid(
+                "reconnect.initial_backoff_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.reconnect.max_backoff_ms < self.reconnect.initial_backoff_ms {
+            return Err(invalid(
+                "reconnect.max_backoff_ms",
+                "must be at least reconnect.initial_backoff_ms",
+            ));
+        }
+        if self.gateway.connect_timeout_secs == 0 {
+            return Err(invalid(
+                "gateway.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The agent's name: configured, else the host name.
+    pub fn agent_name(&self) -> String {
+        self.tunnel.agent_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "agent".into())
+        })
+    }
+
+    /// Parses `gateway.url`: only `wss://` is accepted.
+    pub fn gateway_url(&self) -> Result<GatewayUrl, ConfigError> {
+        let uri: http::Uri = self
+            .gateway
+            .url
+            .parse()
+            .map_err(|_| invalid("gateway.url", "not a URL"))?;
+        if uri.scheme_str() != Some("wss") {
+            return Err(invalid(
+                "gateway.url",
+                "must start with wss:// (TLS is required)",
+            ));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| invalid("gateway.url", "has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(GatewayUrl {
+            host,
+            port: uri.port_u16().unwrap_or(443),
+            path: uri.path().to_string(),
+        })
+    }
+
+    /// The local service address, checked against `allow_remote` where it
+    /// is an IP literal (host names are checked after resolution).
+    pub fn local_target(&self) -> Result<(String, u16), ConfigError> {
+        let a = &self.local.address;
+        let (host, port) = a
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("local.address", "must be host:port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid("local.address", "port is not a number"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            if !ip.is_loopback() && !self.local.allow_remote {
+                return Err(invalid(
+                    "local.address",
+                    "is not a loopback address; set local.allow_remote = true to forward to another host",
+                ));
+            }
+        }
+        Ok((host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[gateway]
+url = "wss://gw.example.com:8443/_tunnel/v1"
+[tunnel]
+id = "tun_1"
+agent_name = "node-1"
+key_file = "k"
+kek_file = "kek"
+[local]
+address = "127.0.0.1:8080"
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|source| ConfigError::Load {
+                path: "inline".into(),
+                source,
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn base_config_is_valid() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(
+            c.gateway_url().unwrap(),
+            GatewayUrl {
+                host: "gw.example.com".into(),
+                port: 8443,
+                path: "/_tunnel/v1".into()
+            }
+        );
+        assert_eq!(c.tunnel.cipher, Cipher::Aes256Gcm);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (BASE.replace("wss://", "ws://"), "gateway.url"),
+            (
+                BASE.replace("127.0.0.1:8080", "10.0.0.5:8080"),
+                "local.address",
+            ),
+            (BASE.replace("127.0.0.1:8080", "127.0.0.1"), "local.address"),
+            (BASE.replace("kek_file = \"kek\"", ""), "tunnel.kek_file"),
+            (
+                format!("{BASE}[heartbeat]\ninterval_secs = 0\n"),
+                "heartbeat.interval_secs",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let e = parse(&BASE.replace("[local]", "[local]\nbogus = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn remote_needs_explicit_consent() {
+        let text = BASE
+            .replace("127.0.0.1:8080", "10.0.0.5:8080")
+            .replace("[local]", "[local]\nallow_remote = true");
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn cipher_is_selectable() {
+        let text = BASE.replace(
+            "kek_file = \"kek\"",
+            "kek_file = \"kek\"\ncipher = \"chacha20-poly1305\"",
+        );
+        assert_eq!(
+            parse(&text).unwrap().tunnel.cipher,
+            Cipher::ChaCha20Poly1305
+        );
+        let bad = BASE.replace(
+            "kek_file = \"kek\"",
+            "kek_file = \"kek\"\ncipher = \"rot13\"",
+        );
+        assert!(parse(&bad).is_err());
+    }
+}

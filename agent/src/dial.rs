@@ -1,0 +1,190 @@
+//! Dialing the gateway: TCP, TLS 1.3 with certificate and host name checks,
+//! WebSocket upgrade, and the key-proof handshake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::handshake::{self, Message, PROTOCOL_VERSION};
+use protocol::TunnelKey;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::{AgentConfig, GatewayUrl};
+
+/// The WebSocket to the gateway after a successful handshake.
+pub type GatewayWs = WebSocketStream<TlsStream<TcpStream>>;
+
+/// What the gateway granted.
+#[derive(Debug)]
+pub struct Welcome {
+    pub tunnel_name: String,
+}
+
+/// Why dialing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("TLS with the gateway failed: {0}")]
+    Tls(std::io::Error),
+    #[error("websocket upgrade failed: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("handshake: {0}")]
+    Protocol(#[from] handshake::HandshakeError),
+    #[error("gateway closed the connection during the handshake")]
+    Closed,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The gateway refused the key (or the tunnel): retrying will not help.
+    #[error("gateway rejected this agent: {0}")]
+    Rejected(String),
+}
+
+/// Builds the TLS client configuration: TLS 1.3 only, roots from `ca_file`
+/// or the system store.
+pub fn tls_config(cfg: &AgentConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.gateway.ca_file {
+        Some(path) => {
+            let data = std::fs::read(path)
+                .with_context(|| format!("gateway.ca_file {}", path.display()))?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("gateway.ca_file {}: malformed PEM", path.display()))?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "gateway.ca_file {}: no certificate",
+                path.display()
+            );
+            for c in certs {
+                roots
+                    .add(c)
+                    .context("gateway.ca_file: unusable CA certificate")?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            anyhow::ensure!(
+                !roots.is_empty(),
+                "no system CA certificates found; set gateway.ca_file"
+            );
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+async fn recv(ws: &mut GatewayWs) -> Result<Message, DialError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => return Ok(Message::decode(t.as_str())?),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) | None => return Err(DialError::Closed),
+            Some(Ok(_)) => {
+                return Err(handshake::HandshakeError::Malformed(
+                    "binary message during handshake".into(),
+                )
+                .into())
+            }
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Dials and authenticates, all within the configured timeout.
+pub async fn dial(
+    cfg: &AgentConfig,
+    url: &GatewayUrl,
+    tls: Arc<rustls::ClientConfig>,
+    key: &TunnelKey,
+) -> Result<(GatewayWs, Welcome), DialError> {
+    let limit = Duration::from_secs(cfg.gateway.connect_timeout_secs);
+    tokio::time::timeout(limit, dial_inner(cfg, url, tls, key))
+        .await
+        .unwrap_or(Err(DialError::Timeout(limit)))
+}
+
+async fn dial_inner(
+    cfg: &AgentConfig,
+    url: &GatewayUrl,
+    tls: Arc<rustls::ClientConfig>,
+    key: &TunnelKey,
+) -> Result<(GatewayWs, Welcome), DialError> {
+    let target = format!("{}:{}", url.host, url.port);
+    let tcp = TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| DialError::Connect(target.clone(), e))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| DialError::Tls(std::io::Error::other(e)))?;
+    // rustls verifies the chain and the host name here; on failure nothing
+    // of ours has been sent beyond the ClientHello.
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(DialError::Tls)?;
+    let mut exporter = [0u8; handshake::NONCE_LEN];
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut exporter, protocol::EXPORTER_LABEL, None)
+        .map_err(|e| DialError::Tls(std::io::Error::other(e)))?;
+    let req = cfg.gateway.url.as_str().into_client_request()?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(req, tls, Some(protocol::ws_config())).await?;
+
+    let agent = cfg.agent_name();
+    let tunnel_id = cfg.tunnel.id.clone();
+    ws.send(WsMessage::text(
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            tunnel_id: tunnel_id.clone(),
+            agent: agent.clone(),
+        }
+        .encode(),
+    ))
+    .await?;
+    let challenge = match recv(&mut ws).await? {
+        Message::Challenge { nonce } => {
+            handshake::unb64::<{ handshake::NONCE_LEN }>(&nonce, "nonce")?
+        }
+        Message::Rejected { reason } => return Err(DialError::Rejected(reason)),
+        other => {
+            return Err(handshake::HandshakeError::Unexpected {
+                expected: "challenge",
+                got: other.kind(),
+            }
+            .into())
+        }
+    };
+    let mac = handshake::compute_proof(key, &tunnel_id, &agent, &challenge, &exporter);
+    ws.send(WsMessage::text(
+        Message::Proof {
+            mac: handshake::b64(&mac),
+        }
+        .encode(),
+    ))
+    .await?;
+    match recv(&mut ws).await {
+        Ok(Message::Welcome { tunnel_name, .. }) => Ok((ws, Welcome { tunnel_name })),
+        Ok(Message::Rejected { reason }) => Err(DialError::Rejected(reason)),
+        Ok(other) => Err(handshake::HandshakeError::Unexpected {
+            expected: "welcome",
+            got: other.kind(),
+        }
+        .into()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,17 @@
+//! The on-premises side of the application tunnel.
+//!
+//! - [`config`]: the TOML configuration and its validation;
+//! - [`keystore`]: the tunnel key encrypted at rest;
+//! - [`dial`]: TCP, TLS 1.3, WebSocket and the key-proof handshake;
+//! - [`session`]: the HTTP/2 server whose `CONNECT` streams reach the local
+//!   service, and the drain notice on the control stream;
+//! - [`run`]: the reconnecting actor, signals and exit codes;
+//! - [`cli`] and [`events`]: commands and JSON event lines on stdout.
+
+pub mod cli;
+pub mod config;
+pub mod dial;
+pub mod events;
+pub mod keystore;
+pub mod run;
+pub mod session;

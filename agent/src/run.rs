@@ -1,0 +1,109 @@
+//! The agent's one actor: dial, serve, and on loss reconnect with
+//! exponential backoff and full jitter; on a rejected key stop for good;
+//! on SIGTERM/SIGINT drain and exit.
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::AgentConfig;
+use crate::dial::{dial, DialError};
+use crate::events::emit;
+use crate::session::{serve, Ended};
+
+/// Exit code when the gateway rejects the key: retrying cannot help.
+pub const EXIT_REJECTED: i32 = 2;
+
+/// Exponential backoff ceiling for attempt `n` (0-based), full jitter applied by the caller.
+pub fn backoff_ceiling(initial_ms: u64, max_ms: u64, attempt: u32) -> u64 {
+    initial_ms
+        .saturating_mul(1u64 << attempt.min(30))
+        .min(max_ms)
+}
+
+/// Runs until drained (exit 0) or rejected (exit 2). Returns the exit code.
+pub async fn run(cfg: AgentConfig, key: protocol::TunnelKey) -> anyhow::Result<i32> {
+    let url = cfg.gateway_url()?;
+    let tls = crate::dial::tls_config(&cfg)?;
+    let agent = cfg.agent_name();
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        emit(json!({"event": "draining"}));
+        let _ = drain_tx.send(true);
+    });
+
+    let mut attempt: u32 = 0;
+    loop {
+        if *drain_rx.borrow() {
+            break;
+        }
+        match dial(&cfg, &url, tls.clone(), &key).await {
+            Ok((ws, welcome)) => {
+                tracing::info!(tunnel = %welcome.tunnel_name, %agent, "connected to gateway");
+                emit(
+                    json!({"event": "connected", "tunnel": cfg.tunnel.id, "tunnel_name": welcome.tunnel_name, "agent": agent}),
+                );
+                let since = tokio::time::Instant::now();
+                match serve(&cfg, ws, drain_rx.clone()).await {
+                    Ended::Drained => break,
+                    Ended::Lost(reason) => {
+                        tracing::warn!("disconnected: {reason}");
+                        emit(json!({"event": "disconnected", "reason": reason}));
+                    }
+                }
+                if since.elapsed() >= Duration::from_secs(cfg.reconnect.stable_after_secs) {
+                    attempt = 0;
+                }
+            }
+            Err(DialError::Rejected(reason)) => {
+                tracing::error!(
+                    "the gateway rejected this agent ({reason}): check tunnel.id and the key stored with `agent key set`"
+                );
+                emit(json!({"event": "rejected", "reason": reason}));
+                return Ok(EXIT_REJECTED);
+            }
+            Err(e) => {
+                tracing::warn!("cannot connect to the gateway: {e}");
+                emit(json!({"event": "connect_failed", "reason": e.to_string()}));
+            }
+        }
+        let ceiling = backoff_ceiling(
+            cfg.reconnect.initial_backoff_ms,
+            cfg.reconnect.max_backoff_ms,
+            attempt,
+        );
+        attempt = attempt.saturating_add(1);
+        let wait = Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling));
+        let mut d = drain_rx.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = d.wait_for(|v| *v) => break,
+        }
+    }
+    emit(json!({"event": "stopped"}));
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(backoff_ceiling(100, 2000, 0), 100);
+        assert_eq!(backoff_ceiling(100, 2000, 1), 200);
+        assert_eq!(backoff_ceiling(100, 2000, 4), 1600);
+        assert_eq!(backoff_ceiling(100, 2000, 5), 2000);
+        assert_eq!(backoff_ceiling(100, 2000, 200), 2000);
+    }
+}

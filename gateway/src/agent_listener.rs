@@ -1,0 +1,387 @@
+//! The agents' listener: TLS 1.3, WebSocket upgrade on the fixed path, the
+//! key-proof handshake, then an HTTP/2 client over the WebSocket whose
+//! `CONNECT` streams carry caller connections. One task per agent
+//! connection owns it until it closes, drains or the gateway stops.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use protocol::handshake::{self, Message, REJECTED_REASON};
+use protocol::{Control, TunnelKey, WsByteStream};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::AgentsSection;
+use crate::connector::open_stream;
+use crate::events::emit;
+use crate::registry::{AgentConn, Registry};
+use crate::store::TunnelInfo;
+
+type AgentWs = WebSocketStream<TlsStream<TcpStream>>;
+
+/// The agent listener, run as a pingora background service.
+pub struct AgentListener {
+    listener: Mutex<Option<std::net::TcpListener>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    acceptor: TlsAcceptor,
+    registry: Arc<Registry>,
+    cfg: AgentsSection,
+    grace: Duration,
+}
+
+/// How a handshake failed.
+#[derive(Debug, thiserror::Error)]
+enum HsError {
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] handshake::HandshakeError),
+    #[error("peer closed during handshake")]
+    Closed,
+    #[error("rejected agent `{agent}` for tunnel `{tunnel_id}`")]
+    Rejected { tunnel_id: String, agent: String },
+}
+
+impl AgentListener {
+    /// A listener on an already bound socket (so port 0 is known before start).
+    pub fn new(
+        listener: std::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        registry: Arc<Registry>,
+        cfg: AgentsSection,
+        grace: Duration,
+    ) -> Self {
+        AgentListener {
+            listener: Mutex::new(Some(listener)),
+            shared: Arc::new(Shared {
+                acceptor: TlsAcceptor::from(tls),
+                registry,
+                cfg,
+                grace,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AgentListener {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().expect("lock").take() else {
+            return;
+        };
+        let listener = match TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("agent listener: {e}");
+                return;
+            }
+        };
+        let limit = Arc::new(Semaphore::new(self.shared.cfg.max_connections));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let Ok(permit) = limit.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, "agent connection refused: agents.max_connections reached");
+                            continue;
+                        };
+                        let shared = self.shared.clone();
+                        let sd = shutdown.clone();
+                        tokio::spawn(async move {
+                            serve_agent(shared, tcp, peer, sd).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of descriptors or similar: back off instead of spinning.
+                        tracing::warn!("agent accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn serve_agent(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: ShutdownWatch,
+) {
+    let _ = tcp.set_nodelay(true);
+    let timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
+    let (ws, tunnel, agent_name) = match tokio::time::timeout(timeout, handshake(&shared, tcp))
+        .await
+    {
+        Ok(Ok(done)) => done,
+        Ok(Err(HsError::Rejected { tunnel_id, agent })) => {
+            tracing::warn!(%peer, %tunnel_id, %agent, "agent rejected: {REJECTED_REASON}");
+            emit(
+                json!({"event": "agent_rejected", "reason": REJECTED_REASON, "peer": peer.to_string()}),
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "agent handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
+            return;
+        }
+    };
+    if let Err(e) = run_tunnel(&shared, ws, tunnel, agent_name, shutdown).await {
+        tracing::info!(%peer, "agent connection ended: {e}");
+    }
+}
+
+async fn recv(ws: &mut AgentWs) -> Result<Message, HsError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => return Ok(Message::decode(t.as_str())?),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Binary(_) | WsMessage::Frame(_))) => {
+                return Err(handshake::HandshakeError::Malformed(
+                    "binary message during handshake".into(),
+                )
+                .into())
+            }
+            Some(Ok(WsMessage::Close(_))) | None => return Err(HsError::Closed),
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+async fn send(ws: &mut AgentWs, m: &Message) -> Result<(), HsError> {
+    ws.send(WsMessage::text(m.encode())).await?;
+    Ok(())
+}
+
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+) -> Result<(AgentWs, TunnelInfo, String), HsError> {
+    let tls = shared.acceptor.accept(tcp).await.map_err(HsError::Tls)?;
+    let mut exporter = [0u8; handshake::NONCE_LEN];
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut exporter, protocol::EXPORTER_LABEL, None)
+        .map_err(|e| HsError::Tls(std::io::Error::other(e)))?;
+    let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == protocol::AGENT_PATH {
+            Ok(resp)
+        } else {
+            let mut err = ErrorResponse::new(Some("not found".into()));
+            *err.status_mut() = http::StatusCode::NOT_FOUND;
+            Err(err)
+        }
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async_with_config(
+        tls,
+        check_path,
+        Some(protocol::ws_config()),
+    )
+    .await?;
+
+    let (tunnel_id, agent) = match recv(&mut ws).await? {
+        Message::Hello {
+            tunnel_id, agent, ..
+        } => (tunnel_id, agent),
+        other => {
+            return Err(handshake::HandshakeError::Unexpected {
+                expected: "hello",
+                got: other.kind(),
+            }
+            .into())
+        }
+    };
+    let challenge = handshake::new_challenge();
+    send(
+        &mut ws,
+        &Message::Challenge {
+            nonce: handshake::b64(&challenge),
+        },
+    )
+    .await?;
+    let mac = match recv(&mut ws).await? {
+        Message::Proof { mac } => handshake::unb64::<32>(&mac, "mac")?,
+        other => {
+            return Err(handshake::HandshakeError::Unexpected {
+                expected: "proof",
+                got: other.kind(),
+            }
+            .into())
+        }
+    };
+    // Unknown tunnel, undecryptable key and wrong proof take the same path:
+    // a MAC is always computed and compared, and the answer is identical.
+    let found = shared.registry.tunnel_with_key(&tunnel_id).await;
+    let (key, info) = match found {
+        Ok(Some((info, key))) => (key, Some(info)),
+        Ok(None) => (TunnelKey::generate(), None),
+        Err(e) => {
+            tracing::error!(%tunnel_id, "tunnel lookup failed: {e}");
+            (TunnelKey::generate(), None)
+        }
+    };
+    let ok = handshake::verify_proof(&key, &tunnel_id, &agent, &challenge, &exporter, &mac);
+    match (ok, info) {
+        (true, Some(info)) => {
+            send(
+                &mut ws,
+                &Message::Welcome {
+                    tunnel_name: info.name.clone(),
+                    heartbeat_interval_secs: shared.cfg.heartbeat_interval_secs,
+                    heartbeat_timeout_secs: shared.cfg.heartbeat_timeout_secs,
+                },
+            )
+            .await?;
+            Ok((ws, info, agent))
+        }
+        _ => {
+            let _ = send(
+                &mut ws,
+                &Message::Rejected {
+                    reason: REJECTED_REASON.into(),
+                },
+            )
+            .await;
+            let _ = ws.close(None).await;
+            Err(HsError::Rejected { tunnel_id, agent })
+        }
+    }
+}
+
+fn agent_event(event: &str, agent: &AgentConn) -> serde_json::Value {
+    json!({
+        "event": event,
+        "tunnel": agent.tunnel.id,
+        "tunnel_name": agent.tunnel.name,
+        "agent": agent.agent_name,
+        "conn": agent.conn_id,
+    })
+}
+
+async fn run_tunnel(
+    shared: &Shared,
+    ws: AgentWs,
+    tunnel: TunnelInfo,
+    agent_name: String,
+    mut shutdown: ShutdownWatch,
+) -> anyhow::Result<()> {
+    let hb = Duration::from_secs(shared.cfg.heartbeat_interval_secs);
+    let hb_timeout = Duration::from_secs(shared.cfg.heartbeat_timeout_secs);
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(hb)
+        .keep_alive_timeout(hb_timeout)
+        .keep_alive_while_idle(true)
+        .adaptive_window(true)
+        .max_frame_size(64 << 10)
+        .max_send_buf_size(1 << 20)
+        .handshake(TokioIo::new(WsByteStream::new(ws)))
+        .await?;
+    let mut conn_task = tokio::spawn(conn);
+    let control = match tokio::time::timeout(
+        Duration::from_secs(shared.cfg.handshake_timeout_secs),
+        open_stream(&mut sender, protocol::CONTROL_AUTHORITY),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            conn_task.abort();
+            anyhow::bail!("control stream: {e}");
+        }
+        Err(_) => {
+            conn_task.abort();
+            anyhow::bail!("control stream: timed out");
+        }
+    };
+    let agent = shared.registry.add_agent(tunnel, agent_name, sender);
+    tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, conn = agent.conn_id, "agent connected");
+    emit(agent_event("agent_connected", &agent));
+
+    let mut control = BufReader::new(TokioIo::new(control));
+    let mut line = Vec::with_capacity(64);
+    let mut draining = false;
+    let mut stopping = false;
+    let reason = loop {
+        tokio::select! {
+            r = &mut conn_task => {
+                break match r {
+                    Ok(Ok(())) => "connection closed".to_string(),
+                    Ok(Err(e)) => format!("connection failed: {e}"),
+                    Err(e) => format!("connection task failed: {e}"),
+                };
+            }
+            read = read_control_line(&mut control, &mut line), if !draining => match read {
+                Ok(Some(Control::Drain)) => {
+                    draining = true;
+                    agent.start_draining();
+                    tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, inflight = agent.inflight(), "agent draining");
+                    emit(agent_event("agent_draining", &agent));
+                }
+                Ok(None) => break "control stream closed".to_string(),
+                Err(e) => break format!("control stream: {e}"),
+            },
+            _ = agent.wait_idle(), if draining => break "drained".to_string(),
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+                draining = true;
+                agent.start_draining();
+            }
+            _ = tokio::time::sleep(shared.grace), if stopping => break "gateway shutting down".to_string(),
+        }
+    };
+    shared.registry.remove_agent(&agent);
+    conn_task.abort();
+    tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, %reason, "agent disconnected");
+    let mut ev = agent_event("agent_disconnected", &agent);
+    ev["reason"] = json!(reason);
+    emit(ev);
+    Ok(())
+}
+
+/// Reads one control line of at most 64 bytes. `None` at end of stream.
+async fn read_control_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<Control>> {
+    use tokio::io::AsyncReadExt;
+    line.clear();
+    let n = r.take(64).read_until(b'\n', line).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "control line too long",
+        ));
+    }
+    line.pop();
+    Control::parse(line)
+        .map(Some)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown control line"))
+}

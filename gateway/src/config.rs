@@ -1,0 +1,367 @@
+//! Gateway configuration: TOML file plus `GATEWAY__SECTION__FIELD`
+//! environment overrides, checked at start with errors naming the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `gateway serve` and the admin commands read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Process-level settings (threads, shutdown).
+    #[serde(default)]
+    pub server: ServerSection,
+    /// The callers' listener.
+    pub public: PublicSection,
+    /// The agents' listener.
+    pub agents: AgentsSection,
+    /// Where tunnels and caller tokens are stored.
+    pub store: StoreSection,
+    /// Wildcard routing.
+    #[serde(default)]
+    pub routing: RoutingSection,
+    /// Explicit routes: host (and path prefix) to tunnel.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// Process-level settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads of the public proxy.
+    pub threads: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub grace_period_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            threads: 2,
+            grace_period_secs: 10,
+        }
+    }
+}
+
+/// The callers' listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicSection {
+    /// Address to listen on; port 0 picks a free port (reported on stdout).
+    pub listen: String,
+    /// PEM certificate chain: HTTPS (with HTTP/2 by ALPN) when set with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request header block in bytes; larger gets 431.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
+    /// Default largest request body in bytes; larger gets 413. Routes may override.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Seconds to wait for the local service to answer (and between body
+    /// reads); longer gets 504.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_secs: u64,
+    /// Seconds an idle caller keep-alive connection is kept.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+}
+
+/// The agents' listener: TLS 1.3 only, WebSocket on [`protocol::AGENT_PATH`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsSection {
+    /// Address to listen on; port 0 picks a free port (reported on stdout).
+    pub listen: String,
+    /// PEM certificate chain presented to agents.
+    pub tls_cert: PathBuf,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: PathBuf,
+    /// Seconds an agent has to finish TLS, upgrade and handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Seconds between HTTP/2 PINGs to each agent.
+    #[serde(default = "default_hb_interval")]
+    pub heartbeat_interval_secs: u64,
+    /// Seconds without a PING answer before an agent is dropped.
+    #[serde(default = "default_hb_timeout")]
+    pub heartbeat_timeout_secs: u64,
+    /// Most agent connections at once (TLS handshakes included).
+    #[serde(default = "default_max_agents")]
+    pub max_connections: usize,
+}
+
+/// Tunnel and caller storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// SQLite database file, created if missing.
+    pub path: PathBuf,
+    /// File holding the 32-byte key-encryption key (base64). Created with
+    /// mode 0600 by the admin commands when missing.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Name of an environment variable holding the key-encryption key (base64).
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// Seconds between reloads of tunnels and callers from the store.
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
+}
+
+/// Wildcard routing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// When set, `<tunnel-name>.<base_domain>` reaches that tunnel without a route.
+    #[serde(default)]
+    pub base_domain: Option<String>,
+}
+
+/// One route: requests for `host` whose path starts with `path_prefix` go
+/// to `tunnel`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name used in logs.
+    pub name: String,
+    /// Host to match (case-insensitive, port ignored).
+    pub host: String,
+    /// Path prefix to match; the longest matching prefix wins.
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    /// Name of the tunnel serving this route.
+    pub tunnel: String,
+    /// Largest request body for this route; defaults to `public.max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+fn default_max_header() -> usize {
+    64 << 10
+}
+fn default_max_body() -> u64 {
+    1 << 30
+}
+fn default_upstream_timeout() -> u64 {
+    60
+}
+fn default_keepalive() -> u64 {
+    60
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_hb_interval() -> u64 {
+    10
+}
+fn default_hb_timeout() -> u64 {
+    30
+}
+fn default_max_agents() -> usize {
+    10_000
+}
+fn default_refresh() -> u64 {
+    5
+}
+fn default_prefix() -> String {
+    "/".into()
+}
+
+/// A configuration error, naming the file or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load config {path}: {source}")]
+    Load {
+        path: String,
+        source: config::ConfigError,
+    },
+    #[error("invalid config field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl GatewayConfig {
+    /// Loads `path`, applies `GATEWAY__…` environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let load_err = |source| ConfigError::Load {
+            path: path.display().to_string(),
+            source,
+        };
+        let cfg: GatewayConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("GATEWAY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(load_err)?
+            .try_deserialize()
+            .map_err(load_err)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: addresses, paired fields, ranges, routes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_listen("public.listen", &self.public.listen)?;
+        parse_listen("agents.listen", &self.agents.listen)?;
+        if self.public.tls_cert.is_some() != self.public.tls_key.is_some() {
+            return Err(invalid(
+                "public.tls_cert",
+                "tls_cert and tls_key must be set together",
+            ));
+        }
+        if self.server.threads == 0 {
+            return Err(invalid("server.threads", "must be at least 1"));
+        }
+        if self.public.max_header_bytes < 1024 {
+            return Err(invalid("public.max_header_bytes", "must be at least 1024"));
+        }
+        if self.public.upstream_timeout_secs == 0 {
+            return Err(invalid(
+                "public.upstream_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.agents.handshake_timeout_secs == 0 {
+            return Err(invalid(
+                "agents.handshake_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.agents.heartbeat_interval_secs == 0 {
+            return Err(invalid(
+                "agents.heartbeat_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.agents.heartbeat_timeout_secs < self.agents.heartbeat_interval_secs {
+            return Err(invalid(
+                "agents.heartbeat_timeout_secs",
+                "must be at least agents.heartbeat_interval_secs",
+            ));
+        }
+        match (&self.store.kek_file, &self.store.kek_env) {
+            (None, None) => return Err(invalid("store.kek_file", "set kek_file or kek_env")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "store.kek_env",
+                    "set only one of kek_file and kek_env",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(d) = &self.routing.base_domain {
+            if d.is_empty() || d.starts_with('.') || d.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "routing.base_domain",
+                    "must be a domain like tunnels.example.com",
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let f = |name: &str| format!("routes[{i}].{name}");
+            if r.name.is_empty() {
+                return Err(invalid(f("name"), "must not be empty"));
+            }
+            if r.host.is_empty() || r.host.contains(char::is_whitespace) || r.host.contains('/') {
+                return Err(invalid(f("host"), "must be a host name"));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(invalid(f("path_prefix"), "must start with '/'"));
+            }
+            if r.tunnel.is_empty() {
+                return Err(invalid(f("tunnel"), "must name a tunnel"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a listen address, naming the field on error.
+pub fn parse_listen(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("`{value}` is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> &'static str {
+        r#"
+[public]
+listen = "127.0.0.1:0"
+[agents]
+listen = "127.0.0.1:0"
+tls_cert = "c.pem"
+tls_key = "k.pem"
+[store]
+path = "db"
+kek_file = "kek"
+[[routes]]
+name = "wiki"
+host = "wiki.test"
+tunnel = "wiki"
+"#
+    }
+
+    fn load_str(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("gwcfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("g.toml");
+        std::fs::write(&p, text).unwrap();
+        let r = GatewayConfig::load(&p);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load_str(base()).unwrap();
+        assert_eq!(c.routes[0].path_prefix, "/");
+        assert_eq!(c.public.max_header_bytes, 64 << 10);
+        assert_eq!(c.server.threads, 2);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = base().replace(
+            "listen = \"127.0.0.1:0\"\n[agents]",
+            "listen = \"nope\"\n[agents]",
+        );
+        let e = load_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("public.listen"), "{e}");
+
+        let bad = base().replace("kek_file = \"kek\"", "");
+        let e = load_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("store.kek_file"), "{e}");
+
+        let bad = base().replace("[store]", "[store]\nbogus = 1");
+        let e = load_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+
+        let bad = format!("{}path_prefix = \"x\"\n", base());
+        let e = load_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("routes[0].path_prefix"), "{e}");
+    }
+}

@@ -1,0 +1,29 @@
+//! The cloud side of the application tunnel.
+//!
+//! A tour, in the order a request meets them:
+//!
+//! - [`config`]: the TOML configuration and its validation;
+//! - [`proxy`]: the pingora `ProxyHttp` phases of the public listener
+//!   (checks, routing via [`routes`], caller credential, agent choice,
+//!   header rewriting via [`http_checks`], error statuses);
+//! - [`connector`]: the custom L4 connector that turns "connect upstream"
+//!   into "open an HTTP/2 CONNECT stream inside an agent's tunnel";
+//! - [`registry`]: connected agents per tunnel with in-flight counts, and
+//!   cached tunnels and callers;
+//! - [`agent_listener`]: TLS 1.3 + WebSocket + key-proof handshake for agents;
+//! - [`store`]: SQLite storage, tunnel keys encrypted under the KEK;
+//! - [`serve`] and [`cli`]: wiring and commands; [`events`] the JSON event
+//!   lines on stdout; [`tls`] certificate loading.
+
+pub mod agent_listener;
+pub mod cli;
+pub mod config;
+pub mod connector;
+pub mod events;
+pub mod http_checks;
+pub mod proxy;
+pub mod registry;
+pub mod routes;
+pub mod serve;
+pub mod store;
+pub mod tls;

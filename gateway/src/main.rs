@@ -1,0 +1,15 @@
+use clap::Parser;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = gateway::cli::run(gateway::cli::Cli::parse()) {
+        eprintln!("gateway: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,426 @@
+//! The public request path, as pingora `ProxyHttp` phases:
+//!
+//! - `request_filter`: framing checks (400), header size (431), route (404),
+//!   caller credential (401), tunnel (404/503), declared body size (413);
+//! - `upstream_peer`: the least busy agent of the tunnel, reached through a
+//!   [`TunnelConnector`] with the agent's connection id as pool group key;
+//! - `upstream_request_filter`: hop-by-hop and caller-forbidden headers out,
+//!   forwarding headers in; request line, query, `Host` and `Authorization`
+//!   untouched;
+//! - `fail_to_proxy`: the one place where error origins become statuses.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::config::GatewayConfig;
+use crate::connector::TunnelConnector;
+use crate::http_checks;
+use crate::registry::{InflightGuard, Registry};
+use crate::routes::{normalize_host, Routes};
+use crate::store::{CallerInfo, TunnelInfo};
+
+/// Seconds a caller is told to wait when no agent is connected.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// The gateway's `ProxyHttp` implementation.
+pub struct TunnelProxy {
+    routes: Routes,
+    registry: Arc<Registry>,
+    max_header_bytes: usize,
+    upstream_timeout: Duration,
+    connect_timeout: Duration,
+    pool_idle: Duration,
+    tls: bool,
+}
+
+impl TunnelProxy {
+    /// Builds the proxy from config.
+    pub fn new(cfg: &GatewayConfig, registry: Arc<Registry>) -> Self {
+        TunnelProxy {
+            routes: Routes::new(cfg),
+            registry,
+            max_header_bytes: cfg.public.max_header_bytes,
+            upstream_timeout: Duration::from_secs(cfg.public.upstream_timeout_secs),
+            connect_timeout: Duration::from_secs(10),
+            pool_idle: Duration::from_secs(cfg.public.keepalive_secs),
+            tls: cfg.public.tls_cert.is_some(),
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    host: String,
+    route: Option<Arc<str>>,
+    tunnel: Option<TunnelInfo>,
+    caller: Option<CallerInfo>,
+    body_limit: u64,
+    body_seen: u64,
+    upgrade: bool,
+    no_agent: bool,
+    guard: Option<InflightGuard>,
+}
+
+/// Writes a complete short response from the gateway itself.
+async fn reply(
+    session: &mut Session,
+    status: u16,
+    body: &str,
+    close: bool,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
+    let body = Bytes::from(format!("{body}\n"));
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    for (k, v) in extra {
+        resp.insert_header(*k, *v)?;
+    }
+    if close {
+        resp.insert_header(header::CONNECTION, "close")?;
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+fn bearer(req: &RequestHeader) -> Option<&str> {
+    let v = req
+        .headers
+        .get(header::PROXY_AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+}
+
+fn request_host(req: &RequestHeader) -> Option<String> {
+    match req.headers.get(header::HOST) {
+        Some(h) => normalize_host(h.to_str().ok()?),
+        None => req.uri.authority().and_then(|a| normalize_host(a.as_str())),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for TunnelProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            host: String::new(),
+            route: None,
+            tunnel: None,
+            caller: None,
+            body_limit: 0,
+            body_seen: 0,
+            upgrade: false,
+            no_agent: false,
+            guard: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let mut framing = http_checks::check_framing(&req.headers);
+        if framing.is_ok() && req.headers.contains_key(header::TRANSFER_ENCODING) {
+            if let Some(h1) = session.as_downstream().as_http1() {
+                if http_checks::raw_header_count(&h1.get_headers_raw_bytes(), "content-length") > 0
+                {
+                    framing = Err("both Content-Length and Transfer-Encoding");
+                }
+            }
+        }
+        if let Err(why) = framing {
+            tracing::info!(client = ?session.client_addr(), "refused request: {why}");
+            reply(session, 400, &format!("bad request: {why}"), true, &[]).await?;
+            return Ok(true);
+        }
+        if http_checks::header_block_size(&req.headers) > self.max_header_bytes {
+            reply(session, 431, "request header fields too large", true, &[]).await?;
+            return Ok(true);
+        }
+        let Some(host) = request_host(req) else {
+            reply(
+                session,
+                400,
+                "bad request: missing or invalid Host",
+                true,
+                &[],
+            )
+            .await?;
+            return Ok(true);
+        };
+        let Some(route) = self.routes.resolve(&host, req.uri.path()) else {
+            reply(
+                session,
+                404,
+                &format!("no route for host `{host}`"),
+                false,
+                &[],
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.host = host;
+        ctx.route = Some(route.route.clone());
+        ctx.upgrade = http_checks::is_websocket_upgrade(&req.headers);
+
+        let caller = match bearer(req) {
+            Some(token) => match self.registry.caller(token).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("caller lookup failed: {e}");
+                    reply(
+                        session,
+                        503,
+                        "credential store unavailable",
+                        false,
+                        &[("retry-after", RETRY_AFTER_SECS)],
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            },
+            None => None,
+        };
+        let Some(caller) = caller else {
+            reply(
+                session,
+                401,
+                "missing or unknown caller credential (Proxy-Authorization: Bearer <token>)",
+                false,
+                &[("proxy-authenticate", "Bearer realm=\"tunnel-gateway\"")],
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.caller = Some(caller);
+
+        let tunnel = match self.registry.tunnel_by_name(&route.tunnel).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                reply(
+                    session,
+                    404,
+                    &format!("no tunnel named `{}`", route.tunnel),
+                    false,
+                    &[],
+                )
+                .await?;
+                return Ok(true);
+            }
+            Err(e) => {
+                tracing::error!("tunnel lookup failed: {e}");
+                reply(
+                    session,
+                    503,
+                    "tunnel store unavailable",
+                    false,
+                    &[("retry-after", RETRY_AFTER_SECS)],
+                )
+                .await?;
+                return Ok(true);
+            }
+        };
+        ctx.tunnel = Some(tunnel);
+
+        ctx.body_limit = route.max_body_bytes;
+        if let Some(len) = http_checks::content_length(&session.req_header().headers) {
+            if len > ctx.body_limit {
+                reply(
+                    session,
+                    413,
+                    &format!(
+                        "request body of {len} bytes exceeds this route's limit of {} bytes",
+                        ctx.body_limit
+                    ),
+                    true,
+                    &[],
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > ctx.body_limit {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds the route's limit",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let tunnel = ctx
+            .tunnel
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no tunnel resolved"))?;
+        // A retry picks again; release the previous agent first.
+        ctx.guard = None;
+        let guard = match self.registry.pick(&tunnel.id) {
+            Ok(g) => g,
+            Err(_) => {
+                ctx.no_agent = true;
+                return Error::e_explain(ErrorType::HTTPStatus(503), "no agent connected");
+            }
+        };
+        let agent = guard.agent().clone();
+        ctx.guard = Some(guard);
+        let mut peer = HttpPeer::new(("127.0.0.1", 1), false, String::new());
+        // Pool key per agent connection: a pooled stream never serves
+        // another agent (pingora's pool key ignores custom_l4).
+        peer.group_key = agent.conn_id;
+        peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent, self.connect_timeout)));
+        peer.options.read_timeout = (!ctx.upgrade).then_some(self.upstream_timeout);
+        peer.options.write_timeout = Some(self.upstream_timeout);
+        peer.options.idle_timeout = Some(self.pool_idle);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // The agent connection vanished before the stream opened: nothing
+        // was sent, so another agent may take the request.
+        if *e.etype() == ErrorType::ConnectError {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in http_checks::headers_to_strip(&upstream.headers, ctx.upgrade) {
+            upstream.remove_header(&name);
+        }
+        if !upstream.headers.contains_key(header::HOST) {
+            if let Some(a) = upstream.uri.authority().map(|a| a.as_str().to_string()) {
+                upstream.insert_header(header::HOST, a)?;
+            }
+        }
+        let proto = if self.tls { "https" } else { "http" };
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(ip) = ip {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            let node = if ip.is_ipv6() {
+                format!("\"[{ip}]\"")
+            } else {
+                ip.to_string()
+            };
+            upstream.insert_header(
+                "forwarded",
+                format!("for={node};proto={proto};host=\"{}\"", ctx.host),
+            )?;
+        }
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let tunnel = ctx.tunnel.as_ref().map_or("?", |t| t.name.as_str());
+        let (code, msg): (u16, String) = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(503), _) if ctx.no_agent => (
+                503,
+                format!("no agent is connected for tunnel `{tunnel}`; retry shortly"),
+            ),
+            (ErrorType::HTTPStatus(413), _) => {
+                (413, "request body exceeds this route's limit".into())
+            }
+            (ErrorType::HTTPStatus(c), _) => (*c, "request failed".into()),
+            (ErrorType::ReadTimedout | ErrorType::WriteTimedout, ErrorSource::Upstream) => (
+                504,
+                format!("the local service behind tunnel `{tunnel}` did not answer in time"),
+            ),
+            (ErrorType::ConnectTimedout, _) => (
+                504,
+                format!("timed out opening a stream in tunnel `{tunnel}`"),
+            ),
+            (ErrorType::ConnectRefused, _) => (
+                502,
+                format!("the agent of tunnel `{tunnel}` could not reach its local service"),
+            ),
+            (_, ErrorSource::Upstream) => (
+                502,
+                format!("tunnel `{tunnel}` failed while the request was in flight"),
+            ),
+            (
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => (0, String::new()),
+            (_, ErrorSource::Downstream) => (400, "bad request".into()),
+            _ => (500, "internal gateway error".into()),
+        };
+        if code > 0 && session.response_written().is_none() {
+            let extra: &[(&'static str, &str)] = if code == 503 {
+                &[("retry-after", RETRY_AFTER_SECS)]
+            } else {
+                &[]
+            };
+            if let Err(err) = reply(session, code, &msg, true, extra).await {
+                tracing::debug!("could not send error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let agent = ctx.guard.as_ref().map(|g| g.agent().agent_name.as_str());
+        tracing::info!(
+            target: "access",
+            method = %session.req_header().method,
+            host = %ctx.host,
+            route = ctx.route.as_deref().unwrap_or("-"),
+            tunnel = ctx.tunnel.as_ref().map_or("-", |t| t.name.as_str()),
+            org = ctx.caller.as_ref().map_or("-", |c| c.org.as_str()),
+            agent = agent.unwrap_or("-"),
+            status,
+            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            error = e.map(|e| e.to_string()),
+            "request"
+        );
+        ctx.guard = None;
+    }
+}

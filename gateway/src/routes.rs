@@ -1,0 +1,152 @@
+//! Route resolution: an explicit route by host then longest path prefix,
+//! else `<tunnel-name>.<base_domain>` when a base domain is configured.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::GatewayConfig;
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Route name for logs (`*wildcard*` for base-domain routing).
+    pub route: Arc<str>,
+    /// Tunnel name.
+    pub tunnel: Arc<str>,
+    /// Body limit for this route.
+    pub max_body_bytes: u64,
+}
+
+/// The routing table, built once from config.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    by_host: HashMap<String, Vec<(String, Resolved)>>,
+    base_domain: Option<String>,
+    default_body: u64,
+}
+
+impl Routes {
+    /// Builds the table; prefixes of a host are tried longest first.
+    pub fn new(cfg: &GatewayConfig) -> Self {
+        let mut by_host: HashMap<String, Vec<(String, Resolved)>> = HashMap::new();
+        for r in &cfg.routes {
+            by_host
+                .entry(r.host.to_ascii_lowercase())
+                .or_default()
+                .push((
+                    r.path_prefix.clone(),
+                    Resolved {
+                        route: r.name.as_str().into(),
+                        tunnel: r.tunnel.as_str().into(),
+                        max_body_bytes: r.max_body_bytes.unwrap_or(cfg.public.max_body_bytes),
+                    },
+                ));
+        }
+        for list in by_host.values_mut() {
+            list.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        }
+        Routes {
+            by_host,
+            base_domain: cfg
+                .routing
+                .base_domain
+                .as_ref()
+                .map(|d| d.to_ascii_lowercase()),
+            default_body: cfg.public.max_body_bytes,
+        }
+    }
+
+    /// Resolves a (lower-case, port-less) host and a path.
+    pub fn resolve(&self, host: &str, path: &str) -> Option<Resolved> {
+        if let Some(list) = self.by_host.get(host) {
+            if let Some((_, r)) = list.iter().find(|(p, _)| path.starts_with(p.as_str())) {
+                return Some(r.clone());
+            }
+        }
+        let base = self.base_domain.as_deref()?;
+        let label = host.strip_suffix(base)?.strip_suffix('.')?;
+        if label.is_empty() || label.contains('.') {
+            return None;
+        }
+        Some(Resolved {
+            route: "*wildcard*".into(),
+            tunnel: label.into(),
+            max_body_bytes: self.default_body,
+        })
+    }
+}
+
+/// The host a request names, lower-cased and without port. IPv6 literals
+/// keep their brackets.
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let auth: http::uri::Authority = raw.trim().parse().ok()?;
+    Some(auth.host().trim_end_matches('.').to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        let text = r#"
+[public]
+listen = "127.0.0.1:0"
+max_body_bytes = 100
+[agents]
+listen = "127.0.0.1:0"
+tls_cert = "c"
+tls_key = "k"
+[store]
+path = "db"
+kek_file = "kek"
+[routing]
+base_domain = "tunnels.test"
+[[routes]]
+name = "wiki"
+host = "Wiki.Test"
+tunnel = "wiki"
+[[routes]]
+name = "wiki-api"
+host = "wiki.test"
+path_prefix = "/api/"
+tunnel = "wiki-api"
+max_body_bytes = 5
+"#;
+        let cfg: GatewayConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        Routes::new(&cfg)
+    }
+
+    #[test]
+    fn host_then_longest_prefix() {
+        let r = routes();
+        assert_eq!(&*r.resolve("wiki.test", "/page").unwrap().tunnel, "wiki");
+        let api = r.resolve("wiki.test", "/api/x").unwrap();
+        assert_eq!(&*api.tunnel, "wiki-api");
+        assert_eq!(api.max_body_bytes, 5);
+        assert!(r.resolve("other.test", "/").is_none());
+    }
+
+    #[test]
+    fn wildcard_takes_one_label() {
+        let r = routes();
+        let w = r.resolve("jira.tunnels.test", "/").unwrap();
+        assert_eq!(&*w.tunnel, "jira");
+        assert_eq!(w.max_body_bytes, 100);
+        assert!(r.resolve("a.b.tunnels.test", "/").is_none());
+        assert!(r.resolve("tunnels.test", "/").is_none());
+        assert!(r.resolve("xtunnels.test", "/").is_none());
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Wiki.Test:8080").unwrap(), "wiki.test");
+        assert_eq!(normalize_host("[::1]:80").unwrap(), "[::1]");
+        assert_eq!(normalize_host("wiki.test.").unwrap(), "wiki.test");
+        assert!(normalize_host("bad host").is_none());
+    }
+}

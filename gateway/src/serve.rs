@@ -1,0 +1,154 @@
+//! `gateway serve`: wires the store, the registry, the public pingora proxy,
+//! the agent listener and the readiness announcement into one pingora server.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use serde_json::json;
+
+use crate::agent_listener::AgentListener;
+use crate::config::{parse_listen, GatewayConfig};
+use crate::events::emit;
+use crate::proxy::TunnelProxy;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Holds a port for pingora: bound with `SO_REUSEPORT` but never listening,
+/// so a configured port 0 becomes a concrete port before pingora binds it
+/// (with the same option) and nobody else can take it in between.
+fn reserve_port(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAddr)> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    let local = s
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an inet address"))?;
+    Ok((s, local))
+}
+
+/// Announces readiness once the public listener accepts connections.
+struct Ready {
+    public: SocketAddr,
+    agents: SocketAddr,
+    reservation: Mutex<Option<socket2::Socket>>,
+}
+
+#[async_trait]
+impl BackgroundService for Ready {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(self.public).await.is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::error!("public listener {} did not come up within 30s", self.public);
+                std::process::exit(1);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(self.reservation.lock().expect("lock").take());
+        tracing::info!(public = %self.public, agents = %self.agents, "gateway ready");
+        emit(json!({
+            "event": "ready",
+            "public": self.public.to_string(),
+            "agents": self.agents.to_string(),
+        }));
+    }
+}
+
+/// Runs the gateway until SIGTERM (graceful) or SIGINT.
+pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
+    // The store's pool lives on its own small runtime; pingora's services
+    // each have theirs and reach the store through the registry.
+    let store_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("store")
+        .enable_all()
+        .build()?;
+    let store = store_rt
+        .block_on(Store::open(&cfg.store))
+        .with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+    let registry = Arc::new(Registry::new(store, store_rt.handle().clone()));
+
+    let agent_tls = crate::tls::agent_server_config(&cfg.agents.tls_cert, &cfg.agents.tls_key)
+        .context("agents.tls_cert / agents.tls_key")?;
+    let agents_addr = parse_listen("agents.listen", &cfg.agents.listen)?;
+    let agents_listener = std::net::TcpListener::bind(agents_addr)
+        .with_context(|| format!("binding agents.listen {agents_addr}"))?;
+    agents_listener.set_nonblocking(true)?;
+    let agents_addr = agents_listener.local_addr()?;
+
+    let public_addr = parse_listen("public.listen", &cfg.public.listen)?;
+    let (reservation, public_addr) = reserve_port(public_addr)
+        .with_context(|| format!("binding public.listen {public_addr}"))?;
+
+    let grace = cfg.server.grace_period_secs;
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace + 1),
+        max_retries: 3,
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let proxy = TunnelProxy::new(&cfg, registry.clone());
+    let mut public =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "public");
+    let mut sock = TcpSocketOptions::default();
+    sock.so_reuseport = Some(true);
+    let addr = public_addr.to_string();
+    match (&cfg.public.tls_cert, &cfg.public.tls_key) {
+        (Some(cert), Some(key)) => {
+            // Fail here with the file name rather than panic inside pingora.
+            crate::tls::load_certs(cert).context("public.tls_cert")?;
+            crate::tls::load_key(key).context("public.tls_key")?;
+            let mut tls =
+                TlsSettings::intermediate(&cert.display().to_string(), &key.display().to_string())
+                    .map_err(|e| anyhow::anyhow!("public TLS: {e}"))?;
+            tls.enable_h2();
+            public.add_tls_with_settings(&addr, Some(sock), tls);
+        }
+        _ => public.add_tcp_with_settings(&addr, sock),
+    }
+    server.add_service(public);
+
+    let mut agents = background_service(
+        "agents",
+        AgentListener::new(
+            agents_listener,
+            agent_tls,
+            registry,
+            cfg.agents.clone(),
+            Duration::from_secs(grace),
+        ),
+    );
+    agents.threads = Some(cfg.server.threads);
+    server.add_service(agents);
+    server.add_service(background_service(
+        "ready",
+        Ready {
+            public: public_addr,
+            agents: agents_addr,
+            reservation: Mutex::new(Some(reservation)),
+        },
+    ));
+
+    server.run(pingora_core::server::RunArgs::default());
+    drop(store_rt);
+    Ok(())
+}

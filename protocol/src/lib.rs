@@ -1,0 +1,56 @@
+//! The wire protocol both the gateway and the agent speak.
+//!
+//! An agent connection is one TLS 1.3 WebSocket on [`AGENT_PATH`]. It goes
+//! through two phases:
+//!
+//! 1. **Handshake** ([`handshake`]): a few JSON text messages. The agent names
+//!    its tunnel and itself, the gateway answers with a random challenge, the
+//!    agent proves it holds the tunnel key with an HMAC bound to the challenge
+//!    and to the TLS session (an RFC 5705 exporter value), and the gateway
+//!    welcomes or rejects it. The key never crosses the wire.
+//! 2. **Streams**: the WebSocket then carries a byte stream ([`wsio`]) on which
+//!    the gateway runs an HTTP/2 client and the agent an HTTP/2 server. Every
+//!    tunnelled caller connection is one `CONNECT` stream ([`STREAM_AUTHORITY`]),
+//!    so multiplexing, per-stream flow control, PING heartbeats and GOAWAY
+//!    come from the maintained `h2` implementation in hyper rather than our
+//!    own code. One extra long-lived stream ([`CONTROL_AUTHORITY`]) carries
+//!    [`Control`] lines such as the agent's drain notice.
+
+pub mod handshake;
+pub mod secret;
+pub mod wsio;
+
+pub use handshake::{Control, HandshakeError, Message, PROTOCOL_VERSION};
+pub use secret::TunnelKey;
+pub use wsio::WsByteStream;
+
+/// HTTP path of the agent listener's WebSocket endpoint.
+pub const AGENT_PATH: &str = "/_tunnel/v1";
+
+/// TLS exporter label binding an agent's proof to its TLS session.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-app-tunnel-agent-auth-v1";
+
+/// `CONNECT` authority of a stream that carries one caller connection to the
+/// agent's local service.
+pub const STREAM_AUTHORITY: &str = "stream.tunnel.invalid:0";
+
+/// `CONNECT` authority of the control stream (one per agent connection).
+pub const CONTROL_AUTHORITY: &str = "control.tunnel.invalid:0";
+
+/// Largest WebSocket message or frame either side accepts. Stream data is
+/// written in chunks of at most [`MAX_WRITE_CHUNK`], so this leaves headroom
+/// while keeping a hostile peer from making us buffer large messages.
+pub const MAX_WS_MESSAGE: usize = 1 << 20;
+
+/// Largest chunk of stream bytes put in one WebSocket message.
+pub const MAX_WRITE_CHUNK: usize = 256 << 10;
+
+/// Builds the WebSocket configuration both sides use: explicit, small limits
+/// instead of the library's 64 MiB defaults.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
+        .write_buffer_size(128 << 10)
+        .max_write_buffer_size(4 << 20)
+}
