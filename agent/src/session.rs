@@ -112,7 +112,13 @@ async fn handle(
                     Ok(up) => {
                         let mut tunnel = TokioIo::new(up);
                         let mut local = local;
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut tunnel, &mut local).await
+                        if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                            &mut tunnel,
+                            &mut local,
+                            64 << 10,
+                            64 << 10,
+                        )
+                        .await
                         {
                             tracing::debug!("stream ended: {e}");
                         }
@@ -142,7 +148,11 @@ pub async fn serve(cfg: &AgentConfig, ws: GatewayWs, mut drain: watch::Receiver<
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(cfg.heartbeat.interval_secs))
         .keep_alive_timeout(Duration::from_secs(cfg.heartbeat.timeout_secs))
-        .adaptive_window(true)
+        // Fixed, generous windows: BDP-adaptive windows start at 64 KiB and
+        // cap a stream at 64 KiB per round trip. The connection window
+        // bounds what one agent connection buffers in total.
+        .initial_stream_window_size(protocol::STREAM_WINDOW)
+        .initial_connection_window_size(protocol::CONNECTION_WINDOW)
         .max_frame_size(64 << 10)
         .max_send_buf_size(1 << 20)
         .max_concurrent_streams(4096)

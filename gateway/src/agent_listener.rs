@@ -187,6 +187,8 @@ async fn handshake(
         .1
         .export_keying_material(&mut exporter, protocol::EXPORTER_LABEL, None)
         .map_err(|e| HsError::Tls(std::io::Error::other(e)))?;
+    // The callback type is tungstenite's; its error variant is large by design.
+    #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == protocol::AGENT_PATH {
             Ok(resp)
@@ -289,6 +291,10 @@ async fn run_tunnel(
     agent_name: String,
     mut shutdown: ShutdownWatch,
 ) -> anyhow::Result<()> {
+    // hyper drives the HTTP/2 connection in a task of its own; cancelling
+    // this token is how we close the connection (drained, shutdown).
+    let closer = tokio_util::sync::CancellationToken::new();
+    let _close_on_exit = closer.clone().drop_guard();
     let hb = Duration::from_secs(shared.cfg.heartbeat_interval_secs);
     let hb_timeout = Duration::from_secs(shared.cfg.heartbeat_timeout_secs);
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -296,10 +302,14 @@ async fn run_tunnel(
         .keep_alive_interval(hb)
         .keep_alive_timeout(hb_timeout)
         .keep_alive_while_idle(true)
-        .adaptive_window(true)
+        // Fixed, generous windows: BDP-adaptive windows start at 64 KiB and
+        // cap a stream at 64 KiB per round trip. The connection window
+        // bounds what one agent connection buffers in total.
+        .initial_stream_window_size(protocol::STREAM_WINDOW)
+        .initial_connection_window_size(protocol::CONNECTION_WINDOW)
         .max_frame_size(64 << 10)
         .max_send_buf_size(1 << 20)
-        .handshake(TokioIo::new(WsByteStream::new(ws)))
+        .handshake(TokioIo::new(WsByteStream::with_cancel(ws, closer.clone())))
         .await?;
     let mut conn_task = tokio::spawn(conn);
     let control = match tokio::time::timeout(

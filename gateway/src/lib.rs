@@ -8,6 +8,8 @@
 //!   header rewriting via [`http_checks`], error statuses);
 //! - [`connector`]: the custom L4 connector that turns "connect upstream"
 //!   into "open an HTTP/2 CONNECT stream inside an agent's tunnel";
+//! - [`bridge`]: the Unix socket that splices pingora's pooled
+//!   connections onto tunnel streams;
 //! - [`registry`]: connected agents per tunnel with in-flight counts, and
 //!   cached tunnels and callers;
 //! - [`agent_listener`]: TLS 1.3 + WebSocket + key-proof handshake for agents;
@@ -16,6 +18,7 @@
 //!   lines on stdout; [`tls`] certificate loading.
 
 pub mod agent_listener;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod connector;

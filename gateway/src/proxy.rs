@@ -20,6 +20,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::bridge::Bridge;
 use crate::config::GatewayConfig;
 use crate::connector::TunnelConnector;
 use crate::http_checks;
@@ -34,22 +35,22 @@ const RETRY_AFTER_SECS: &str = "5";
 pub struct TunnelProxy {
     routes: Routes,
     registry: Arc<Registry>,
+    bridge: Arc<Bridge>,
     max_header_bytes: usize,
     upstream_timeout: Duration,
-    connect_timeout: Duration,
     pool_idle: Duration,
     tls: bool,
 }
 
 impl TunnelProxy {
     /// Builds the proxy from config.
-    pub fn new(cfg: &GatewayConfig, registry: Arc<Registry>) -> Self {
+    pub fn new(cfg: &GatewayConfig, registry: Arc<Registry>, bridge: Arc<Bridge>) -> Self {
         TunnelProxy {
             routes: Routes::new(cfg),
             registry,
+            bridge,
             max_header_bytes: cfg.public.max_header_bytes,
             upstream_timeout: Duration::from_secs(cfg.public.upstream_timeout_secs),
-            connect_timeout: Duration::from_secs(10),
             pool_idle: Duration::from_secs(cfg.public.keepalive_secs),
             tls: cfg.public.tls_cert.is_some(),
         }
@@ -59,7 +60,10 @@ impl TunnelProxy {
 /// Per-request state.
 pub struct Ctx {
     started: Instant,
+    /// Host without port, lower-case: what routing matched.
     host: String,
+    /// Host as the caller sent it (port included), for X-Forwarded-Host.
+    host_header: String,
     route: Option<Arc<str>>,
     tunnel: Option<TunnelInfo>,
     caller: Option<CallerInfo>,
@@ -107,11 +111,15 @@ fn bearer(req: &RequestHeader) -> Option<&str> {
         .filter(|t| !t.is_empty() && t.len() <= 256)
 }
 
-fn request_host(req: &RequestHeader) -> Option<String> {
-    match req.headers.get(header::HOST) {
-        Some(h) => normalize_host(h.to_str().ok()?),
-        None => req.uri.authority().and_then(|a| normalize_host(a.as_str())),
-    }
+/// The Host as sent (HTTP/1 `Host`, else the HTTP/2 authority) and its
+/// normalized form for routing.
+fn request_host(req: &RequestHeader) -> Option<(String, String)> {
+    let raw = match req.headers.get(header::HOST) {
+        Some(h) => h.to_str().ok()?.trim().to_string(),
+        None => req.uri.authority()?.as_str().to_string(),
+    };
+    let host = normalize_host(&raw)?;
+    Some((raw, host))
 }
 
 #[async_trait]
@@ -122,6 +130,7 @@ impl ProxyHttp for TunnelProxy {
         Ctx {
             started: Instant::now(),
             host: String::new(),
+            host_header: String::new(),
             route: None,
             tunnel: None,
             caller: None,
@@ -153,7 +162,7 @@ impl ProxyHttp for TunnelProxy {
             reply(session, 431, "request header fields too large", true, &[]).await?;
             return Ok(true);
         }
-        let Some(host) = request_host(req) else {
+        let Some((host_header, host)) = request_host(req) else {
             reply(
                 session,
                 400,
@@ -176,6 +185,7 @@ impl ProxyHttp for TunnelProxy {
             return Ok(true);
         };
         ctx.host = host;
+        ctx.host_header = host_header;
         ctx.route = Some(route.route.clone());
         ctx.upgrade = http_checks::is_websocket_upgrade(&req.headers);
 
@@ -293,11 +303,12 @@ impl ProxyHttp for TunnelProxy {
         };
         let agent = guard.agent().clone();
         ctx.guard = Some(guard);
-        let mut peer = HttpPeer::new(("127.0.0.1", 1), false, String::new());
+        let mut peer =
+            HttpPeer::new_uds(&self.bridge.path().to_string_lossy(), false, String::new())?;
         // Pool key per agent connection: a pooled stream never serves
         // another agent (pingora's pool key ignores custom_l4).
         peer.group_key = agent.conn_id;
-        peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent, self.connect_timeout)));
+        peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent, self.bridge.clone())));
         peer.options.read_timeout = (!ctx.upgrade).then_some(self.upstream_timeout);
         peer.options.write_timeout = Some(self.upstream_timeout);
         peer.options.idle_timeout = Some(self.pool_idle);
@@ -347,11 +358,11 @@ impl ProxyHttp for TunnelProxy {
             };
             upstream.insert_header(
                 "forwarded",
-                format!("for={node};proto={proto};host=\"{}\"", ctx.host),
+                format!("for={node};proto={proto};host=\"{}\"", ctx.host_header),
             )?;
         }
         upstream.insert_header("x-forwarded-proto", proto)?;
-        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        upstream.insert_header("x-forwarded-host", ctx.host_header.as_str())?;
         Ok(())
     }
 

@@ -43,7 +43,7 @@ impl Routes {
                 ));
         }
         for list in by_host.values_mut() {
-            list.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         }
         Routes {
             by_host,

@@ -15,6 +15,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use serde_json::json;
 
 use crate::agent_listener::AgentListener;
+use crate::bridge::{Bridge, BridgeService};
 use crate::config::{parse_listen, GatewayConfig};
 use crate::events::emit;
 use crate::proxy::TunnelProxy;
@@ -106,7 +107,9 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = TunnelProxy::new(&cfg, registry.clone());
+    let bridge =
+        Bridge::bind(Duration::from_secs(10)).context("creating the stream bridge socket")?;
+    let proxy = TunnelProxy::new(&cfg, registry.clone(), bridge.clone());
     let mut public =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "public");
     let mut sock = TcpSocketOptions::default();
@@ -139,6 +142,9 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     );
     agents.threads = Some(cfg.server.threads);
     server.add_service(agents);
+    let mut bridged = background_service("bridge", BridgeService(bridge));
+    bridged.threads = Some(cfg.server.threads);
+    server.add_service(bridged);
     server.add_service(background_service(
         "ready",
         Ready {

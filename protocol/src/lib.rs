@@ -45,6 +45,12 @@ pub const MAX_WS_MESSAGE: usize = 1 << 20;
 /// Largest chunk of stream bytes put in one WebSocket message.
 pub const MAX_WRITE_CHUNK: usize = 256 << 10;
 
+/// HTTP/2 flow-control window of one tunnel stream, in bytes.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+
+/// HTTP/2 flow-control window of a whole agent connection, in bytes.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// Builds the WebSocket configuration both sides use: explicit, small limits
 /// instead of the library's 64 MiB defaults.
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {

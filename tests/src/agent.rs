@@ -1,0 +1,309 @@
+//! The on-prem agent as a user runs it: `agent key set` with the tunnel key
+//! on stdin, then `agent run`, following its JSON events.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::events::{current_start, kind, EventLog};
+use crate::gateway::{Gateway, Tunnel};
+use crate::process::{Proc, Signal};
+use crate::{bin_path, toml_str, PATIENCE};
+
+/// How to configure an agent; unset fields keep the defaults of the
+/// contract (loopback only, AES-256-GCM, short reconnect backoff).
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    name: Option<String>,
+    cipher: Option<String>,
+    allow_remote: bool,
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    heartbeat_secs: Option<(u64, u64)>,
+    drain_grace_secs: Option<u64>,
+}
+
+impl AgentOptions {
+    /// Defaults: a unique `node-N` name, the gateway's CA and URL.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The agent (node) name the gateway reports.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// The AEAD protecting the stored key: `aes-256-gcm` or `chacha20-poly1305`.
+    pub fn cipher(mut self, cipher: &str) -> Self {
+        self.cipher = Some(cipher.to_string());
+        self
+    }
+
+    /// Dials this URL instead of the gateway's (an impostor, say).
+    pub fn url(mut self, url: &str) -> Self {
+        self.url = Some(url.to_string());
+        self
+    }
+
+    /// Trusts this CA file instead of the gateway's CA.
+    pub fn ca_file(mut self, path: &std::path::Path) -> Self {
+        self.ca_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// Heartbeat interval and dead-peer timeout.
+    pub fn heartbeat_secs(mut self, interval: u64, timeout: u64) -> Self {
+        self.heartbeat_secs = Some((interval, timeout));
+        self
+    }
+
+    /// How long in-flight requests may run after SIGTERM.
+    pub fn drain_grace_secs(mut self, secs: u64) -> Self {
+        self.drain_grace_secs = Some(secs);
+        self
+    }
+
+    /// Accepts a non-loopback local address.
+    pub fn allow_remote(mut self) -> Self {
+        self.allow_remote = true;
+        self
+    }
+}
+
+/// A running `agent run`, killed when dropped.
+pub struct Agent {
+    name: String,
+    opts: AgentOptions,
+    config: PathBuf,
+    events: EventLog,
+    gateway_events: EventLog,
+    proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+static NEXT_NODE: AtomicUsize = AtomicUsize::new(1);
+
+impl Agent {
+    /// Stores `tunnel`'s key and starts an agent serving `local` through
+    /// `gateway`; does not wait for it to connect.
+    pub async fn start(
+        gateway: &Gateway,
+        tunnel: &Tunnel,
+        local: SocketAddr,
+        opts: AgentOptions,
+    ) -> Agent {
+        let name = opts.name.clone().unwrap_or_else(|| {
+            format!(
+                "node-{}-{}",
+                std::process::id(),
+                NEXT_NODE.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("tunnel-agent-")
+            .tempdir()
+            .expect("agent temp dir");
+        let config = dir.path().join("agent.toml");
+        let path = |p: PathBuf| toml_str(&p.to_string_lossy());
+        let url = opts.url.clone().unwrap_or_else(|| gateway.agents_url());
+        let ca = opts
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| gateway.pki().ca_file.clone());
+        let (interval, timeout) = opts.heartbeat_secs.unwrap_or((5, 15));
+        let text = format!(
+            "[gateway]\nurl = {}\nca_file = {}\n\n\
+             [tunnel]\nid = {}\nagent_name = {}\nkey_file = {}\nkek_file = {}\ncipher = {}\n\n\
+             [local]\naddress = {}\nallow_remote = {}\n\n\
+             [heartbeat]\ninterval_secs = {interval}\ntimeout_secs = {timeout}\n\n\
+             [reconnect]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nstable_after_secs = 30\n\n\
+             [drain]\ngrace_secs = {}\n",
+            toml_str(&url),
+            path(ca),
+            toml_str(&tunnel.id),
+            toml_str(&name),
+            path(dir.path().join("agent.key")),
+            path(dir.path().join("agent.kek")),
+            toml_str(opts.cipher.as_deref().unwrap_or("aes-256-gcm")),
+            toml_str(&local.to_string()),
+            opts.allow_remote,
+            opts.drain_grace_secs.unwrap_or(10),
+        );
+        std::fs::write(&config, text).expect("write agent config");
+        set_key(&config, &tunnel.key).await;
+
+        let events = EventLog::new(&format!("agent {name}"));
+        let mut command = Command::new(bin_path("agent"));
+        command.arg("run").arg("--config").arg(&config);
+        let proc = Proc::spawn(
+            &format!("agent {name}"),
+            command,
+            &events,
+            &dir.path().join("agent.log"),
+        );
+        Agent {
+            name,
+            opts,
+            config,
+            events,
+            gateway_events: gateway.events().clone(),
+            proc,
+            _dir: dir,
+        }
+    }
+
+    /// Starts an agent and waits until the gateway has it as connected.
+    pub async fn connect(
+        gateway: &Gateway,
+        tunnel: &Tunnel,
+        local: SocketAddr,
+        opts: AgentOptions,
+    ) -> Agent {
+        let agent = Agent::start(gateway, tunnel, local, opts).await;
+        agent.wait_connected().await;
+        agent
+    }
+
+    /// The agent (node) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The agent's config file (in a temp dir that lives as long as `self`).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Everything the agent reported on stdout.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Waits until the agent says `connected` as its latest state and the
+    /// gateway's current process lists it as connected.
+    pub async fn wait_connected(&self) {
+        self.events
+            .wait_until(
+                "connected",
+                |events| {
+                    let last = events.iter().rev().map(kind).find(|k| {
+                        [
+                            "connected",
+                            "disconnected",
+                            "connect_failed",
+                            "rejected",
+                            "stopped",
+                        ]
+                        .contains(k)
+                    });
+                    (last == Some("connected")).then_some(())
+                },
+                PATIENCE,
+            )
+            .await;
+        let name = self.name.clone();
+        self.gateway_events
+            .wait_until(
+                &format!("agent_connected for {name}"),
+                |events| {
+                    let last = events[current_start(events)..]
+                        .iter()
+                        .rev()
+                        .filter(|e| e["agent"] == name.as_str())
+                        .map(kind)
+                        .find(|k| ["agent_connected", "agent_disconnected"].contains(k));
+                    (last == Some("agent_connected")).then_some(())
+                },
+                PATIENCE,
+            )
+            .await;
+    }
+
+    /// Waits for an agent event named `name` logged at `mark` or later.
+    pub async fn wait_event_after(&self, mark: usize, name: &str, timeout: Duration) -> Value {
+        self.events
+            .wait_after(mark, name, |e| kind(e) == name, timeout)
+            .await
+    }
+
+    /// Waits for the first agent event named `name`.
+    pub async fn wait_event(&self, name: &str, timeout: Duration) -> Value {
+        self.wait_event_after(0, name, timeout).await
+    }
+
+    /// SIGSTOP: the node hangs, its connection stays open but silent.
+    pub fn freeze(&self) {
+        self.proc.signal(Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Agent::freeze`].
+    pub fn thaw(&self) {
+        self.proc.signal(Signal::SIGCONT);
+    }
+
+    /// SIGKILL: the node dies without a word; returns once it is reaped.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.proc.kill()
+    }
+
+    /// SIGTERM without waiting: the agent starts draining.
+    pub fn begin_terminate(&self) {
+        self.proc.signal_terminate();
+    }
+
+    /// SIGTERM and waits for the exit (drain grace + 10 s).
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.begin_terminate();
+        self.wait_exit().await
+    }
+
+    /// Waits for the agent to exit on its own (drain grace + 10 s).
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let grace = self.opts.drain_grace_secs.unwrap_or(10);
+        self.proc.wait_exit(Duration::from_secs(grace + 10)).await
+    }
+
+    /// The last lines of the agent's logs.
+    pub fn logs(&self) -> String {
+        self.proc.stderr_tail()
+    }
+}
+
+/// `agent key set --config FILE` with the key on stdin.
+async fn set_key(config: &std::path::Path, key: &str) {
+    let mut child = tokio::process::Command::new(bin_path("agent"))
+        .args(["key", "set", "--config"])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn agent key set");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(key.as_bytes()).await.expect("write key");
+    stdin.write_all(b"\n").await.expect("write key");
+    drop(stdin);
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("agent key set finishes")
+        .expect("agent key set runs");
+    assert!(
+        out.status.success(),
+        "agent key set failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

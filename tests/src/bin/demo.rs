@@ -1,0 +1,103 @@
+//! The demo: a gateway, an agent and an on-prem service on this machine,
+//! a few requests through the tunnel, then a curl line to try by hand.
+//!
+//! Run `cargo build --workspace --bins` first, then
+//! `cargo run -p tests --bin demo`; stop it with Ctrl-C.
+
+use anyhow::Context as _;
+use tests::{body, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Pki};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Fail early with the build hint rather than halfway through.
+    tests::bin_path("gateway");
+    tests::bin_path("agent");
+
+    let dir = tempfile::Builder::new()
+        .prefix("tunnel-demo-")
+        .tempdir()
+        .context("create the demo dir")?
+        .keep();
+    let pki = Pki::generate_in(&dir.join("pki"));
+    println!("certificates (kept): {}", pki.dir().display());
+
+    let service = upstream::echo("the on-prem demo service").await;
+    println!("local service:        http://{}", service.addr());
+
+    let opts = GatewayOptions::new()
+        .route("demo.test", "demo")
+        .base_domain("tunnels.test")
+        .pki(pki)
+        .work_dir(&dir.join("gateway"));
+    let mut gateway = Gateway::start(opts).await;
+    println!(
+        "gateway:              public http://{}  agents {}",
+        gateway.public_addr(),
+        gateway.agents_url()
+    );
+    println!(
+        "gateway config, store and logs: {}",
+        gateway.config_path().parent().unwrap_or(&dir).display()
+    );
+
+    let tunnel = gateway.create_tunnel("demo-org", "demo").await;
+    let token = gateway.create_caller("demo-org").await;
+    println!("tunnel:               {} (id {})", tunnel.name, tunnel.id);
+
+    let opts = AgentOptions::new().name("demo-node");
+    let mut agent = Agent::connect(&gateway, &tunnel, service.addr(), opts).await;
+    println!("agent:                {} connected\n", agent.name());
+
+    let caller = gateway.caller(&token);
+    let anonymous = gateway.anonymous_caller();
+    let show = |what: &str, reply: tests::Reply| {
+        println!(
+            "{what:<44} -> {} {}",
+            reply.status.as_u16(),
+            reply.first_line()
+        );
+    };
+    show(
+        "GET demo.test/hello",
+        caller.get("demo.test", "/hello").send().await,
+    );
+    show(
+        "GET demo.test/api/items?id=7",
+        caller.get("demo.test", "/api/items?id=7").send().await,
+    );
+    show(
+        "POST demo.test/upload (1 MiB)",
+        caller
+            .post("demo.test", "/upload", body::pattern(1 << 20))
+            .send()
+            .await,
+    );
+    show(
+        "GET demo.tunnels.test/hello (by tunnel name)",
+        caller.get("demo.tunnels.test", "/hello").send().await,
+    );
+    show(
+        "GET demo.test/hello without a caller token",
+        anonymous.get("demo.test", "/hello").send().await,
+    );
+    show(
+        "GET unknown.test/ (no route)",
+        caller.get("unknown.test", "/").send().await,
+    );
+
+    println!("\nTry it yourself:\n");
+    println!(
+        "  curl -H 'Proxy-Authorization: Bearer {token}' -H 'Host: demo.test' http://{}/hello\n",
+        gateway.public_addr()
+    );
+    println!("Press Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+
+    println!("\nstopping the agent (drain) ...");
+    let status = agent.terminate().await;
+    println!("agent exited: {status}");
+    let status = gateway.terminate().await;
+    println!("gateway exited: {status}");
+    println!("files kept in {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,465 @@
+//! The cloud gateway as a user runs it: a TOML config, `gateway serve`, and
+//! the `gateway tunnel` / `gateway caller` commands of its CLI.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::caller::Caller;
+use crate::events::{kind, EventLog};
+use crate::pki::{CertFiles, Pki};
+use crate::process::{Proc, Signal};
+use crate::{bin_path, toml_str, PATIENCE};
+
+/// A route of the gateway config: requests for `host` (and `path_prefix`)
+/// go to the tunnel named `tunnel`.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The `Host` header it matches (port ignored).
+    pub host: String,
+    /// Only paths under this prefix; `/` when unset.
+    pub path_prefix: Option<String>,
+    /// The tunnel NAME.
+    pub tunnel: String,
+    /// Per-route body limit overriding `public.max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Route {
+    /// Requests for `host` go to the tunnel named `tunnel`.
+    pub fn new(host: &str, tunnel: &str) -> Route {
+        Route {
+            host: host.to_string(),
+            path_prefix: None,
+            tunnel: tunnel.to_string(),
+            max_body_bytes: None,
+        }
+    }
+
+    /// Only paths starting with `prefix` match.
+    pub fn path_prefix(mut self, prefix: &str) -> Route {
+        self.path_prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// Bodies up to `bytes` are accepted on this route.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Route {
+        self.max_body_bytes = Some(bytes);
+        self
+    }
+}
+
+/// How to configure the gateway; unset fields keep the gateway's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOptions {
+    routes: Vec<Route>,
+    base_domain: Option<String>,
+    max_header_bytes: Option<u64>,
+    max_body_bytes: Option<u64>,
+    upstream_timeout_secs: Option<u64>,
+    heartbeat_secs: Option<(u64, u64)>,
+    grace_period_secs: Option<u64>,
+    pki: Option<Arc<Pki>>,
+    agents_cert: Option<CertFiles>,
+    public_tls: bool,
+    work_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl GatewayOptions {
+    /// No routes, a fresh PKI, a temp work dir.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a route from `host` to the tunnel named `tunnel`.
+    pub fn route(self, host: &str, tunnel: &str) -> Self {
+        self.with_route(Route::new(host, tunnel))
+    }
+
+    /// Adds a fully described route.
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// `<tunnel-name>.<domain>` reaches that tunnel without a route.
+    pub fn base_domain(mut self, domain: &str) -> Self {
+        self.base_domain = Some(domain.to_string());
+        self
+    }
+
+    /// A larger header block is answered 431.
+    pub fn max_header_bytes(mut self, bytes: u64) -> Self {
+        self.max_header_bytes = Some(bytes);
+        self
+    }
+
+    /// Default body limit of every route (413 above it).
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// A local service slower than this is answered 504.
+    pub fn upstream_timeout_secs(mut self, secs: u64) -> Self {
+        self.upstream_timeout_secs = Some(secs);
+        self
+    }
+
+    /// Heartbeat interval and dead-peer timeout on the agents' listener.
+    pub fn heartbeat_secs(mut self, interval: u64, timeout: u64) -> Self {
+        self.heartbeat_secs = Some((interval, timeout));
+        self
+    }
+
+    /// Uses this PKI (its CA is what agents trust) instead of a fresh one.
+    pub fn pki(mut self, pki: Arc<Pki>) -> Self {
+        self.pki = Some(pki);
+        self
+    }
+
+    /// The agents' listener presents this certificate instead of the PKI's.
+    pub fn agents_cert(mut self, cert: CertFiles) -> Self {
+        self.agents_cert = Some(cert);
+        self
+    }
+
+    /// The callers' listener speaks HTTPS (HTTP/2 via ALPN) with the PKI's
+    /// `localhost` certificate.
+    pub fn public_tls(mut self) -> Self {
+        self.public_tls = true;
+        self
+    }
+
+    /// Keeps config, store and logs in `dir` instead of a temp dir.
+    pub fn work_dir(mut self, dir: &Path) -> Self {
+        self.work_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Sets an environment variable of the gateway process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A tunnel as `gateway tunnel create` printed it; `key` is shown only once.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Tunnel {
+    /// The tunnel id agents name in their config.
+    pub id: String,
+    /// The name routes refer to.
+    pub name: String,
+    /// The organization owning it.
+    pub org: String,
+    /// The security key (base64url), for `agent key set`.
+    pub key: String,
+}
+
+/// A running `gateway serve`, killed when dropped.
+pub struct Gateway {
+    opts: GatewayOptions,
+    pki: Arc<Pki>,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    config: PathBuf,
+    events: EventLog,
+    proc: Proc,
+    public: SocketAddr,
+    agents: SocketAddr,
+}
+
+impl Gateway {
+    /// Writes the config, starts `gateway serve` and waits for `ready`.
+    pub async fn start(opts: GatewayOptions) -> Gateway {
+        let pki = opts.pki.clone().unwrap_or_else(Pki::generate);
+        let (dir, temp) = match &opts.work_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).expect("create gateway work dir");
+                (dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("tunnel-gateway-")
+                    .tempdir()
+                    .expect("gateway temp dir");
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let config = dir.join("gateway.toml");
+        let events = EventLog::new("gateway");
+        write_config(&config, &opts, &pki, &dir, "127.0.0.1:0");
+        let proc = spawn_serve(&opts, &config, &events, &dir);
+        let (public, agents) = wait_ready(&events, 0).await;
+        Gateway {
+            opts,
+            pki,
+            dir,
+            _temp: temp,
+            config,
+            events,
+            proc,
+            public,
+            agents,
+        }
+    }
+
+    /// The callers' listener.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+
+    /// The agents' listener.
+    pub fn agents_addr(&self) -> SocketAddr {
+        self.agents
+    }
+
+    /// The URL agents dial: the certificate is for `localhost`.
+    pub fn agents_url(&self) -> String {
+        format!("wss://localhost:{}/_tunnel/v1", self.agents.port())
+    }
+
+    /// The PKI whose CA signed the agents' listener certificate.
+    pub fn pki(&self) -> &Arc<Pki> {
+        &self.pki
+    }
+
+    /// The config file, for the CLI.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Everything the gateway reported on stdout, across restarts.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Waits for an event of the current process matching `pred`.
+    pub async fn wait_event(&self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        let started = self.events.current_start();
+        self.events
+            .wait_after(started, "the expected event", pred, timeout)
+            .await
+    }
+
+    /// Waits for the event named `name` whose fields include `fields`.
+    pub async fn wait_for(&self, name: &str, fields: &[(&str, &str)]) -> Value {
+        let started = self.events.current_start();
+        let what = format!("{name} {fields:?}");
+        self.events
+            .wait_after(
+                started,
+                &what,
+                |e| kind(e) == name && fields.iter().all(|(k, v)| e[*k] == *v),
+                PATIENCE,
+            )
+            .await
+    }
+
+    /// `gateway tunnel create`: a new tunnel and its key.
+    pub async fn create_tunnel(&self, org: &str, name: &str) -> Tunnel {
+        let out = self
+            .cli(&["tunnel", "create", "--org", org, "--name", name, "--json"])
+            .await;
+        let tunnel: Tunnel = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("tunnel create printed {out:?}: {e}"));
+        assert_eq!((tunnel.name.as_str(), tunnel.org.as_str()), (name, org));
+        assert!(!tunnel.key.is_empty(), "tunnel create printed no key");
+        tunnel
+    }
+
+    /// `gateway tunnel list`: every tunnel as JSON.
+    pub async fn list_tunnels(&self) -> Vec<Value> {
+        let out = self.cli(&["tunnel", "list", "--json"]).await;
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("tunnel list printed {out:?}: {e}"))
+    }
+
+    /// `gateway caller create`: a bearer token for callers of `org`.
+    pub async fn create_caller(&self, org: &str) -> String {
+        let out = self
+            .cli(&["caller", "create", "--org", org, "--json"])
+            .await;
+        let v: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("caller create printed {out:?}: {e}"));
+        assert_eq!(v["org"], org);
+        v["token"].as_str().expect("caller token").to_string()
+    }
+
+    /// A caller of the public listener using `token`.
+    pub fn caller(&self, token: &str) -> Caller {
+        Caller::new(self.public, Some(token))
+    }
+
+    /// A caller over HTTPS (see [`GatewayOptions::public_tls`]), using
+    /// HTTP/2 when `http2`, else HTTP/1.1.
+    pub fn https_caller(&self, token: &str, http2: bool) -> Caller {
+        Caller::https(self.public, Some(token), self.pki.root_store(), http2)
+    }
+
+    /// A caller of the public listener without any credential.
+    pub fn anonymous_caller(&self) -> Caller {
+        Caller::new(self.public, None)
+    }
+
+    /// Runs a CLI subcommand against this gateway's config; panics unless
+    /// it succeeds, and returns its stdout.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let mut command = tokio::process::Command::new(bin_path("gateway"));
+        command
+            .args(&args[..2])
+            .arg("--config")
+            .arg(&self.config)
+            .args(&args[2..]);
+        command
+            .envs(self.opts.env.iter().cloned())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(PATIENCE, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("gateway {args:?} did not finish within {PATIENCE:?}"))
+            .expect("run gateway CLI");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "gateway {args:?} failed with {}:\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// SIGSTOP: the gateway hangs, its connections stay open but silent.
+    pub fn freeze(&self) {
+        self.proc.signal(Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Gateway::freeze`].
+    pub fn thaw(&self) {
+        self.proc.signal(Signal::SIGCONT);
+    }
+
+    /// SIGKILL: the gateway vanishes without saying goodbye.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.proc.kill()
+    }
+
+    /// SIGTERM, then waits for the graceful exit (grace period + 5 s).
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.proc.signal_terminate();
+        let grace = self.opts.grace_period_secs.unwrap_or(1);
+        self.proc.wait_exit(Duration::from_secs(grace + 5)).await
+    }
+
+    /// Starts the gateway again with the same config, store and agents'
+    /// port (agents reconnect to where they were), killing it first if it
+    /// still runs. The public port may change.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        let mark = self.events.mark();
+        let agents_listen = self.agents.to_string();
+        write_config(
+            &self.config,
+            &self.opts,
+            &self.pki,
+            &self.dir,
+            &agents_listen,
+        );
+        self.proc = spawn_serve(&self.opts, &self.config, &self.events, &self.dir);
+        let (public, agents) = wait_ready(&self.events, mark).await;
+        assert_eq!(agents, self.agents, "agents' listener moved on restart");
+        self.public = public;
+    }
+
+    /// The last lines of the gateway's logs.
+    pub fn logs(&self) -> String {
+        self.proc.stderr_tail()
+    }
+}
+
+fn spawn_serve(opts: &GatewayOptions, config: &Path, events: &EventLog, dir: &Path) -> Proc {
+    let mut command = Command::new(bin_path("gateway"));
+    command.arg("serve").arg("--config").arg(config);
+    command.envs(opts.env.iter().cloned());
+    Proc::spawn("gateway", command, events, &dir.join("gateway.log"))
+}
+
+async fn wait_ready(events: &EventLog, mark: usize) -> (SocketAddr, SocketAddr) {
+    let ready = events
+        .wait_after(mark, "ready", |e| kind(e) == "ready", PATIENCE)
+        .await;
+    let addr = |field: &str| -> SocketAddr {
+        ready[field]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("ready event has no {field} address: {ready}"))
+    };
+    (addr("public"), addr("agents"))
+}
+
+fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agents_listen: &str) {
+    let agents_cert = opts.agents_cert.as_ref().unwrap_or(&pki.gateway);
+    let path_str = |p: &Path| toml_str(&p.to_string_lossy());
+    let mut c = String::new();
+    let grace = opts.grace_period_secs.unwrap_or(1);
+    c += &format!("[server]\nthreads = 2\ngrace_period_secs = {grace}\n\n");
+    c += "[public]\nlisten = \"127.0.0.1:0\"\n";
+    if opts.public_tls {
+        c += &format!(
+            "tls_cert = {}\ntls_key = {}\n",
+            path_str(&pki.gateway.cert),
+            path_str(&pki.gateway.key)
+        );
+    }
+    for (key, value) in [
+        ("max_header_bytes", opts.max_header_bytes),
+        ("max_body_bytes", opts.max_body_bytes),
+        ("upstream_timeout_secs", opts.upstream_timeout_secs),
+    ] {
+        if let Some(value) = value {
+            c += &format!("{key} = {value}\n");
+        }
+    }
+    c += &format!(
+        "\n[agents]\nlisten = {}\ntls_cert = {}\ntls_key = {}\nhandshake_timeout_secs = 10\n",
+        toml_str(agents_listen),
+        path_str(&agents_cert.cert),
+        path_str(&agents_cert.key)
+    );
+    let (interval, timeout) = opts.heartbeat_secs.unwrap_or((5, 15));
+    c += &format!("heartbeat_interval_secs = {interval}\nheartbeat_timeout_secs = {timeout}\n");
+    c += &format!(
+        "\n[store]\npath = {}\nkek_file = {}\n",
+        path_str(&dir.join("gateway.db")),
+        path_str(&dir.join("kek"))
+    );
+    if let Some(domain) = &opts.base_domain {
+        c += &format!("\n[routing]\nbase_domain = {}\n", toml_str(domain));
+    }
+    for (i, route) in opts.routes.iter().enumerate() {
+        c += &format!(
+            "\n[[routes]]\nname = {}\nhost = {}\ntunnel = {}\n",
+            toml_str(&format!("route-{i}")),
+            toml_str(&route.host),
+            toml_str(&route.tunnel)
+        );
+        if let Some(prefix) = &route.path_prefix {
+            c += &format!("path_prefix = {}\n", toml_str(prefix));
+        }
+        if let Some(limit) = route.max_body_bytes {
+            c += &format!("max_body_bytes = {limit}\n");
+        }
+    }
+    std::fs::write(path, c).expect("write gateway config");
+}

@@ -1,0 +1,84 @@
+//! End-to-end harness: real `gateway` and `agent` processes, real TLS, real
+//! local services, all on loopback.
+//!
+//! A tour of the modules, in the order a story uses them:
+//!
+//! - [`pki`]: a throw-away certificate authority and the gateway's
+//!   certificate (plus impostors: an untrusted CA, a wrong hostname).
+//! - [`upstream`]: the on-prem services the agent forwards to: an echo
+//!   service (request description, byte streams, slow answers, uploads,
+//!   WebSocket echo), a raw-TCP service that returns the request head
+//!   byte-for-byte, and a fake TLS listener that plays an impostor gateway.
+//! - [`gateway`]: writes a gateway config, runs `gateway serve`, follows its
+//!   JSON events, creates tunnels and caller tokens through its CLI.
+//! - [`agent`]: stores a tunnel key with `agent key set`, runs `agent run`,
+//!   follows its events, kills or drains it.
+//! - [`caller`]: what a cloud caller does: HTTP requests and WebSockets
+//!   through the public listener (hyper, tokio-tungstenite).
+//! - [`wire`]: raw bytes for what a well-behaved client cannot send
+//!   (smuggling attempts, exact request lines) and TLS version probes.
+//! - [`body`]: the HTTP body type shared by callers and local services.
+//! - [`events`]: the JSON event log both processes print on stdout, with
+//!   waits that always have a deadline.
+//! - [`setup`]: the opening most stories share (one tunnel, one agent).
+//! - [`pattern`]: the deterministic byte pattern streamed in the large
+//!   transfer tests, and its SHA-256.
+//!
+//! Every wait has a deadline and every child process is killed when its
+//! handle is dropped, so a broken binary fails a test instead of hanging it.
+
+pub mod agent;
+pub mod body;
+pub mod caller;
+pub mod events;
+pub mod gateway;
+pub mod pattern;
+pub mod pki;
+mod process;
+pub mod setup;
+pub mod upstream;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use agent::{Agent, AgentOptions};
+pub use caller::{Caller, Reply};
+pub use events::EventLog;
+pub use gateway::{Gateway, GatewayOptions, Route, Tunnel};
+pub use pki::Pki;
+
+/// How long a story waits for something that should happen "at once"
+/// (a process becoming ready, an agent connecting) before failing.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Where the `gateway` and `agent` binaries are: `$TUNNEL_BIN_DIR` if set,
+/// otherwise the cargo target dir this executable was built into.
+///
+/// Panics with the command to run when a binary is missing.
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("TUNNEL_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("path of the running executable");
+            // Test executables live in target/debug/deps, the demo in target/debug.
+            let mut dir = exe.parent().expect("executable has a parent").to_path_buf();
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the binaries first: cargo build --workspace --bins",
+        path.display()
+    );
+    path
+}
+
+/// Quotes a string for a TOML config file (JSON string escapes are valid TOML).
+pub(crate) fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}

@@ -1,0 +1,114 @@
+//! Story: an OAuth 1.0a-signed request keeps its signature valid: the
+//! request line, query string, Host and Authorization reach the on-prem
+//! service byte for byte, while the gateway owns the forwarding headers.
+
+use std::time::Duration;
+
+use tests::setup::WikiTunnel;
+use tests::{upstream, wire, GatewayOptions};
+
+const TARGET: &str = "/p/a%2Fb;x?q=%20+%2B&&a=1&a=2&empty=&=v";
+const OAUTH: &str = "OAuth oauth_consumer_key=\"jira-cloud\", oauth_nonce=\"kllo9940pd9333jh\", \
+     oauth_signature_method=\"HMAC-SHA1\", oauth_timestamp=\"1191242096\", \
+     oauth_token=\"nnch734d00sl2jdk\", oauth_version=\"1.0\", oauth_signature=\"a%2Bb%3D\"";
+
+/// The header lines of a raw head, as (name, value) with the value untrimmed
+/// except for the single space after the colon.
+fn header_lines(head: &str) -> Vec<(String, String)> {
+    head.split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.split_once(':').unwrap_or((l, ""));
+            (
+                name.to_ascii_lowercase(),
+                value.strip_prefix(' ').unwrap_or(value).to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signed_parts_of_a_request_arrive_byte_for_byte() {
+    let t = WikiTunnel::start_with(GatewayOptions::new(), upstream::raw().await).await;
+    let request = format!(
+        "GET {TARGET} HTTP/1.1\r\nHost: wiki.test\r\nAuthorization: {OAUTH}\r\n\
+         Proxy-Authorization: Bearer {}\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n",
+        t.token
+    );
+    let reply = wire::exchange(
+        t.gateway.public_addr(),
+        request.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+
+    let heads = t.wiki.raw_heads();
+    assert_eq!(heads.len(), 1, "one request reaches the service");
+    let head = String::from_utf8(heads[0].clone()).expect("UTF-8 head");
+    let request_line = head.split("\r\n").next().unwrap();
+    assert_eq!(
+        request_line,
+        format!("GET {TARGET} HTTP/1.1"),
+        "request line changed:\n{head}"
+    );
+
+    let headers = header_lines(&head);
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("host"), ["wiki.test"], "{head}");
+    assert_eq!(
+        values("authorization"),
+        [OAUTH],
+        "Authorization changed:\n{head}"
+    );
+    assert!(
+        values("proxy-authorization").is_empty(),
+        "caller token forwarded:\n{head}"
+    );
+    assert_eq!(values("x-forwarded-for"), ["127.0.0.1"], "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_forwarding_headers_belong_to_the_gateway() {
+    let t = WikiTunnel::start().await;
+    let echo = t
+        .caller
+        .get("wiki.test", "/whoami")
+        .header("connection", "x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.test")
+        .header("forwarded", "for=6.6.6.6;host=evil.test")
+        .header("x-application", "kept")
+        .send()
+        .await
+        .echo();
+
+    for gone in ["x-hop", "keep-alive", "proxy-authorization"] {
+        assert_eq!(
+            echo.header(gone),
+            None,
+            "{gone} should not be forwarded: {echo:?}"
+        );
+    }
+    assert_eq!(echo.all("x-forwarded-for"), ["127.0.0.1"], "{echo:?}");
+    assert_eq!(echo.all("x-forwarded-proto"), ["http"], "{echo:?}");
+    assert_eq!(echo.all("x-forwarded-host"), ["wiki.test"], "{echo:?}");
+    let forwarded = echo.all("forwarded");
+    assert_eq!(forwarded.len(), 1, "{echo:?}");
+    assert!(forwarded[0].contains("127.0.0.1"), "{forwarded:?}");
+    assert!(
+        !forwarded[0].contains("6.6.6.6") && !forwarded[0].contains("evil"),
+        "{forwarded:?}"
+    );
+    assert_eq!(echo.header("x-application"), Some("kept"));
+}

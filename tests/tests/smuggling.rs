@@ -1,0 +1,113 @@
+//! Story: request smuggling attempts and malformed framing are answered 400
+//! and the connection is closed; none of them reaches the local service.
+
+use std::time::Duration;
+
+use tests::setup::WikiTunnel;
+use tests::wire;
+
+/// A request to the wiki with the caller's token and extra header lines.
+fn request(token: &str, method: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "{method} /smuggle HTTP/1.1\r\nHost: wiki.test\r\nProxy-Authorization: Bearer {token}\r\n{headers}\r\n{body}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_get_400_and_a_closed_connection() {
+    let t = WikiTunnel::start().await;
+    let public = t.gateway.public_addr();
+    let wait = Duration::from_secs(5);
+
+    // The same raw client gets through with a well-formed request.
+    let fine = request(
+        &t.token,
+        "POST",
+        "Content-Length: 4\r\nConnection: close\r\n",
+        "abcd",
+    );
+    let reply = wire::exchange(public, &fine, wait).await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    assert_eq!(t.wiki.requests(), 1);
+
+    let smuggled_get = "GET /admin HTTP/1.1\r\nHost: wiki.test\r\n\r\n";
+    let chunked_with_smuggle = format!("0\r\n\r\n{smuggled_get}");
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "Content-Length with Transfer-Encoding",
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n".into(),
+            chunked_with_smuggle.clone(),
+        ),
+        (
+            "Transfer-Encoding other than chunked",
+            "Transfer-Encoding: gzip\r\n".into(),
+            "abcd".into(),
+        ),
+        (
+            "Transfer-Encoding chunked then identity",
+            "Transfer-Encoding: chunked, identity\r\n".into(),
+            chunked_with_smuggle.clone(),
+        ),
+        (
+            "repeated Transfer-Encoding",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n".into(),
+            chunked_with_smuggle.clone(),
+        ),
+        (
+            "obfuscated Transfer-Encoding",
+            "Transfer-Encoding : chunked\r\n".into(),
+            chunked_with_smuggle.clone(),
+        ),
+        (
+            "non-numeric Content-Length",
+            "Content-Length: abc\r\n".into(),
+            "abcd".into(),
+        ),
+        (
+            "negative Content-Length",
+            "Content-Length: -4\r\n".into(),
+            "abcd".into(),
+        ),
+        (
+            "Content-Length list",
+            "Content-Length: 4, 5\r\n".into(),
+            "abcd".into(),
+        ),
+        (
+            "repeated Content-Length",
+            "Content-Length: 4\r\nContent-Length: 5\r\n".into(),
+            "abcde".into(),
+        ),
+        (
+            "two Host headers",
+            "Host: evil.test\r\nContent-Length: 0\r\n".into(),
+            String::new(),
+        ),
+    ];
+
+    let mut failures = Vec::new();
+    for (name, headers, body) in &cases {
+        let reply = wire::exchange(public, &request(&t.token, "POST", headers, body), wait).await;
+        if reply.status() != Some(400) || !reply.closed {
+            failures.push(format!(
+                "{name}: expected 400 and a closed connection, got status {:?}, closed={}:\n{}",
+                reply.status(),
+                reply.closed,
+                reply.text().lines().take(12).collect::<Vec<_>>().join("\n")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+    assert_eq!(
+        t.wiki.requests(),
+        1,
+        "a malformed request reached the local service"
+    );
+}
