@@ -62,9 +62,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run { config } => {
             let cfg = AgentConfig::load(&config)?;
             let key = crate::keystore::load_key(&cfg.tunnel)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = match cfg.runtime.threads {
+                1 => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+                n => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    if n > 1 {
+                        b.worker_threads(n);
+                    }
+                    b.enable_all().build()?
+                }
+            };
             rt.block_on(crate::run::run(cfg, key))
         }
     }

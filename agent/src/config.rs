@@ -24,6 +24,25 @@ pub struct AgentConfig {
     /// Shutdown behaviour.
     #[serde(default)]
     pub drain: DrainSection,
+    /// Threads.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+/// Threads of the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Worker threads; 1 (the default) runs everything on one thread, which
+    /// measured fastest on small hosts (no cross-thread wake-ups); 0 means
+    /// one per core.
+    pub threads: usize,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection { threads: 1 }
+    }
 }
 
 /// The gateway to dial.

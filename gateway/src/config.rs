@@ -110,7 +110,8 @@ pub struct StoreSection {
     /// Name of an environment variable holding the key-encryption key (base64).
     #[serde(default)]
     pub kek_env: Option<String>,
-    /// Seconds between reloads of tunnels and callers from the store.
+    /// Seconds a cached tunnel or caller is trusted before it is read from
+    /// the store again (how long a revoked caller token may still pass).
     #[serde(default = "default_refresh")]
     pub refresh_secs: u64,
 }
@@ -237,6 +238,9 @@ impl GatewayConfig {
                 "public.upstream_timeout_secs",
                 "must be at least 1",
             ));
+        }
+        if self.store.refresh_secs == 0 {
+            return Err(invalid("store.refresh_secs", "must be at least 1"));
         }
         if self.agents.handshake_timeout_secs == 0 {
             return Err(invalid(

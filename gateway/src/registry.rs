@@ -190,6 +190,13 @@ impl Registry {
             .await
     }
 
+    /// Forgets cached tunnels and callers, so that changes in the store
+    /// (a revoked caller, a renamed tunnel) apply from the next request.
+    pub fn clear_caches(&self) {
+        self.callers.write().expect("lock").clear();
+        self.tunnels_by_name.write().expect("lock").clear();
+    }
+
     /// Adds a freshly authenticated agent connection.
     pub fn add_agent(
         &self,

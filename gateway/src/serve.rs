@@ -38,6 +38,34 @@ fn reserve_port(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAdd
     Ok((s, local))
 }
 
+/// The agent listener and the stream bridge, run on one runtime.
+struct TunnelServices {
+    agents: AgentListener,
+    bridge: BridgeService,
+    registry: Arc<Registry>,
+    refresh: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for TunnelServices {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let refresh = async {
+            let mut sd = shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.refresh) => self.registry.clear_caches(),
+                    _ = sd.changed() => break,
+                }
+            }
+        };
+        tokio::join!(
+            self.agents.start(shutdown.clone()),
+            self.bridge.start(shutdown.clone()),
+            refresh
+        );
+    }
+}
+
 /// Announces readiness once the public listener accepts connections.
 struct Ready {
     public: SocketAddr,
@@ -130,21 +158,26 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     }
     server.add_service(public);
 
+    // The agent connections and the bridge share one runtime: every
+    // tunnelled byte crosses both, and wake-ups within a runtime are cheaper
+    // than across runtimes.
     let mut agents = background_service(
-        "agents",
-        AgentListener::new(
-            agents_listener,
-            agent_tls,
+        "tunnels",
+        TunnelServices {
+            agents: AgentListener::new(
+                agents_listener,
+                agent_tls,
+                registry.clone(),
+                cfg.agents.clone(),
+                Duration::from_secs(grace),
+            ),
+            bridge: BridgeService(bridge),
             registry,
-            cfg.agents.clone(),
-            Duration::from_secs(grace),
-        ),
+            refresh: Duration::from_secs(cfg.store.refresh_secs),
+        },
     );
     agents.threads = Some(cfg.server.threads);
     server.add_service(agents);
-    let mut bridged = background_service("bridge", BridgeService(bridge));
-    bridged.threads = Some(cfg.server.threads);
-    server.add_service(bridged);
     server.add_service(background_service(
         "ready",
         Ready {
