@@ -39,17 +39,28 @@ struct KeyFile {
 
 struct Kek(Zeroizing<[u8; 32]>);
 
+/// Writes a 0600 file. With `create_new` the file must not exist; otherwise
+/// it is replaced atomically (temp file + rename), so a crash never leaves
+/// a truncated key file.
 fn write_private(path: &Path, data: &[u8], create_new: bool) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).mode(0o600);
-    if create_new {
-        opts.create_new(true);
+    let target = if create_new {
+        path.to_path_buf()
     } else {
-        opts.create(true).truncate(true);
-    }
-    let mut f = opts.open(path)?;
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp-{}", std::process::id()));
+        path.with_file_name(name)
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)?;
     f.write_all(data)?;
-    f.sync_all()
+    f.sync_all()?;
+    if !create_new {
+        std::fs::rename(&target, path)?;
+    }
+    Ok(())
 }
 
 impl Kek {
@@ -241,6 +252,19 @@ mod tests {
             }
             std::fs::remove_dir_all(&d).unwrap();
         }
+    }
+
+    #[test]
+    fn setting_the_key_again_replaces_it() {
+        let d = tmp();
+        let s = section(&d, Cipher::Aes256Gcm, "tun_a");
+        store_key(&s, &TunnelKey::generate()).unwrap();
+        let second = TunnelKey::generate();
+        store_key(&s, &second).unwrap();
+        assert_eq!(load_key(&s).unwrap().expose(), second.expose());
+        let leftovers = std::fs::read_dir(&d).unwrap().count();
+        assert_eq!(leftovers, 2, "only the key file and the kek file remain");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

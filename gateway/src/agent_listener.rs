@@ -40,6 +40,8 @@ pub struct AgentListener {
 
 struct Shared {
     acceptor: TlsAcceptor,
+    handshakes: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
     registry: Arc<Registry>,
     cfg: AgentsSection,
     grace: Duration,
@@ -56,6 +58,8 @@ enum HsError {
     Protocol(#[from] handshake::HandshakeError),
     #[error("peer closed during handshake")]
     Closed,
+    #[error("tunnel store unavailable")]
+    Store,
     #[error("rejected agent `{agent}` for tunnel `{tunnel_id}`")]
     Rejected { tunnel_id: String, agent: String },
 }
@@ -73,6 +77,8 @@ impl AgentListener {
             listener: Mutex::new(Some(listener)),
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(tls),
+                handshakes: Arc::new(Semaphore::new(cfg.max_pending_handshakes)),
+                connections: Arc::new(Semaphore::new(cfg.max_connections)),
                 registry,
                 cfg,
                 grace,
@@ -94,22 +100,20 @@ impl BackgroundService for AgentListener {
                 return;
             }
         };
-        let limit = Arc::new(Semaphore::new(self.shared.cfg.max_connections));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        let Ok(permit) = limit.clone().try_acquire_owned() else {
-                            tracing::warn!(%peer, "agent connection refused: agents.max_connections reached");
+                        // Unauthenticated connections get their own, smaller
+                        // budget so slow handshakes cannot crowd out agents.
+                        let Ok(permit) = self.shared.handshakes.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, "agent connection refused: agents.max_pending_handshakes reached");
                             continue;
                         };
                         let shared = self.shared.clone();
                         let sd = shutdown.clone();
-                        tokio::spawn(async move {
-                            serve_agent(shared, tcp, peer, sd).await;
-                            drop(permit);
-                        });
+                        tokio::spawn(serve_agent(shared, tcp, peer, sd, permit));
                     }
                     Err(e) => {
                         // Out of descriptors or similar: back off instead of spinning.
@@ -127,6 +131,7 @@ async fn serve_agent(
     tcp: TcpStream,
     peer: SocketAddr,
     shutdown: ShutdownWatch,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
@@ -149,6 +154,11 @@ async fn serve_agent(
             tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
             return;
         }
+    };
+    drop(handshake_permit);
+    let Ok(_permit) = shared.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "agent connection closed: agents.max_connections reached");
+        return;
     };
     if let Err(e) = run_tunnel(&shared, ws, tunnel, agent_name, shutdown).await {
         tracing::info!(%peer, "agent connection ended: {e}");
@@ -242,8 +252,11 @@ async fn handshake(
         Ok(Some((info, key))) => (key, Some(info)),
         Ok(None) => (TunnelKey::generate(), None),
         Err(e) => {
-            tracing::error!(%tunnel_id, "tunnel lookup failed: {e}");
-            (TunnelKey::generate(), None)
+            // Says nothing about the agent's key: close without `Rejected`
+            // so the agent retries instead of giving up for good.
+            tracing::error!(%tunnel_id, "tunnel lookup failed, closing without a verdict: {e}");
+            let _ = ws.close(None).await;
+            return Err(HsError::Store);
         }
     };
     let ok = handshake::verify_proof(&key, &tunnel_id, &agent, &challenge, &exporter, &mac);
@@ -253,8 +266,6 @@ async fn handshake(
                 &mut ws,
                 &Message::Welcome {
                     tunnel_name: info.name.clone(),
-                    heartbeat_interval_secs: shared.cfg.heartbeat_interval_secs,
-                    heartbeat_timeout_secs: shared.cfg.heartbeat_timeout_secs,
                 },
             )
             .await?;

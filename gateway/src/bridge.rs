@@ -39,9 +39,9 @@ pub enum BridgeStatus {
     Open = 0,
     /// The agent could not reach its local service.
     Refused = 1,
-    /// The agent connection is gone or the token was unknown.
+    /// The agent connection is gone, did not answer, or the token was unknown.
     TunnelGone = 2,
-    /// Opening the stream timed out.
+    /// The agent's local service did not accept the connection in time.
     Timeout = 3,
 }
 
@@ -104,6 +104,8 @@ impl Bridge {
         let mut token = [0u8; TOKEN_LEN];
         rand::rngs::OsRng.fill_bytes(&mut token);
         self.pending.lock().expect("lock").insert(token, agent);
+        // Removes the entry however this future ends (also when dropped).
+        let _pending = PendingGuard(self, token);
         let result = async {
             let mut s = UnixStream::connect(&self.path)
                 .await
@@ -121,11 +123,9 @@ impl Bridge {
                 None => Err(BridgeStatus::TunnelGone),
             }
         };
-        let out = tokio::time::timeout(self.open_timeout + Duration::from_secs(1), result)
+        tokio::time::timeout(self.open_timeout + Duration::from_secs(1), result)
             .await
-            .unwrap_or(Err(BridgeStatus::Timeout));
-        self.pending.lock().expect("lock").remove(&token);
-        out
+            .unwrap_or(Err(BridgeStatus::TunnelGone))
     }
 
     async fn serve_one(self: Arc<Self>, mut s: UnixStream) {
@@ -150,16 +150,18 @@ impl Bridge {
         .await;
         let up = match opened {
             Ok(Ok(up)) => up,
+            Ok(Err(OpenError::Refused(status))) if status == http::StatusCode::GATEWAY_TIMEOUT => {
+                let _ = s.write_all(&[BridgeStatus::Timeout as u8]).await;
+                return;
+            }
             Ok(Err(OpenError::Refused(_))) => {
                 let _ = s.write_all(&[BridgeStatus::Refused as u8]).await;
                 return;
             }
-            Ok(Err(_)) => {
+            // The agent connection failed or did not answer: the tunnel is
+            // unusable (502), not the local service slow (504).
+            Ok(Err(_)) | Err(_) => {
                 let _ = s.write_all(&[BridgeStatus::TunnelGone as u8]).await;
-                return;
-            }
-            Err(_) => {
-                let _ = s.write_all(&[BridgeStatus::Timeout as u8]).await;
                 return;
             }
         };
@@ -172,6 +174,14 @@ impl Bridge {
         {
             tracing::debug!("bridged stream ended: {e}");
         }
+    }
+}
+
+struct PendingGuard<'a>(&'a Bridge, [u8; TOKEN_LEN]);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().expect("lock").remove(&self.1);
     }
 }
 

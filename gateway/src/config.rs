@@ -92,9 +92,12 @@ pub struct AgentsSection {
     /// Seconds without a PING answer before an agent is dropped.
     #[serde(default = "default_hb_timeout")]
     pub heartbeat_timeout_secs: u64,
-    /// Most agent connections at once (TLS handshakes included).
+    /// Most authenticated agent connections at once.
     #[serde(default = "default_max_agents")]
     pub max_connections: usize,
+    /// Most connections still in TLS, upgrade or handshake at once.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_handshakes: usize,
 }
 
 /// Tunnel and caller storage.
@@ -168,6 +171,9 @@ fn default_hb_timeout() -> u64 {
 fn default_max_agents() -> usize {
     10_000
 }
+fn default_max_pending() -> usize {
+    256
+}
 fn default_refresh() -> u64 {
     5
 }
@@ -236,6 +242,15 @@ impl GatewayConfig {
         if self.public.upstream_timeout_secs == 0 {
             return Err(invalid(
                 "public.upstream_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.agents.max_connections == 0 {
+            return Err(invalid("agents.max_connections", "must be at least 1"));
+        }
+        if self.agents.max_pending_handshakes == 0 {
+            return Err(invalid(
+                "agents.max_pending_handshakes",
                 "must be at least 1",
             ));
         }

@@ -49,6 +49,22 @@ pub fn raw_header_count(raw: &[u8], name: &str) -> usize {
         .count()
 }
 
+/// Refuses a path with dot segments, literal or percent-encoded (`..`,
+/// `%2e%2e`, `..%2f`, backslashes): route prefixes match the raw path, and a
+/// service that normalizes it would serve something outside the prefix.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    let lowered = path.to_ascii_lowercase();
+    let decoded = lowered
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    if decoded.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("dot segments in the path");
+    }
+    Ok(())
+}
+
 /// The declared body length, if any (valid after [`check_framing`]).
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -72,16 +88,18 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-/// Headers the caller may not set: the gateway's own credential and the
-/// forwarding headers the gateway itself writes.
+/// Headers the caller may not set: the gateway's own credential and
+/// headers a service behind a trusted proxy reads as the proxy's word about
+/// the client or the original URL. Every `x-forwarded-*` goes too.
 const CALLER_FORBIDDEN: &[&str] = &[
     "proxy-authorization",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
     "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1). `Transfer-Encoding` stays: pingora
@@ -117,11 +135,18 @@ pub fn headers_to_strip(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
             .chain(CALLER_FORBIDDEN)
             .map(|n| HeaderName::from_static(n)),
     );
+    out.extend(
+        headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-forwarded-"))
+            .cloned(),
+    );
     if !upgrade {
         out.push(header::CONNECTION);
         out.push(header::UPGRADE);
     }
     out.retain(|n| headers.contains_key(n));
+    out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     out.dedup();
     out
 }
@@ -193,6 +218,30 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_are_refused_in_any_spelling() {
+        for bad in [
+            "/api/../admin",
+            "/api/./x",
+            "/api/%2e%2e/admin",
+            "/api/..%2Fadmin",
+            "/a/%2E%2e",
+            "/a\\..\\b",
+            "/..",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/",
+            "/p/a%2Fb;x",
+            "/file.tar.gz",
+            "/a/..b/c",
+            "/.well-known/x",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn plain_framing_passes() {
         assert!(check_framing(&h(&[("host", "a"), ("content-length", "10")])).is_ok());
         assert!(check_framing(&h(&[("host", "a"), ("transfer-encoding", "Chunked")])).is_ok());
@@ -208,6 +257,8 @@ mod tests {
             ("proxy-authorization", "Bearer t"),
             ("x-forwarded-for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-original-url", "/admin"),
             ("authorization", "OAuth oauth_signature=\"a%2Bb\""),
             ("te", "trailers"),
         ]);

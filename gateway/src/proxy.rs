@@ -246,6 +246,19 @@ impl ProxyHttp for TunnelProxy {
                 return Ok(true);
             }
         };
+        // Until the org-check policy plugin exists, the host enforces it:
+        // fail closed rather than let one organization reach another's tunnel.
+        if ctx.caller.as_ref().is_some_and(|c| c.org != tunnel.org) {
+            reply(
+                session,
+                403,
+                "this caller's organization may not use this tunnel",
+                false,
+                &[],
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.tunnel = Some(tunnel);
 
         ctx.body_limit = route.max_body_bytes;
@@ -270,11 +283,16 @@ impl ProxyHttp for TunnelProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // After a WebSocket upgrade the "body" is the caller's frames: a
+        // long-lived session, not an upload, so the body limit does not apply.
+        if session.was_upgraded() {
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > ctx.body_limit {

@@ -109,6 +109,9 @@ pub struct Registry {
     store_rt: tokio::runtime::Handle,
     tunnels_by_name: RwLock<HashMap<String, TunnelInfo>>,
     callers: RwLock<HashMap<[u8; 32], CallerInfo>>,
+    /// Token hashes the store did not know, so random tokens from
+    /// unauthenticated callers do not each cost a store query.
+    unknown_callers: RwLock<std::collections::HashSet<[u8; 32]>>,
     agents: RwLock<HashMap<String, Vec<Arc<AgentConn>>>>,
     next_conn: AtomicU64,
 }
@@ -126,6 +129,7 @@ impl Registry {
             store_rt,
             tunnels_by_name: RwLock::default(),
             callers: RwLock::default(),
+            unknown_callers: RwLock::default(),
             agents: RwLock::default(),
             next_conn: AtomicU64::new(1),
         }
@@ -194,6 +198,7 @@ impl Registry {
     /// (a revoked caller, a renamed tunnel) apply from the next request.
     pub fn clear_caches(&self) {
         self.callers.write().expect("lock").clear();
+        self.unknown_callers.write().expect("lock").clear();
         self.tunnels_by_name.write().expect("lock").clear();
     }
 

@@ -59,23 +59,32 @@ impl Kek {
         Ok(Kek(k))
     }
 
-    /// Reads the KEK named by the config; a missing `kek_file` is created
-    /// with fresh random bytes and mode 0600.
-    pub fn load(cfg: &StoreSection) -> Result<Self, StoreError> {
+    /// Reads the KEK named by the config. A missing `kek_file` is created
+    /// with fresh random bytes and mode 0600 only when `may_create` (the
+    /// store holds no tunnel yet): a new KEK would make every stored tunnel
+    /// key unreadable, so a wrong path must fail instead.
+    pub fn load(cfg: &StoreSection, may_create: bool) -> Result<Self, StoreError> {
         if let Some(var) = &cfg.kek_env {
-            let text = std::env::var(var)
-                .map_err(|_| StoreError::Kek(format!("environment variable {var} is not set")))?;
+            let text =
+                Zeroizing::new(std::env::var(var).map_err(|_| {
+                    StoreError::Kek(format!("environment variable {var} is not set"))
+                })?);
             return Self::parse(&text);
         }
         let path = cfg
             .kek_file
             .as_ref()
             .ok_or_else(|| StoreError::Kek("set store.kek_file or store.kek_env".into()))?;
-        match std::fs::read_to_string(path) {
+        match std::fs::read_to_string(path).map(Zeroizing::new) {
             Ok(text) => {
                 Self::parse(&text).map_err(|e| StoreError::Kek(format!("{}: {e}", path.display())))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => Self::create(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Kek(format!(
+                "{} is missing but the store already holds tunnels: restore it \
+                 (a new key would leave every tunnel key unreadable)",
+                path.display()
+            ))),
             Err(e) => Err(StoreError::Kek(format!("{}: {e}", path.display()))),
         }
     }
@@ -179,7 +188,6 @@ pub struct Store {
 impl Store {
     /// Opens (creating if missing) the database and loads the KEK.
     pub async fn open(cfg: &StoreSection) -> Result<Self, StoreError> {
-        let kek = Kek::load(cfg)?;
         let opts = SqliteConnectOptions::new()
             .filename(&cfg.path)
             .create_if_missing(true)
@@ -210,6 +218,10 @@ impl Store {
         )
         .execute(&pool)
         .await?;
+        let tunnels: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tunnels")
+            .fetch_one(&pool)
+            .await?;
+        let kek = Kek::load(cfg, tunnels == 0)?;
         Ok(Store {
             pool,
             kek: std::sync::Arc::new(kek),
@@ -470,6 +482,19 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_kek_is_not_replaced_once_tunnels_exist() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        s.create_tunnel("acme", "a").await.unwrap();
+        s.close().await;
+        std::fs::remove_file(d.join("kek")).unwrap();
+        let err = Store::open(&cfg(&d)).await.unwrap_err().to_string();
+        assert!(err.contains("already holds tunnels"), "{err}");
+        assert!(!d.join("kek").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -53,13 +53,8 @@ pub enum Message {
     Challenge { nonce: String },
     /// Agent → gateway: HMAC of the transcript (base64).
     Proof { mac: String },
-    /// Gateway → agent: accepted. Heartbeat settings the gateway will hold
-    /// the agent to.
-    Welcome {
-        tunnel_name: String,
-        heartbeat_interval_secs: u64,
-        heartbeat_timeout_secs: u64,
-    },
+    /// Gateway → agent: accepted; names the tunnel for the agent's logs.
+    Welcome { tunnel_name: String },
     /// Gateway → agent: refused; the connection closes after this.
     Rejected { reason: String },
 }
@@ -73,13 +68,23 @@ pub enum HandshakeError {
     Malformed(String),
     #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})")]
     Version(u32),
-    #[error("{0} is empty or longer than {MAX_NAME_LEN} bytes")]
+    #[error("{0} must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -")]
     BadName(&'static str),
     #[error("expected a {expected} message, got {got}")]
     Unexpected {
         expected: &'static str,
         got: &'static str,
     },
+}
+
+/// Whether a tunnel id or agent name is acceptable: both are logged before
+/// the agent is authenticated, so no control characters or spaces.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Message {
@@ -104,10 +109,10 @@ impl Message {
             if *version != PROTOCOL_VERSION {
                 return Err(HandshakeError::Version(*version));
             }
-            if tunnel_id.is_empty() || tunnel_id.len() > MAX_NAME_LEN {
+            if !valid_name(tunnel_id) {
                 return Err(HandshakeError::BadName("tunnel_id"));
             }
-            if agent.is_empty() || agent.len() > MAX_NAME_LEN {
+            if !valid_name(agent) {
                 return Err(HandshakeError::BadName("agent"));
             }
         }
@@ -224,8 +229,6 @@ mod tests {
             Message::Proof { mac: b64(&[9; 32]) },
             Message::Welcome {
                 tunnel_name: "wiki".into(),
-                heartbeat_interval_secs: 5,
-                heartbeat_timeout_secs: 15,
             },
             Message::Rejected {
                 reason: REJECTED_REASON.into(),
