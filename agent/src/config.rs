@@ -223,15 +223,17 @@ impl AgentConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.gateway_url()?;
-        if self.tunnel.id.is_empty() || self.tunnel.id.len() > protocol::handshake::MAX_NAME_LEN {
+        if !protocol::handshake::valid_name(&self.tunnel.id) {
             return Err(invalid(
                 "tunnel.id",
                 "must be the id printed by `gateway tunnel create`",
             ));
         }
-        let name = self.agent_name();
-        if name.is_empty() || name.len() > protocol::handshake::MAX_NAME_LEN {
-            return Err(invalid("tunnel.agent_name", "must be 1-128 bytes"));
+        if !protocol::handshake::valid_name(&self.agent_name()) {
+            return Err(invalid(
+                "tunnel.agent_name",
+                "must be 1-128 characters of A-Z a-z 0-9 . _ -",
+            ));
         }
         match (&self.tunnel.kek_file, &self.tunnel.kek_env) {
             (None, None) => return Err(invalid("tunnel.kek_file", "set kek_file or kek_env")),

@@ -173,6 +173,27 @@ impl ProxyHttp for TunnelProxy {
             .await?;
             return Ok(true);
         };
+        // An absolute-form target names its own authority, which the local
+        // service would obey over Host: it must agree with what we route by.
+        if req.headers.contains_key(header::HOST) {
+            if let Some(auth) = req.uri.authority() {
+                if normalize_host(auth.as_str()).as_deref() != Some(host.as_str()) {
+                    reply(
+                        session,
+                        400,
+                        "bad request: request target and Host disagree",
+                        true,
+                        &[],
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if let Err(why) = http_checks::check_path(req.uri.path()) {
+            reply(session, 400, &format!("bad request: {why}"), true, &[]).await?;
+            return Ok(true);
+        }
         let Some(route) = self.routes.resolve(&host, req.uri.path()) else {
             reply(
                 session,
@@ -401,7 +422,7 @@ impl ProxyHttp for TunnelProxy {
             ),
             (ErrorType::ConnectTimedout, _) => (
                 504,
-                format!("timed out opening a stream in tunnel `{tunnel}`"),
+                format!("the local service behind tunnel `{tunnel}` did not accept in time"),
             ),
             (ErrorType::ConnectRefused, _) => (
                 502,

@@ -1,8 +1,14 @@
 //! Story: the agent forwards to services on its own machine only; a
-//! non-loopback local address is refused unless explicitly allowed.
+//! non-loopback local address is refused unless explicitly allowed. Its
+//! name is logged by the gateway before it is authenticated, so a name with
+//! spaces or control characters is refused at start.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
 
 use tests::setup::WikiTunnel;
-use tests::{bin_path, PATIENCE};
+use tests::{bin_path, Agent, AgentOptions, PATIENCE};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,4 +42,100 @@ async fn a_non_loopback_local_address_is_refused_by_default() {
         "stderr should name local.address / allow_remote:\n{stderr}"
     );
     assert!(!stdout.contains("\"connected\""), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_name_with_a_space_or_a_newline_is_refused_at_start() {
+    let t = WikiTunnel::start().await;
+    let config = std::fs::read_to_string(t.agent.config_path()).unwrap();
+    let current = format!("agent_name = \"{}\"", t.agent.name());
+    assert!(config.contains(&current), "{config}");
+
+    let cases = [
+        ("a space", "node one", "space.toml"),
+        ("a newline", "node\nforged", "newline.toml"),
+    ];
+    let mut failures = Vec::new();
+    for (what, name, file) in cases {
+        // JSON string escapes are valid TOML: the newline is a real one.
+        let quoted = serde_json::to_string(name).unwrap();
+        let bad = config.replace(&current, &format!("agent_name = {quoted}"));
+        assert_ne!(config, bad);
+        let path = t.agent.config_path().with_file_name(file);
+        std::fs::write(&path, bad).unwrap();
+
+        let (status, stdout, stderr) = run_agent(&path).await;
+        let refused = status.is_some_and(|s| !s.success());
+        if !refused || !stderr.contains("tunnel.agent_name") || stdout.contains("\"connected\"") {
+            let first = |text: &str| text.lines().take(4).collect::<Vec<_>>().join("\n");
+            let outcome = match status {
+                Some(status) => format!("exited with {status}"),
+                None => format!("still running after {PATIENCE:?}"),
+            };
+            failures.push(format!(
+                "{what} in agent_name: expected a non-zero exit with stderr naming \
+                 tunnel.agent_name; the agent {outcome}\nstdout:\n{}\nstderr:\n{}",
+                first(&stdout),
+                first(&stderr)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad names were not refused at start:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// `agent run --config path`, given [`PATIENCE`] to exit; returns its exit
+/// status (`None` if it was still running and had to be killed), stdout and
+/// stderr.
+async fn run_agent(path: &Path) -> (Option<ExitStatus>, String, String) {
+    let mut child = Command::new(bin_path("agent"))
+        .args(["run", "--config"])
+        .arg(path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn agent run");
+    let read = |pipe: Option<Box<dyn AsyncRead + Unpin + Send>>| {
+        tokio::spawn(async move {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text).await;
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = match tokio::time::timeout(PATIENCE, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for the agent")),
+        Err(_) => {
+            child.kill().await.expect("kill the agent");
+            None
+        }
+    };
+    let stdout = stdout.await.expect("stdout reader");
+    let stderr = stderr.await.expect("stderr reader");
+    (status, stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_name_of_letters_digits_dots_dashes_and_underscores_connects() {
+    let t = WikiTunnel::start().await;
+    let agent = Agent::connect(
+        &t.gateway,
+        &t.tunnel,
+        t.wiki.addr(),
+        AgentOptions::new().name("rack-2.node_01"),
+    )
+    .await;
+    assert_eq!(agent.name(), "rack-2.node_01");
+    t.gateway
+        .wait_for("agent_connected", &[("agent", "rack-2.node_01")])
+        .await;
 }

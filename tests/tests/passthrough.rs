@@ -112,3 +112,76 @@ async fn hop_by_hop_and_forwarding_headers_belong_to_the_gateway() {
     );
     assert_eq!(echo.header("x-application"), Some("kept"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_supplied_proxy_headers_never_reach_the_service() {
+    let t = WikiTunnel::start().await;
+    // Headers a service behind a trusted proxy reads as the proxy's word
+    // about the client or the original URL.
+    let planted = [
+        ("x-forwarded-prefix", "/admin"),
+        ("x-forwarded-ssl", "on"),
+        ("x-forwarded-port", "443"),
+        ("x-original-url", "/admin/users"),
+        ("x-rewrite-url", "/admin/users"),
+        ("x-original-host", "admin.internal"),
+        ("true-client-ip", "6.6.6.6"),
+        ("x-client-ip", "6.6.6.7"),
+        ("x-real-ip", "6.6.6.8"),
+    ];
+    let mut call = t.caller.get("wiki.test", "/whoami");
+    for (name, value) in planted {
+        call = call.header(name, value);
+    }
+    let echo = call.header("x-application", "kept").send().await.echo();
+
+    let leaked: Vec<&str> = planted
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| echo.header(name).is_some())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "forwarded to the service: {leaked:?}\n{echo:?}"
+    );
+    let mut forwarding: Vec<&str> = echo
+        .headers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("x-forwarded-"))
+        .collect();
+    forwarding.sort_unstable();
+    assert_eq!(
+        forwarding,
+        ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"],
+        "only the gateway's own forwarding headers arrive: {echo:?}"
+    );
+    assert!(
+        !echo
+            .headers
+            .iter()
+            .any(|(_, v)| v.contains("6.6.6.") || v.contains("/admin")),
+        "a planted value reached the service: {echo:?}"
+    );
+    assert_eq!(echo.header("x-application"), Some("kept"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarded_host_keeps_the_port_the_caller_sent() {
+    let t = WikiTunnel::start().await;
+    let echo = t
+        .caller
+        .get("wiki.test:8080", "/")
+        .header("x-forwarded-host", "evil.test")
+        .send()
+        .await
+        .echo();
+    assert_eq!(echo.all("host"), ["wiki.test:8080"], "{echo:?}");
+    assert_eq!(echo.all("x-forwarded-host"), ["wiki.test:8080"], "{echo:?}");
+    let forwarded = echo.all("forwarded");
+    assert_eq!(forwarded.len(), 1, "{echo:?}");
+    assert!(
+        forwarded[0].contains("host=\"wiki.test:8080\""),
+        "{forwarded:?}"
+    );
+}

@@ -1,5 +1,6 @@
-//! Story: request smuggling attempts and malformed framing are answered 400
-//! and the connection is closed; none of them reaches the local service.
+//! Story: request smuggling attempts, malformed framing and an absolute
+//! target naming another host than `Host` are answered 400 and the
+//! connection is closed; none of them reaches the local service.
 
 use std::time::Duration;
 
@@ -110,4 +111,48 @@ async fn smuggling_attempts_get_400_and_a_closed_connection() {
         1,
         "a malformed request reached the local service"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_target_naming_another_host_gets_400() {
+    let t = WikiTunnel::start().await;
+    let public = t.gateway.public_addr();
+    let wait = Duration::from_secs(5);
+    let absolute = |url: &str, close: &str| {
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: wiki.test\r\nProxy-Authorization: Bearer {}\r\n{close}\r\n",
+            t.token
+        )
+    };
+
+    // The authority says one host, Host another: which one is routed, which
+    // one the service believes? Neither: refused.
+    let reply = wire::exchange(
+        public,
+        absolute("http://other.internal/x", "").as_bytes(),
+        wait,
+    )
+    .await;
+    assert!(
+        reply.status() == Some(400) && reply.closed,
+        "expected 400 and a closed connection, got status {:?}, closed={}:\n{}",
+        reply.status(),
+        reply.closed,
+        reply.text()
+    );
+    assert_eq!(
+        t.wiki.requests(),
+        0,
+        "a request with a disagreeing authority reached the local service"
+    );
+
+    // An absolute target that agrees with Host is an ordinary request.
+    let reply = wire::exchange(
+        public,
+        absolute("http://wiki.test/x", "Connection: close\r\n").as_bytes(),
+        wait,
+    )
+    .await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    assert_eq!(t.wiki.requests(), 1);
 }

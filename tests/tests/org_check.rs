@@ -1,0 +1,65 @@
+//! Story: a caller token belongs to one organization and reaches only that
+//! organization's tunnels; another organization's tunnel answers 403, by
+//! explicit route and by `<name>.<base_domain>` alike, and its local service
+//! never hears of the request.
+
+use tests::{upstream, Agent, AgentOptions, Gateway, GatewayOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_reaches_only_its_own_organizations_tunnels() {
+    let gateway = Gateway::start(
+        GatewayOptions::new()
+            .route("wiki.test", "wiki")
+            .route("billing.test", "billing")
+            .base_domain("tunnels.test"),
+    )
+    .await;
+    let wiki_tunnel = gateway.create_tunnel("acme", "wiki").await;
+    let billing_tunnel = gateway.create_tunnel("globex", "billing").await;
+    let wiki = upstream::echo("wiki").await;
+    let billing = upstream::echo("billing").await;
+    let _wiki_agent =
+        Agent::connect(&gateway, &wiki_tunnel, wiki.addr(), AgentOptions::new()).await;
+    let _billing_agent = Agent::connect(
+        &gateway,
+        &billing_tunnel,
+        billing.addr(),
+        AgentOptions::new(),
+    )
+    .await;
+    let globex = gateway.caller(&gateway.create_caller("globex").await);
+
+    // acme's tunnel, by route and by name under the base domain.
+    for host in ["wiki.test", "wiki.tunnels.test"] {
+        let reply = globex.get(host, "/pages/secret").send().await;
+        assert_eq!(
+            reply.status, 403,
+            "a globex caller on acme's tunnel via {host}: {reply:?}"
+        );
+        assert!(
+            reply.text().contains("organization"),
+            "the 403 should say the organization is the problem (via {host}): {:?}",
+            reply.text()
+        );
+    }
+    assert_eq!(
+        wiki.requests(),
+        0,
+        "a request refused for its organization reached acme's service"
+    );
+
+    // The same caller reaches its own organization's tunnel, both ways.
+    for host in ["billing.test", "billing.tunnels.test"] {
+        let reply = globex.get(host, "/invoices").send().await;
+        assert_eq!(reply.echo().server, "billing", "via {host}");
+    }
+    assert_eq!(billing.requests(), 2);
+
+    // And acme's own callers still reach acme's tunnel.
+    let acme = gateway.caller(&gateway.create_caller("acme").await);
+    assert_eq!(
+        acme.get("wiki.test", "/").send().await.echo().server,
+        "wiki"
+    );
+    assert_eq!(wiki.requests(), 1);
+}
