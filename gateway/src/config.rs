@@ -31,7 +31,10 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
-    /// Worker threads of the public proxy.
+    /// Worker threads of the public proxy, and again of the tunnel side
+    /// (agent connections and the stream bridge). Defaults to half the
+    /// cores (at least 1): the two sides together then use every core
+    /// without oversubscribing it, which measured fastest.
     pub threads: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub grace_period_secs: u64,
@@ -40,7 +43,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
-            threads: 2,
+            threads: default_threads(),
             grace_period_secs: 10,
         }
     }
@@ -147,6 +150,9 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
 }
 
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 fn default_max_header() -> usize {
     64 << 10
 }
@@ -359,7 +365,8 @@ tunnel = "wiki"
         let c = load_str(base()).unwrap();
         assert_eq!(c.routes[0].path_prefix, "/");
         assert_eq!(c.public.max_header_bytes, 64 << 10);
-        assert_eq!(c.server.threads, 2);
+        assert_eq!(c.server.threads, default_threads());
+        assert!(c.server.threads >= 1);
     }
 
     #[test]

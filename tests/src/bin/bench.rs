@@ -39,6 +39,9 @@ struct Args {
     /// Rounds of each figure; the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Gateway worker threads (`server.threads`); the config default if unset.
+    #[arg(long)]
+    gateway_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -319,10 +322,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     build_binaries()?;
     let origin = start_origin().await?;
-    let gateway = Gateway::start(
-        GatewayOptions::new().with_route(Route::new("bench.test", "bench").max_body_bytes(1 << 40)),
-    )
-    .await;
+    let mut opts =
+        GatewayOptions::new().with_route(Route::new("bench.test", "bench").max_body_bytes(1 << 40));
+    if let Some(n) = args.gateway_threads {
+        opts = opts.env("GATEWAY__SERVER__THREADS", &n.to_string());
+    }
+    let gateway = Gateway::start(opts).await;
     let tunnel = gateway.create_tunnel("bench-org", "bench").await;
     let token = gateway.create_caller("bench-org").await;
     let agent = Agent::connect(&gateway, &tunnel, origin, AgentOptions::new()).await;
