@@ -252,13 +252,88 @@ impl Registry {
         drop(map);
         best.map(InflightGuard::new).ok_or(PickError::NoAgent)
     }
+}
 
-    /// Number of serving agents of a tunnel.
-    pub fn agent_count(&self, tunnel_id: &str) -> usize {
-        self.agents
-            .read()
-            .expect("lock")
-            .get(tunnel_id)
-            .map_or(0, |l| l.iter().filter(|a| !a.is_draining()).count())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    async fn registry() -> (Registry, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("gwreg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&crate::config::StoreSection {
+            path: dir.join("g.db"),
+            kek_file: Some(dir.join("kek")),
+            kek_env: None,
+            refresh_secs: 5,
+        })
+        .await
+        .unwrap();
+        (Registry::new(store, tokio::runtime::Handle::current()), dir)
+    }
+
+    /// A sender on a live (if silent) HTTP/2 connection.
+    async fn sender() -> SendRequest<Empty<Bytes>> {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(async move {
+            let _server = server;
+            let _ = conn.await;
+        });
+        tx
+    }
+
+    fn tunnel() -> TunnelInfo {
+        TunnelInfo {
+            id: "tun_1".into(),
+            name: "wiki".into(),
+            org: "acme".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn picks_the_least_busy_serving_agent() {
+        let (reg, dir) = registry().await;
+        assert_eq!(reg.pick("tun_1").unwrap_err(), PickError::NoAgent);
+        let a = reg.add_agent(tunnel(), "a".into(), sender().await);
+        let b = reg.add_agent(tunnel(), "b".into(), sender().await);
+        assert_ne!(a.conn_id, b.conn_id);
+
+        let g1 = reg.pick("tun_1").unwrap();
+        let g2 = reg.pick("tun_1").unwrap();
+        // Two requests in flight land on two different agents.
+        assert_ne!(g1.agent().conn_id, g2.agent().conn_id);
+        assert_eq!(a.inflight() + b.inflight(), 2);
+        drop(g1);
+        drop(g2);
+        assert_eq!(a.inflight() + b.inflight(), 0);
+
+        // A draining agent gets nothing new; it is idle once its last request ends.
+        let held = reg.pick("tun_1").unwrap();
+        let holder = held.agent().clone();
+        holder.start_draining();
+        for _ in 0..5 {
+            let g = reg.pick("tun_1").unwrap();
+            assert_ne!(g.agent().conn_id, holder.conn_id);
+        }
+        let idle = tokio::spawn({
+            let h = holder.clone();
+            async move { h.wait_idle().await }
+        });
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), idle)
+            .await
+            .expect("draining agent becomes idle when its request ends")
+            .unwrap();
+
+        // With every agent draining or removed, there is no agent.
+        let other = if holder.conn_id == a.conn_id { &b } else { &a };
+        reg.remove_agent(other);
+        assert_eq!(reg.pick("tun_1").unwrap_err(), PickError::NoAgent);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
