@@ -317,9 +317,25 @@ where
     Ok((median(d), median(t)))
 }
 
+/// Installs wrk through the project's setup script when it is missing, so
+/// `cargo run --release -p tests --bin bench` works on a fresh machine.
+fn ensure_wrk() -> anyhow::Result<()> {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    let setup = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup.sh");
+    eprintln!("wrk is missing; installing it with {}", setup.display());
+    let status = Command::new("bash").arg(&setup).arg("wrk").status()?;
+    if !status.success() {
+        bail!("could not install wrk (apt-get install wrk)");
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    ensure_wrk()?;
     build_binaries()?;
     let origin = start_origin().await?;
     let mut opts =
