@@ -122,6 +122,142 @@ fn request_host(req: &RequestHeader) -> Option<(String, String)> {
     Some((raw, host))
 }
 
+/// Why the gateway answers a request itself instead of forwarding it.
+struct Refusal {
+    status: u16,
+    body: String,
+    /// Close the connection after answering (framing could not be trusted).
+    close: bool,
+    extra: &'static [(&'static str, &'static str)],
+}
+
+impl Refusal {
+    fn new(status: u16, body: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            body: body.into(),
+            close: false,
+            extra: &[],
+        }
+    }
+
+    /// A 400 that closes the connection: after a framing or target problem
+    /// nothing more on this connection can be trusted.
+    fn bad_request(why: &str) -> Self {
+        Refusal {
+            close: true,
+            ..Refusal::new(400, format!("bad request: {why}"))
+        }
+    }
+
+    fn store_unavailable(what: &str) -> Self {
+        Refusal {
+            extra: &[("retry-after", RETRY_AFTER_SECS)],
+            ..Refusal::new(503, format!("{what} store unavailable"))
+        }
+    }
+}
+
+impl TunnelProxy {
+    /// Every check before a request may enter a tunnel, in order: framing
+    /// (400), header size (431), Host and target (400), route (404), caller
+    /// (401), tunnel (404), organization (403), declared body size (413).
+    async fn admit(&self, session: &Session, ctx: &mut Ctx) -> std::result::Result<(), Refusal> {
+        let req = session.req_header();
+        http_checks::check_framing(&req.headers).map_err(Refusal::bad_request)?;
+        if req.headers.contains_key(header::TRANSFER_ENCODING) {
+            // pingora drops Content-Length when Transfer-Encoding is present;
+            // the raw header block still shows whether the caller sent both.
+            if let Some(h1) = session.as_downstream().as_http1() {
+                if http_checks::raw_header_count(&h1.get_headers_raw_bytes(), "content-length") > 0
+                {
+                    return Err(Refusal::bad_request(
+                        "both Content-Length and Transfer-Encoding",
+                    ));
+                }
+            }
+        }
+        if http_checks::header_block_size(&req.headers) > self.max_header_bytes {
+            return Err(Refusal {
+                close: true,
+                ..Refusal::new(431, "request header fields too large")
+            });
+        }
+        let (host_header, host) =
+            request_host(req).ok_or_else(|| Refusal::bad_request("missing or invalid Host"))?;
+        // An absolute-form target names its own authority, which the local
+        // service would obey over Host: it must agree with what we route by.
+        if req.headers.contains_key(header::HOST) {
+            if let Some(auth) = req.uri.authority() {
+                if normalize_host(auth.as_str()).as_deref() != Some(host.as_str()) {
+                    return Err(Refusal::bad_request("request target and Host disagree"));
+                }
+            }
+        }
+        http_checks::check_path(req.uri.path()).map_err(Refusal::bad_request)?;
+        let route = self
+            .routes
+            .resolve(&host, req.uri.path())
+            .ok_or_else(|| Refusal::new(404, format!("no route for host `{host}`")))?;
+        ctx.host = host;
+        ctx.host_header = host_header;
+        ctx.route = Some(route.route.clone());
+        ctx.upgrade = http_checks::is_websocket_upgrade(&req.headers);
+
+        let caller = match bearer(req) {
+            Some(token) => self.registry.caller(token).await.map_err(|e| {
+                tracing::error!("caller lookup failed: {e}");
+                Refusal::store_unavailable("credential")
+            })?,
+            None => None,
+        };
+        let caller = caller.ok_or_else(|| Refusal {
+            extra: &[("proxy-authenticate", "Bearer realm=\"tunnel-gateway\"")],
+            ..Refusal::new(
+                401,
+                "missing or unknown caller credential (Proxy-Authorization: Bearer <token>)",
+            )
+        })?;
+
+        let tunnel = self
+            .registry
+            .tunnel_by_name(&route.tunnel)
+            .await
+            .map_err(|e| {
+                tracing::error!("tunnel lookup failed: {e}");
+                Refusal::store_unavailable("tunnel")
+            })?
+            .ok_or_else(|| Refusal::new(404, format!("no tunnel named `{}`", route.tunnel)))?;
+        // Until the org-check policy plugin exists, the host enforces it:
+        // fail closed rather than let one organization reach another's tunnel.
+        if caller.org != tunnel.org {
+            return Err(Refusal::new(
+                403,
+                "this caller's organization may not use this tunnel",
+            ));
+        }
+        ctx.caller = Some(caller);
+        ctx.tunnel = Some(tunnel);
+
+        ctx.body_limit = route.max_body_bytes;
+        if let Some(len) = http_checks::content_length(&req.headers) {
+            if len > ctx.body_limit {
+                return Err(Refusal {
+                    close: true,
+                    ..Refusal::new(
+                        413,
+                        format!(
+                            "request body of {len} bytes exceeds this route's limit of {} bytes",
+                            ctx.body_limit
+                        ),
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for TunnelProxy {
     type CTX = Ctx;
@@ -143,163 +279,14 @@ impl ProxyHttp for TunnelProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let req = session.req_header();
-        let mut framing = http_checks::check_framing(&req.headers);
-        if framing.is_ok() && req.headers.contains_key(header::TRANSFER_ENCODING) {
-            if let Some(h1) = session.as_downstream().as_http1() {
-                if http_checks::raw_header_count(&h1.get_headers_raw_bytes(), "content-length") > 0
-                {
-                    framing = Err("both Content-Length and Transfer-Encoding");
-                }
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(r) => {
+                tracing::info!(client = ?session.client_addr(), status = r.status, "refused: {}", r.body);
+                reply(session, r.status, &r.body, r.close, r.extra).await?;
+                Ok(true)
             }
         }
-        if let Err(why) = framing {
-            tracing::info!(client = ?session.client_addr(), "refused request: {why}");
-            reply(session, 400, &format!("bad request: {why}"), true, &[]).await?;
-            return Ok(true);
-        }
-        if http_checks::header_block_size(&req.headers) > self.max_header_bytes {
-            reply(session, 431, "request header fields too large", true, &[]).await?;
-            return Ok(true);
-        }
-        let Some((host_header, host)) = request_host(req) else {
-            reply(
-                session,
-                400,
-                "bad request: missing or invalid Host",
-                true,
-                &[],
-            )
-            .await?;
-            return Ok(true);
-        };
-        // An absolute-form target names its own authority, which the local
-        // service would obey over Host: it must agree with what we route by.
-        if req.headers.contains_key(header::HOST) {
-            if let Some(auth) = req.uri.authority() {
-                if normalize_host(auth.as_str()).as_deref() != Some(host.as_str()) {
-                    reply(
-                        session,
-                        400,
-                        "bad request: request target and Host disagree",
-                        true,
-                        &[],
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if let Err(why) = http_checks::check_path(req.uri.path()) {
-            reply(session, 400, &format!("bad request: {why}"), true, &[]).await?;
-            return Ok(true);
-        }
-        let Some(route) = self.routes.resolve(&host, req.uri.path()) else {
-            reply(
-                session,
-                404,
-                &format!("no route for host `{host}`"),
-                false,
-                &[],
-            )
-            .await?;
-            return Ok(true);
-        };
-        ctx.host = host;
-        ctx.host_header = host_header;
-        ctx.route = Some(route.route.clone());
-        ctx.upgrade = http_checks::is_websocket_upgrade(&req.headers);
-
-        let caller = match bearer(req) {
-            Some(token) => match self.registry.caller(token).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("caller lookup failed: {e}");
-                    reply(
-                        session,
-                        503,
-                        "credential store unavailable",
-                        false,
-                        &[("retry-after", RETRY_AFTER_SECS)],
-                    )
-                    .await?;
-                    return Ok(true);
-                }
-            },
-            None => None,
-        };
-        let Some(caller) = caller else {
-            reply(
-                session,
-                401,
-                "missing or unknown caller credential (Proxy-Authorization: Bearer <token>)",
-                false,
-                &[("proxy-authenticate", "Bearer realm=\"tunnel-gateway\"")],
-            )
-            .await?;
-            return Ok(true);
-        };
-        ctx.caller = Some(caller);
-
-        let tunnel = match self.registry.tunnel_by_name(&route.tunnel).await {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                reply(
-                    session,
-                    404,
-                    &format!("no tunnel named `{}`", route.tunnel),
-                    false,
-                    &[],
-                )
-                .await?;
-                return Ok(true);
-            }
-            Err(e) => {
-                tracing::error!("tunnel lookup failed: {e}");
-                reply(
-                    session,
-                    503,
-                    "tunnel store unavailable",
-                    false,
-                    &[("retry-after", RETRY_AFTER_SECS)],
-                )
-                .await?;
-                return Ok(true);
-            }
-        };
-        // Until the org-check policy plugin exists, the host enforces it:
-        // fail closed rather than let one organization reach another's tunnel.
-        if ctx.caller.as_ref().is_some_and(|c| c.org != tunnel.org) {
-            reply(
-                session,
-                403,
-                "this caller's organization may not use this tunnel",
-                false,
-                &[],
-            )
-            .await?;
-            return Ok(true);
-        }
-        ctx.tunnel = Some(tunnel);
-
-        ctx.body_limit = route.max_body_bytes;
-        if let Some(len) = http_checks::content_length(&session.req_header().headers) {
-            if len > ctx.body_limit {
-                reply(
-                    session,
-                    413,
-                    &format!(
-                        "request body of {len} bytes exceeds this route's limit of {} bytes",
-                        ctx.body_limit
-                    ),
-                    true,
-                    &[],
-                )
-                .await?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     async fn request_body_filter(
