@@ -32,6 +32,9 @@ use crate::store::TunnelInfo;
 
 type AgentWs = WebSocketStream<TlsStream<TcpStream>>;
 
+/// Least time between an agent's proof and the gateway's verdict.
+const VERDICT_FLOOR: Duration = Duration::from_millis(25);
+
 /// The agent listener, run as a pingora background service.
 pub struct AgentListener {
     listener: Mutex<Option<std::net::TcpListener>>,
@@ -247,6 +250,9 @@ async fn handshake(
     };
     // Unknown tunnel, undecryptable key and wrong proof take the same path:
     // a MAC is always computed and compared, and the answer is identical.
+    // The verdict also waits for a fixed floor, so the store lookup and key
+    // decryption (present only for a known tunnel) do not show in timing.
+    let verdict_at = tokio::time::Instant::now() + VERDICT_FLOOR;
     let found = shared.registry.tunnel_with_key(&tunnel_id).await;
     let (key, info) = match found {
         Ok(Some((info, key))) => (key, Some(info)),
@@ -260,6 +266,7 @@ async fn handshake(
         }
     };
     let ok = handshake::verify_proof(&key, &tunnel_id, &agent, &challenge, &exporter, &mac);
+    tokio::time::sleep_until(verdict_at).await;
     match (ok, info) {
         (true, Some(info)) => {
             send(
