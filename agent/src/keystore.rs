@@ -280,6 +280,29 @@ mod tests {
     }
 
     #[test]
+    fn kek_from_environment() {
+        let d = tmp();
+        let var = format!("AGENT_TEST_KEK_{}", rand::random::<u32>());
+        let s = TunnelSection {
+            kek_file: None,
+            kek_env: Some(var.clone()),
+            ..section(&d, Cipher::ChaCha20Poly1305, "tun_env")
+        };
+        let err = store_key(&s, &TunnelKey::generate())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&var), "{err}");
+        std::env::set_var(&var, STANDARD.encode([3u8; 32]));
+        let key = TunnelKey::generate();
+        store_key(&s, &key).unwrap();
+        assert_eq!(load_key(&s).unwrap().expose(), key.expose());
+        std::env::set_var(&var, STANDARD.encode([4u8; 32]));
+        assert!(matches!(load_key(&s), Err(KeyStoreError::Decrypt(_))));
+        std::env::remove_var(&var);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn missing_key_file_says_what_to_do() {
         let d = tmp();
         let e = load_key(&section(&d, Cipher::Aes256Gcm, "t"))

@@ -498,6 +498,40 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    #[tokio::test]
+    async fn kek_from_environment() {
+        let d = tmp();
+        // A variable name of this test's own: the environment is process-wide.
+        let var = format!("GW_TEST_KEK_{}", rand::random::<u32>());
+        let cfg = StoreSection {
+            kek_file: None,
+            kek_env: Some(var.clone()),
+            ..cfg(&d)
+        };
+        let err = Store::open(&cfg).await.unwrap_err().to_string();
+        assert!(err.contains(&var) && err.contains("not set"), "{err}");
+        std::env::set_var(&var, "not base64!");
+        assert!(Store::open(&cfg).await.is_err());
+        std::env::set_var(&var, STANDARD.encode([5u8; 32]));
+        let s = Store::open(&cfg).await.unwrap();
+        let (info, key) = s.create_tunnel("acme", "env").await.unwrap();
+        assert_eq!(
+            s.tunnel_with_key(&info.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .1
+                .expose(),
+            key.expose()
+        );
+        assert!(
+            !d.join("kek").exists(),
+            "no KEK file is written when kek_env is used"
+        );
+        std::env::remove_var(&var);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn names_are_validated() {
         assert!(validate_tunnel_name("wiki-1").is_ok());
