@@ -1,0 +1,81 @@
+//! Test-only plugin that misbehaves on purpose. Never deploy it.
+//!
+//! Its configuration names the failure: `loop` spins forever, `trap` hits an
+//! `unreachable` instruction, `grow` allocates until memory runs out,
+//! `init-error` refuses to load, `allow` and `deny` behave (so a test can
+//! swap a good version for a bad one and back). `deny-NNN` denies with
+//! status NNN.
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::{string::String, vec::Vec};
+
+use plugin_sdk as _;
+
+wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+
+use tunnel::policy::types::{Denial, Header, HeaderEdit};
+
+static mut MODE: Option<String> = None;
+
+fn mode() -> String {
+    // SAFETY: a component instance is single-threaded.
+    #[allow(static_mut_refs)]
+    unsafe {
+        MODE.clone().unwrap_or_default()
+    }
+}
+
+struct Faulty;
+
+impl Guest for Faulty {
+    fn init(config: String) -> Result<(), String> {
+        let config = String::from(config.trim());
+        if config == "init-error" {
+            return Err(String::from("faulty: refusing to load, as configured"));
+        }
+        // SAFETY: a component instance is single-threaded.
+        unsafe { MODE = Some(config) };
+        Ok(())
+    }
+
+    fn on_request(_ctx: Context, _req: Request) -> Decision {
+        let mode = mode();
+        match mode.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = core::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "trap" => panic!("trap"),
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut block = Vec::with_capacity(1 << 20);
+                    block.resize(1 << 20, 1u8);
+                    hoard.push(core::hint::black_box(block));
+                }
+            }
+            "allow" => Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
+                name: String::from("x-faulty"),
+                value: b"allow".to_vec(),
+            })]),
+            other => {
+                let status = other
+                    .strip_prefix("deny-")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(403);
+                Decision::Deny(Denial {
+                    status,
+                    headers: Vec::new(),
+                    body: alloc::format!("denied by faulty ({other})\n").into_bytes(),
+                    reason: alloc::format!("faulty mode {other}"),
+                })
+            }
+        }
+    }
+}
+
+export!(Faulty);
