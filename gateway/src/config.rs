@@ -25,6 +25,75 @@ pub struct GatewayConfig {
     /// Explicit routes: host (and path prefix) to tunnel.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The policy plugin host: where plugins live and how each call is bounded.
+    #[serde(default)]
+    pub plugins: PluginsSection,
+}
+
+/// The policy plugin host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsSection {
+    /// Folder of plugin components: a route's plugin `name` is the file
+    /// `<dir>/<name>.wasm`. Required when any route lists plugins.
+    pub dir: Option<PathBuf>,
+    /// Milliseconds between checks of the folder for replaced files; 0
+    /// turns hot reload off.
+    pub reload_interval_ms: u64,
+    /// Milliseconds one plugin may run for one request (its sandbox setup,
+    /// `init` and `on-request` together). Past it the request gets 503.
+    pub call_timeout_ms: u64,
+    /// Largest linear memory of one plugin sandbox, in bytes. Growing past
+    /// it fails inside the plugin, and the request gets 500.
+    pub max_memory_bytes: usize,
+    /// Most elements in one plugin table.
+    pub max_table_elements: usize,
+    /// Most plugin sandboxes alive at once across all requests (the size of
+    /// the pooling allocator). A request that finds none free gets 503.
+    pub max_sandboxes: u32,
+    /// Most keys in each plugin's replay set (`insert-if-absent`); when
+    /// full of live keys, inserts fail closed.
+    pub max_replay_keys: usize,
+    /// Largest plugin file in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for PluginsSection {
+    fn default() -> Self {
+        PluginsSection {
+            dir: None,
+            reload_interval_ms: 1000,
+            call_timeout_ms: 50,
+            max_memory_bytes: 16 << 20,
+            max_table_elements: 10_000,
+            max_sandboxes: 256,
+            max_replay_keys: 100_000,
+            max_file_bytes: 32 << 20,
+        }
+    }
+}
+
+/// One plugin in a route's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// Plugin name: the file `<plugins.dir>/<name>.wasm`.
+    pub name: String,
+    /// The plugin's configuration, passed to its `init`: a string is passed
+    /// as written; a table is passed as JSON text. Absent means empty text.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+impl PluginRef {
+    /// The text handed to the plugin's `init`.
+    pub fn config_text(&self) -> String {
+        match &self.config {
+            None => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        }
+    }
 }
 
 /// Process-level settings.
@@ -129,6 +198,13 @@ pub struct RoutingSection {
     /// When set, `<tunnel-name>.<base_domain>` reaches that tunnel without a route.
     #[serde(default)]
     pub base_domain: Option<String>,
+    /// The plugin chain of wildcard requests, in order.
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
+    /// Lets wildcard requests through with no plugins. The gateway then
+    /// still requires the caller's organization to own the tunnel.
+    #[serde(default)]
+    pub allow_without_plugins: bool,
 }
 
 /// One route: requests for `host` whose path starts with `path_prefix` go
@@ -148,6 +224,21 @@ pub struct Route {
     /// Largest request body for this route; defaults to `public.max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// The plugin chain, in order: the first deny wins, header edits
+    /// accumulate.
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
+    /// Lets this route run with no plugins. Without plugins the gateway
+    /// still requires the caller's organization to own the tunnel; with
+    /// plugins, the chain decides (list `org-check` in it).
+    #[serde(default)]
+    pub allow_without_plugins: bool,
+    /// Shows plugins up to this many bytes of a form-encoded
+    /// (`application/x-www-form-urlencoded`) body with a `Content-Length`
+    /// within it, e.g. for OAuth 1.0a parameters in the body. 0 (the
+    /// default) shows plugins no body. At most 65536.
+    #[serde(default)]
+    pub form_body_bytes: usize,
 }
 
 fn default_threads() -> usize {
@@ -299,8 +390,42 @@ impl GatewayConfig {
                 ));
             }
         }
+        check_chain(
+            "routing",
+            &self.routing.plugins,
+            self.routing.allow_without_plugins || self.routing.base_domain.is_none(),
+            self.plugins.dir.is_some(),
+        )?;
+        let p = &self.plugins;
+        if p.call_timeout_ms == 0 || p.call_timeout_ms > 60_000 {
+            return Err(invalid(
+                "plugins.call_timeout_ms",
+                "must be between 1 and 60000",
+            ));
+        }
+        if p.max_memory_bytes < (1 << 20) {
+            return Err(invalid(
+                "plugins.max_memory_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if p.max_sandboxes == 0 {
+            return Err(invalid("plugins.max_sandboxes", "must be at least 1"));
+        }
+        if p.max_replay_keys == 0 {
+            return Err(invalid("plugins.max_replay_keys", "must be at least 1"));
+        }
         for (i, r) in self.routes.iter().enumerate() {
             let f = |name: &str| format!("routes[{i}].{name}");
+            check_chain(
+                &format!("routes[{i}]"),
+                &r.plugins,
+                r.allow_without_plugins,
+                self.plugins.dir.is_some(),
+            )?;
+            if r.form_body_bytes > 65536 {
+                return Err(invalid(f("form_body_bytes"), "must be at most 65536"));
+            }
             if r.name.is_empty() {
                 return Err(invalid(f("name"), "must not be empty"));
             }
@@ -316,6 +441,51 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// A plugin name is a file stem in the plugin folder.
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A chain must be explicit: plugins, or `allow_without_plugins = true`.
+fn check_chain(
+    at: &str,
+    chain: &[PluginRef],
+    allow_empty: bool,
+    have_dir: bool,
+) -> Result<(), ConfigError> {
+    if chain.is_empty() && !allow_empty {
+        return Err(invalid(
+            format!("{at}.plugins"),
+            "no plugins: list the plugins that judge these requests, or set \
+             allow_without_plugins = true to let every caller of the tunnel's \
+             organization through",
+        ));
+    }
+    if !chain.is_empty() && !have_dir {
+        return Err(invalid(
+            "plugins.dir",
+            format!("{at} lists plugins: set plugins.dir to the folder of .wasm files"),
+        ));
+    }
+    for (j, p) in chain.iter().enumerate() {
+        if !valid_plugin_name(&p.name) {
+            return Err(invalid(
+                format!("{at}.plugins[{j}].name"),
+                format!(
+                    "`{}` is not a plugin name (letters, digits, '-', '_', '.'; the file is <name>.wasm)",
+                    p.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a listen address, naming the field on error.
@@ -347,6 +517,7 @@ kek_file = "kek"
 name = "wiki"
 host = "wiki.test"
 tunnel = "wiki"
+allow_without_plugins = true
 "#
     }
 
@@ -389,5 +560,46 @@ tunnel = "wiki"
         let bad = format!("{}path_prefix = \"x\"\n", base());
         let e = load_str(&bad).unwrap_err().to_string();
         assert!(e.contains("routes[0].path_prefix"), "{e}");
+    }
+
+    #[test]
+    fn a_route_without_plugins_must_say_so() {
+        let bad = base().replace("allow_without_plugins = true", "");
+        let e = load_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("routes[0].plugins"), "{e}");
+        assert!(e.contains("allow_without_plugins"), "{e}");
+    }
+
+    #[test]
+    fn plugin_chains_need_a_folder_and_valid_names() {
+        let chain = base().replace(
+            "allow_without_plugins = true",
+            "[[routes.plugins]]\nname = \"org-check\"",
+        );
+        let e = load_str(&chain).unwrap_err().to_string();
+        assert!(e.contains("plugins.dir"), "{e}");
+
+        let ok = format!("{chain}\n[plugins]\ndir = \"p\"\n");
+        let c = load_str(&ok).unwrap();
+        assert_eq!(c.routes[0].plugins[0].name, "org-check");
+        assert_eq!(c.routes[0].plugins[0].config_text(), "");
+
+        let bad = ok.replace("\"org-check\"", "\"../etc/x\"");
+        let e = load_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("routes[0].plugins[0].name"), "{e}");
+    }
+
+    #[test]
+    fn plugin_config_is_text_or_a_table_as_json() {
+        let text = format!(
+            "{}[[routes.plugins]]\nname = \"a\"\nconfig = \"raw text\"\n[[routes.plugins]]\nname = \"b\"\nconfig = {{ window = 600, methods = [\"RSA-SHA1\"] }}\n[plugins]\ndir = \"p\"\n",
+            base()
+        );
+        let c = load_str(&text).unwrap();
+        assert_eq!(c.routes[0].plugins[0].config_text(), "raw text");
+        let v: serde_json::Value =
+            serde_json::from_str(&c.routes[0].plugins[1].config_text()).unwrap();
+        assert_eq!(v["window"], 600);
+        assert_eq!(v["methods"][0], "RSA-SHA1");
     }
 }

@@ -13,6 +13,8 @@
 //! - [`registry`]: connected agents per tunnel with in-flight counts, and
 //!   cached tunnels and callers;
 //! - [`agent_listener`]: TLS 1.3 + WebSocket + key-proof handshake for agents;
+//! - [`plugins`]: the WebAssembly policy plugin host (wasmtime), run by
+//!   the proxy on every request of a route with plugins;
 //! - [`store`]: SQLite storage, tunnel keys encrypted under the KEK;
 //! - [`serve`] and [`cli`]: wiring and commands; [`events`] the JSON event
 //!   lines on stdout; [`tls`] certificate loading.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod connector;
 pub mod events;
 pub mod http_checks;
+pub mod plugins;
 pub mod proxy;
 pub mod registry;
 pub mod routes;

@@ -1,11 +1,13 @@
 //! The public request path, as pingora `ProxyHttp` phases:
 //!
 //! - `request_filter`: framing checks (400), header size (431), route (404),
-//!   caller credential (401), tunnel (404/503), declared body size (413);
+//!   caller credential (401), tunnel (404/503), declared body size (413),
+//!   then the route's policy plugin chain (the plugin's denial, or 500/503
+//!   when a plugin fails);
 //! - `upstream_peer`: the least busy agent of the tunnel, reached through a
 //!   [`TunnelConnector`] with the agent's connection id as pool group key;
 //! - `upstream_request_filter`: hop-by-hop and caller-forbidden headers out,
-//!   forwarding headers in; request line, query, `Host` and `Authorization`
+//!   the plugins' header edits applied, forwarding headers in; request line, query, `Host` and `Authorization`
 //!   untouched;
 //! - `fail_to_proxy`: the one place where error origins become statuses.
 
@@ -24,6 +26,9 @@ use crate::bridge::Bridge;
 use crate::config::GatewayConfig;
 use crate::connector::TunnelConnector;
 use crate::http_checks;
+use crate::plugins::{
+    ChainEntry, HeaderEdit, Plugins, PolicyContext, PolicyRequest, Verdict, WitHeader,
+};
 use crate::registry::{InflightGuard, Registry};
 use crate::routes::{normalize_host, Routes};
 use crate::store::{CallerInfo, TunnelInfo};
@@ -34,6 +39,11 @@ const RETRY_AFTER_SECS: &str = "5";
 /// The gateway's `ProxyHttp` implementation.
 pub struct TunnelProxy {
     routes: Routes,
+    plugins: Arc<Plugins>,
+    /// The plugin chain of each configured route, by index.
+    chains: Vec<Arc<[ChainEntry]>>,
+    /// The plugin chain of wildcard (`<tunnel>.<base_domain>`) requests.
+    wildcard_chain: Arc<[ChainEntry]>,
     registry: Arc<Registry>,
     bridge: Arc<Bridge>,
     max_header_bytes: usize,
@@ -44,9 +54,21 @@ pub struct TunnelProxy {
 
 impl TunnelProxy {
     /// Builds the proxy from config.
-    pub fn new(cfg: &GatewayConfig, registry: Arc<Registry>, bridge: Arc<Bridge>) -> Self {
+    pub fn new(
+        cfg: &GatewayConfig,
+        registry: Arc<Registry>,
+        bridge: Arc<Bridge>,
+        plugins: Arc<Plugins>,
+    ) -> Self {
         TunnelProxy {
             routes: Routes::new(cfg),
+            chains: cfg
+                .routes
+                .iter()
+                .map(|r| plugins.chain(&r.plugins))
+                .collect(),
+            wildcard_chain: plugins.chain(&cfg.routing.plugins),
+            plugins,
             registry,
             bridge,
             max_header_bytes: cfg.public.max_header_bytes,
@@ -72,6 +94,10 @@ pub struct Ctx {
     upgrade: bool,
     no_agent: bool,
     guard: Option<InflightGuard>,
+    /// Header edits of the plugin chain, applied before forwarding.
+    edits: Vec<HeaderEdit>,
+    /// W3C trace id: the caller's `traceparent`, else a new one.
+    trace_id: String,
 }
 
 /// Writes a complete short response from the gateway itself.
@@ -98,6 +124,25 @@ async fn reply(
     Ok(())
 }
 
+/// The trace id of a valid W3C `traceparent` (version 00), else a new
+/// random one.
+fn trace_id(req: &RequestHeader) -> String {
+    let parsed = req
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut parts = v.trim().split('-');
+            let (ver, id) = (parts.next()?, parts.next()?);
+            let ok = ver == "00"
+                && id.len() == 32
+                && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                && id.bytes().any(|b| b != b'0');
+            ok.then(|| id.to_string())
+        });
+    parsed.unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
+}
+
 fn bearer(req: &RequestHeader) -> Option<&str> {
     let v = req
         .headers
@@ -122,6 +167,29 @@ fn request_host(req: &RequestHeader) -> Option<(String, String)> {
     Some((raw, host))
 }
 
+/// Writes a plugin's denial: its status, headers and body.
+async fn reply_denial(
+    session: &mut Session,
+    status: u16,
+    headers: &[WitHeader],
+    body: Vec<u8>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(2 + headers.len()))?;
+    for h in headers {
+        // Names and values were checked by the plugin host.
+        resp.append_header(h.name.clone(), h.value.as_slice())?;
+    }
+    if !headers.iter().any(|h| h.name == "content-type") && !body.is_empty() {
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
 /// Why the gateway answers a request itself instead of forwarding it.
 struct Refusal {
     status: u16,
@@ -129,6 +197,8 @@ struct Refusal {
     /// Close the connection after answering (framing could not be trusted).
     close: bool,
     extra: &'static [(&'static str, &'static str)],
+    /// A plugin's own answer (headers, body) instead of `body`.
+    denial: Option<(Vec<WitHeader>, Vec<u8>)>,
 }
 
 impl Refusal {
@@ -138,6 +208,7 @@ impl Refusal {
             body: body.into(),
             close: false,
             extra: &[],
+            denial: None,
         }
     }
 
@@ -161,8 +232,13 @@ impl Refusal {
 impl TunnelProxy {
     /// Every check before a request may enter a tunnel, in order: framing
     /// (400), header size (431), Host and target (400), route (404), caller
-    /// (401), tunnel (404), organization (403), declared body size (413).
-    async fn admit(&self, session: &Session, ctx: &mut Ctx) -> std::result::Result<(), Refusal> {
+    /// (401), tunnel (404), declared body size (413), then the route's
+    /// plugin chain (or, for a route without plugins, organization: 403).
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), Refusal> {
         let req = session.req_header();
         http_checks::check_framing(&req.headers).map_err(Refusal::bad_request)?;
         if req.headers.contains_key(header::TRANSFER_ENCODING) {
@@ -228,9 +304,14 @@ impl TunnelProxy {
                 Refusal::store_unavailable("tunnel")
             })?
             .ok_or_else(|| Refusal::new(404, format!("no tunnel named `{}`", route.tunnel)))?;
-        // Until the org-check policy plugin exists, the host enforces it:
-        // fail closed rather than let one organization reach another's tunnel.
-        if caller.org != tunnel.org {
+        let chain = match route.index {
+            Some(i) => self.chains[i].clone(),
+            None => self.wildcard_chain.clone(),
+        };
+        // A route without plugins (allowed only when the config says so)
+        // still keeps one organization away from another's tunnel. With
+        // plugins, the chain decides (the `org-check` plugin does this).
+        if chain.is_empty() && caller.org != tunnel.org {
             return Err(Refusal::new(
                 403,
                 "this caller's organization may not use this tunnel",
@@ -254,7 +335,129 @@ impl TunnelProxy {
                 });
             }
         }
+        if !chain.is_empty() {
+            self.judge(session, ctx, &chain, route.form_body_bytes)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Runs the plugin chain on the request.
+    async fn judge(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        chain: &[ChainEntry],
+        form_body_bytes: usize,
+    ) -> std::result::Result<(), Refusal> {
+        let body_prefix = if form_body_bytes > 0 && !ctx.upgrade {
+            self.form_body(session, form_body_bytes).await?
+        } else {
+            None
+        };
+        let req = session.req_header();
+        let (tunnel, caller) = match (&ctx.tunnel, &ctx.caller) {
+            (Some(t), Some(c)) => (t, c),
+            _ => return Err(Refusal::new(500, "internal gateway error")),
+        };
+        let pctx = PolicyContext {
+            route: ctx.route.as_deref().unwrap_or_default().to_string(),
+            tunnel_id: tunnel.id.clone(),
+            tunnel_name: tunnel.name.clone(),
+            tunnel_org: tunnel.org.clone(),
+            caller_org: caller.org.clone(),
+            caller_id: caller.id.clone(),
+            client_address: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            trace_id: ctx.trace_id.clone(),
+        };
+        let preq = PolicyRequest {
+            method: req.method.as_str().to_string(),
+            scheme: if self.tls { "https" } else { "http" }.to_string(),
+            authority: ctx.host_header.clone(),
+            path_with_query: req
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            headers: req
+                .headers
+                .iter()
+                .filter(|(n, _)| *n != header::PROXY_AUTHORIZATION)
+                .map(|(n, v)| WitHeader {
+                    name: n.as_str().to_string(),
+                    value: v.as_bytes().to_vec(),
+                })
+                .collect(),
+            body_prefix,
+        };
+        match self.plugins.run(chain, &pctx, &preq).await {
+            Verdict::Allow(edits) => {
+                ctx.edits = edits;
+                Ok(())
+            }
+            Verdict::Deny { denial, .. } => Err(Refusal {
+                denial: Some((denial.headers, denial.body)),
+                ..Refusal::new(denial.status, denial.reason)
+            }),
+            Verdict::Fail { plugin, failure } => {
+                let (status, body) = failure.response(&plugin);
+                Err(Refusal {
+                    extra: if failure == crate::plugins::Failure::Busy {
+                        &[("retry-after", "1")]
+                    } else {
+                        &[]
+                    },
+                    ..Refusal::new(status, body)
+                })
+            }
+        }
+    }
+
+    /// Reads a form-encoded body whose `Content-Length` is within `limit`,
+    /// keeping it in pingora's retry buffer so it is still forwarded.
+    /// Other bodies are not read (plugins see none).
+    async fn form_body(
+        &self,
+        session: &mut Session,
+        limit: usize,
+    ) -> std::result::Result<Option<Vec<u8>>, Refusal> {
+        let headers = &session.req_header().headers;
+        let is_form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        let len = match http_checks::content_length(headers) {
+            Some(n) if is_form && n <= limit as u64 => n as usize,
+            _ => return Ok(None),
+        };
+        session.as_mut().enable_retry_buffering();
+        let mut body = Vec::with_capacity(len);
+        let read = async {
+            while let Some(chunk) = session.read_request_body().await? {
+                body.extend_from_slice(&chunk);
+                if body.len() > len {
+                    break;
+                }
+            }
+            Ok::<_, Box<Error>>(())
+        };
+        match tokio::time::timeout(self.upstream_timeout, read).await {
+            Ok(Ok(())) if body.len() == len => Ok(Some(body)),
+            Ok(_) => Err(Refusal::bad_request(
+                "request body does not match Content-Length",
+            )),
+            Err(_) => Err(Refusal {
+                close: true,
+                ..Refusal::new(408, "request body not received in time")
+            }),
+        }
     }
 }
 
@@ -275,15 +478,23 @@ impl ProxyHttp for TunnelProxy {
             upgrade: false,
             no_agent: false,
             guard: None,
+            edits: Vec::new(),
+            trace_id: String::new(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.trace_id = trace_id(session.req_header());
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
             Err(r) => {
-                tracing::info!(client = ?session.client_addr(), status = r.status, "refused: {}", r.body);
-                reply(session, r.status, &r.body, r.close, r.extra).await?;
+                tracing::info!(client = ?session.client_addr(), status = r.status, trace_id = %ctx.trace_id, "refused: {}", r.body);
+                match r.denial {
+                    Some((headers, body)) => {
+                        reply_denial(session, r.status, &headers, body).await?
+                    }
+                    None => reply(session, r.status, &r.body, r.close, r.extra).await?,
+                }
                 Ok(true)
             }
         }
@@ -364,6 +575,21 @@ impl ProxyHttp for TunnelProxy {
     ) -> Result<()> {
         for name in http_checks::headers_to_strip(&upstream.headers, ctx.upgrade) {
             upstream.remove_header(&name);
+        }
+        // The plugins' edits, in chain order; names and values were checked
+        // by the plugin host, and gateway-managed headers are refused there.
+        for edit in std::mem::take(&mut ctx.edits) {
+            match edit {
+                HeaderEdit::Set(h) => {
+                    upstream.insert_header(h.name, h.value.as_slice())?;
+                }
+                HeaderEdit::Append(h) => {
+                    upstream.append_header(h.name, h.value.as_slice())?;
+                }
+                HeaderEdit::Remove(n) => {
+                    upstream.remove_header(&n);
+                }
+            }
         }
         if !upstream.headers.contains_key(header::HOST) {
             if let Some(a) = upstream.uri.authority().map(|a| a.as_str().to_string()) {
@@ -455,6 +681,7 @@ impl ProxyHttp for TunnelProxy {
             agent = agent.unwrap_or("-"),
             status,
             duration_ms = ctx.started.elapsed().as_millis() as u64,
+            trace_id = %ctx.trace_id,
             error = e.map(|e| e.to_string()),
             "request"
         );

@@ -15,6 +15,11 @@ pub struct Resolved {
     pub tunnel: Arc<str>,
     /// Body limit for this route.
     pub max_body_bytes: u64,
+    /// Index of the route in the config (its plugin chain); `None` for
+    /// wildcard requests, which use `routing.plugins`.
+    pub index: Option<usize>,
+    /// Form body bytes shown to plugins (`form_body_bytes`).
+    pub form_body_bytes: usize,
 }
 
 /// The routing table, built once from config.
@@ -29,7 +34,7 @@ impl Routes {
     /// Builds the table; prefixes of a host are tried longest first.
     pub fn new(cfg: &GatewayConfig) -> Self {
         let mut by_host: HashMap<String, Vec<(String, Resolved)>> = HashMap::new();
-        for r in &cfg.routes {
+        for (index, r) in cfg.routes.iter().enumerate() {
             by_host
                 .entry(r.host.to_ascii_lowercase())
                 .or_default()
@@ -39,6 +44,8 @@ impl Routes {
                         route: r.name.as_str().into(),
                         tunnel: r.tunnel.as_str().into(),
                         max_body_bytes: r.max_body_bytes.unwrap_or(cfg.public.max_body_bytes),
+                        index: Some(index),
+                        form_body_bytes: r.form_body_bytes,
                     },
                 ));
         }
@@ -72,6 +79,8 @@ impl Routes {
             route: "*wildcard*".into(),
             tunnel: label.into(),
             max_body_bytes: self.default_body,
+            index: None,
+            form_body_bytes: 0,
         })
     }
 }

@@ -18,6 +18,7 @@ use crate::agent_listener::AgentListener;
 use crate::bridge::{Bridge, BridgeService};
 use crate::config::{parse_listen, GatewayConfig};
 use crate::events::emit;
+use crate::plugins::Plugins;
 use crate::proxy::TunnelProxy;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -137,7 +138,11 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
 
     let bridge =
         Bridge::bind(Duration::from_secs(10)).context("creating the stream bridge socket")?;
-    let proxy = TunnelProxy::new(&cfg, registry.clone(), bridge.clone());
+    let plugins = Plugins::load(&cfg).context("loading policy plugins")?;
+    plugins
+        .spawn_reloader()
+        .context("starting the plugin reloader")?;
+    let proxy = TunnelProxy::new(&cfg, registry.clone(), bridge.clone(), plugins);
     let mut public =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "public");
     let mut sock = TcpSocketOptions::default();

@@ -28,6 +28,11 @@ pub struct Route {
     pub tunnel: String,
     /// Per-route body limit overriding `public.max_body_bytes`.
     pub max_body_bytes: Option<u64>,
+    /// The plugin chain: (plugin name, config text). Empty means
+    /// `allow_without_plugins = true`.
+    pub plugins: Vec<(String, String)>,
+    /// `form_body_bytes` of the route.
+    pub form_body_bytes: Option<usize>,
 }
 
 impl Route {
@@ -38,7 +43,22 @@ impl Route {
             path_prefix: None,
             tunnel: tunnel.to_string(),
             max_body_bytes: None,
+            plugins: Vec::new(),
+            form_body_bytes: None,
         }
+    }
+
+    /// Appends the plugin `name` (a `.wasm` built from `plugins/`, see
+    /// [`crate::plugin_wasm`]) to the route's chain with this config text.
+    pub fn plugin(mut self, name: &str, config: &str) -> Route {
+        self.plugins.push((name.to_string(), config.to_string()));
+        self
+    }
+
+    /// Plugins see form bodies up to `bytes`.
+    pub fn form_body_bytes(mut self, bytes: usize) -> Route {
+        self.form_body_bytes = Some(bytes);
+        self
     }
 
     /// Only paths starting with `prefix` match.
@@ -69,6 +89,8 @@ pub struct GatewayOptions {
     public_tls: bool,
     work_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
+    plugin_settings: Vec<(String, String)>,
+    plugin_files: Vec<(String, Vec<u8>)>,
 }
 
 impl GatewayOptions {
@@ -143,6 +165,20 @@ impl GatewayOptions {
         self
     }
 
+    /// Sets `key = value` (TOML) in the `[plugins]` section.
+    pub fn plugin_setting(mut self, key: &str, value: &str) -> Self {
+        self.plugin_settings
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Installs `bytes` as the plugin file `name.wasm` instead of the
+    /// built plugin of that name.
+    pub fn plugin_file(mut self, name: &str, bytes: Vec<u8>) -> Self {
+        self.plugin_files.push((name.to_string(), bytes));
+        self
+    }
+
     /// Sets an environment variable of the gateway process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
@@ -194,6 +230,7 @@ impl Gateway {
             }
         };
         let config = dir.join("gateway.toml");
+        install_plugins(&opts, &dir);
         let events = EventLog::new("gateway");
         write_config(&config, &opts, &pki, &dir, "127.0.0.1:0");
         let proc = spawn_serve(&opts, &config, &events, &dir);
@@ -209,6 +246,42 @@ impl Gateway {
             public,
             agents,
         }
+    }
+
+    /// Runs `gateway serve` with a config that must be refused: waits for
+    /// the process to exit (within [`PATIENCE`]), asserts it failed, and
+    /// returns what it printed on stderr.
+    pub async fn start_expecting_failure(opts: GatewayOptions) -> String {
+        let pki = opts.pki.clone().unwrap_or_else(Pki::generate);
+        let temp = tempfile::Builder::new()
+            .prefix("tunnel-gateway-")
+            .tempdir()
+            .expect("gateway temp dir");
+        let dir = temp.path();
+        let config = dir.join("gateway.toml");
+        install_plugins(&opts, dir);
+        write_config(&config, &opts, &pki, dir, "127.0.0.1:0");
+        let mut command = tokio::process::Command::new(bin_path("gateway"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .envs(opts.env.iter().cloned())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(PATIENCE, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("gateway serve did not exit within {PATIENCE:?}"))
+            .expect("run gateway serve");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "gateway serve should have refused this config; stderr:\n{stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("\"ready\""),
+            "gateway reported ready with a config it should refuse"
+        );
+        stderr
     }
 
     /// The callers' listener.
@@ -261,6 +334,20 @@ impl Gateway {
         self.events
             .wait_after(
                 started,
+                &what,
+                |e| kind(e) == name && fields.iter().all(|(k, v)| e[*k] == *v),
+                PATIENCE,
+            )
+            .await
+    }
+
+    /// Waits for the event named `name` with `fields`, logged after
+    /// `mark` (from [`EventLog::mark`]).
+    pub async fn wait_for_since(&self, mark: usize, name: &str, fields: &[(&str, &str)]) -> Value {
+        let what = format!("{name} {fields:?} after event #{mark}");
+        self.events
+            .wait_after(
+                mark,
                 &what,
                 |e| kind(e) == name && fields.iter().all(|(k, v)| e[*k] == *v),
                 PATIENCE,
@@ -382,9 +469,39 @@ impl Gateway {
         self.public = public;
     }
 
+    /// The folder the gateway loads plugins from.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.join("plugins")
+    }
+
+    /// Replaces the plugin file `name.wasm` with `bytes` the way an admin
+    /// would: write a temporary file, then rename it over the old one.
+    pub fn replace_plugin(&self, name: &str, bytes: &[u8]) {
+        let dir = self.plugins_dir();
+        let tmp = dir.join(format!(".{name}.wasm.tmp"));
+        std::fs::write(&tmp, bytes).expect("write replacement plugin");
+        std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).expect("rename plugin");
+    }
+
     /// The last lines of the gateway's logs.
     pub fn logs(&self) -> String {
         self.proc.stderr_tail()
+    }
+}
+
+/// Copies every plugin the routes name from the built plugins into the
+/// gateway's plugin folder (a test may then replace them).
+fn install_plugins(opts: &GatewayOptions, dir: &Path) {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("create plugin folder");
+    for (name, bytes) in &opts.plugin_files {
+        std::fs::write(plugins.join(format!("{name}.wasm")), bytes).expect("install plugin");
+    }
+    for (name, _) in opts.routes.iter().flat_map(|r| &r.plugins) {
+        let to = plugins.join(format!("{name}.wasm"));
+        if !to.exists() {
+            std::fs::write(&to, crate::plugin_wasm(name)).expect("install plugin");
+        }
     }
 }
 
@@ -444,8 +561,15 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
         path_str(&dir.join("gateway.db")),
         path_str(&dir.join("kek"))
     );
+    c += &format!("\n[plugins]\ndir = {}\n", path_str(&dir.join("plugins")));
+    for (key, value) in &opts.plugin_settings {
+        c += &format!("{key} = {value}\n");
+    }
     if let Some(domain) = &opts.base_domain {
-        c += &format!("\n[routing]\nbase_domain = {}\n", toml_str(domain));
+        c += &format!(
+            "\n[routing]\nbase_domain = {}\nallow_without_plugins = true\n",
+            toml_str(domain)
+        );
     }
     for (i, route) in opts.routes.iter().enumerate() {
         c += &format!(
@@ -459,6 +583,19 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
         }
         if let Some(limit) = route.max_body_bytes {
             c += &format!("max_body_bytes = {limit}\n");
+        }
+        if let Some(bytes) = route.form_body_bytes {
+            c += &format!("form_body_bytes = {bytes}\n");
+        }
+        if route.plugins.is_empty() {
+            c += "allow_without_plugins = true\n";
+        }
+        for (name, config) in &route.plugins {
+            c += &format!(
+                "[[routes.plugins]]\nname = {}\nconfig = {}\n",
+                toml_str(name),
+                toml_str(config)
+            );
         }
     }
     std::fs::write(path, c).expect("write gateway config");

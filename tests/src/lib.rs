@@ -52,6 +52,19 @@ pub use pki::Pki;
 /// (a process becoming ready, an agent connecting) before failing.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The folder of plugin components built from `plugins/` by this crate's
+/// build script (`org-check.wasm`, `authz.wasm`, `oauth1.wasm` and the
+/// test-only `faulty.wasm`).
+pub fn plugins_dir() -> PathBuf {
+    PathBuf::from(env!("PLUGINS_DIR"))
+}
+
+/// The bytes of the built plugin `name`.
+pub fn plugin_wasm(name: &str) -> Vec<u8> {
+    let path = plugins_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("plugin {}: {e}", path.display()))
+}
+
 /// Where the `gateway` and `agent` binaries are: `$TUNNEL_BIN_DIR` if set,
 /// otherwise the cargo target dir this executable was built into.
 ///

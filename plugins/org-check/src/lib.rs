@@ -107,6 +107,8 @@ mod tests {
     fn config_must_be_empty() {
         assert!(check_config("").is_ok());
         assert!(check_config(" {} ").is_ok());
-        assert!(check_config("{\"x\":1}").unwrap_err().contains("no configuration"));
+        assert!(check_config("{\"x\":1}")
+            .unwrap_err()
+            .contains("no configuration"));
     }
 }

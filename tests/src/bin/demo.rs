@@ -1,11 +1,23 @@
 //! The demo: a gateway, an agent and an on-prem service on this machine,
-//! a few requests through the tunnel, then a curl line to try by hand.
+//! a few requests through the tunnel judged by the three policy plugins
+//! (org-check, authz, oauth1), then curl lines to try by hand.
 //!
 //! Run `cargo build --workspace --bins` first, then
 //! `cargo run -p tests --bin demo`; stop it with Ctrl-C.
 
 use anyhow::Context as _;
-use tests::{body, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Pki};
+use tests::{body, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Pki, Route};
+
+/// The demo route's authz rules: reads anywhere, uploads under /upload/.
+const AUTHZ: &str = r#"{"rules": [
+  {"methods": ["GET", "HEAD"]},
+  {"methods": ["POST", "PUT"], "path_prefixes": ["/upload/"]}
+]}"#;
+
+/// OAuth 1.0a at the edge without consumers: unsigned requests pass, and
+/// requests that carry OAuth parameters must be complete, fresh (±600 s)
+/// and never replayed.
+const OAUTH1: &str = r#"{"allow_unsigned": true, "timestamp_window_secs": 600}"#;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -25,7 +37,12 @@ async fn main() -> anyhow::Result<()> {
     println!("local service:        http://{}", service.addr());
 
     let opts = GatewayOptions::new()
-        .route("demo.test", "demo")
+        .with_route(
+            Route::new("demo.test", "demo")
+                .plugin("org-check", "")
+                .plugin("authz", AUTHZ)
+                .plugin("oauth1", OAUTH1),
+        )
         .base_domain("tunnels.test")
         .pki(pki)
         .work_dir(&dir.join("gateway"));
@@ -43,6 +60,10 @@ async fn main() -> anyhow::Result<()> {
     let tunnel = gateway.create_tunnel("demo-org", "demo").await;
     let token = gateway.create_caller("demo-org").await;
     println!("tunnel:               {} (id {})", tunnel.name, tunnel.id);
+    println!(
+        "plugins on demo.test: org-check, authz, oauth1 (from {})",
+        gateway.plugins_dir().display()
+    );
 
     let opts = AgentOptions::new().name("demo-node");
     let mut agent = Agent::connect(&gateway, &tunnel, service.addr(), opts).await;
@@ -66,11 +87,52 @@ async fn main() -> anyhow::Result<()> {
         caller.get("demo.test", "/api/items?id=7").send().await,
     );
     show(
-        "POST demo.test/upload (1 MiB)",
+        "POST demo.test/upload/ (1 MiB)",
         caller
-            .post("demo.test", "/upload", body::pattern(1 << 20))
+            .post("demo.test", "/upload/", body::pattern(1 << 20))
             .send()
             .await,
+    );
+    show(
+        "DELETE demo.test/api/items (authz: no rule)",
+        caller
+            .request(http::Method::DELETE, "demo.test", "/api/items")
+            .send()
+            .await,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let oauth = |ts: u64, nonce: &str| {
+        format!(
+            "OAuth oauth_consumer_key=\"demo\", oauth_nonce=\"{nonce}\", \
+             oauth_signature_method=\"HMAC-SHA1\", oauth_timestamp=\"{ts}\", \
+             oauth_version=\"1.0\", oauth_signature=\"c2lnbmF0dXJl\""
+        )
+    };
+    let nonce = format!("demo-{now}");
+    for what in ["", " again (replayed nonce)"] {
+        show(
+            &format!("GET demo.test/hello with OAuth{what}"),
+            caller
+                .get("demo.test", "/hello")
+                .header("authorization", &oauth(now, &nonce))
+                .send()
+                .await,
+        );
+    }
+    show(
+        "GET demo.test/hello with a stale OAuth stamp",
+        caller
+            .get("demo.test", "/hello")
+            .header("authorization", &oauth(now - 3600, "old"))
+            .send()
+            .await,
+    );
+    let other_org = gateway.caller(&gateway.create_caller("other-org").await);
+    show(
+        "GET demo.test/hello as another org's caller",
+        other_org.get("demo.test", "/hello").send().await,
     );
     show(
         "GET demo.tunnels.test/hello (by tunnel name)",

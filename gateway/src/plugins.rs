@@ -1,0 +1,892 @@
+//! The policy plugin host: WebAssembly components implementing
+//! `wit/policy.wit` (`tunnel:policy@0.1.0`), run by wasmtime.
+//!
+//! - Each plugin file is compiled once into an [`InstancePre`]-backed
+//!   `PolicyPre`; every request gets a fresh [`Store`] and instance from the
+//!   pooling allocator, so nothing a plugin does survives its request.
+//! - A fresh instance has fresh memory, so the host calls `init(config)` in
+//!   it before `on-request`. `init` also runs at load, where an error refuses
+//!   the file with the plugin's message.
+//! - Every call is bounded: an epoch deadline (the plugin yields to the
+//!   executor at every tick, so a spinning plugin does not hold a proxy
+//!   thread, and is stopped at the deadline), a memory and a table limit, a
+//!   fixed number of sandboxes. Any failure denies the request (fail closed).
+//! - Plugins import only `tunnel:policy/host`: no WASI, no files, no network.
+//! - [`Plugins::spawn_reloader`] watches the folder: a replaced file is
+//!   compiled and initialised with every configuration that uses it before
+//!   it replaces the running version; a file that fails keeps the previous
+//!   version serving and is reported.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
+    ResourceLimiter, Store, Trap, UpdateDeadline,
+};
+
+use crate::config::{GatewayConfig, PluginRef, PluginsSection};
+use crate::events::emit;
+
+/// Bindings generated from `wit/policy.wit`, once for the whole gateway.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        exports: { default: async },
+    });
+}
+
+use bindings::tunnel::policy::host::{self as wit_host, Level};
+pub use bindings::tunnel::policy::types::{
+    Context as PolicyContext, Decision, Denial, Header as WitHeader, HeaderEdit,
+    Request as PolicyRequest,
+};
+use bindings::PolicyPre;
+
+/// Headers a plugin may not set, append or remove: framing, connection
+/// management, the caller credential and what the gateway itself asserts.
+const FORBIDDEN_EDITS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-connection",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Headers a denial may not carry: the gateway frames the response.
+const FORBIDDEN_DENIAL_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "trailer",
+];
+
+/// Largest denial body a plugin may return.
+const MAX_DENIAL_BODY: usize = 64 << 10;
+/// Most `log` calls one sandbox may make; more are dropped.
+const MAX_LOG_LINES: u32 = 32;
+/// Longest logged plugin message.
+const MAX_LOG_CHARS: usize = 1024;
+/// Longest replay-set key and TTL.
+const MAX_REPLAY_KEY: usize = 512;
+const MAX_REPLAY_TTL_SECS: u32 = 24 * 3600;
+
+/// Why a plugin could not decide. Each denies the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The plugin trapped (panic, `unreachable`, stack overflow…).
+    Trap(String),
+    /// The plugin ran past `plugins.call_timeout_ms`.
+    Deadline(Duration),
+    /// The plugin tried to grow its memory past `plugins.max_memory_bytes`.
+    Memory(usize),
+    /// Every sandbox slot was in use.
+    Busy,
+    /// `init` refused the route's configuration in a request's sandbox.
+    Init(String),
+    /// The plugin answered something the gateway will not apply.
+    Invalid(String),
+}
+
+impl Failure {
+    /// Status and body sent to the caller.
+    pub fn response(&self, plugin: &str) -> (u16, String) {
+        match self {
+            Failure::Trap(_) => (500, format!("policy plugin `{plugin}` failed")),
+            Failure::Deadline(d) => (
+                503,
+                format!(
+                    "policy plugin `{plugin}` did not decide within {} ms",
+                    d.as_millis()
+                ),
+            ),
+            Failure::Memory(_) => (
+                500,
+                format!("policy plugin `{plugin}` exceeded its memory limit"),
+            ),
+            Failure::Busy => (503, "policy sandboxes are all busy; retry shortly".into()),
+            Failure::Init(_) => (
+                500,
+                format!("policy plugin `{plugin}` refused its configuration"),
+            ),
+            Failure::Invalid(_) => (
+                500,
+                format!("policy plugin `{plugin}` returned an invalid decision"),
+            ),
+        }
+    }
+
+    /// Short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Trap(_) => "trap",
+            Failure::Deadline(_) => "deadline",
+            Failure::Memory(_) => "memory",
+            Failure::Busy => "busy",
+            Failure::Init(_) => "init",
+            Failure::Invalid(_) => "invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Trap(t) => write!(f, "trapped: {t}"),
+            Failure::Deadline(d) => write!(f, "ran past its {} ms deadline", d.as_millis()),
+            Failure::Memory(m) => write!(f, "tried to grow memory past {m} bytes"),
+            Failure::Busy => write!(f, "no free sandbox"),
+            Failure::Init(m) => write!(f, "init refused the configuration: {m}"),
+            Failure::Invalid(m) => write!(f, "invalid decision: {m}"),
+        }
+    }
+}
+
+/// Decisions and failures of one plugin, since the gateway started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub failed: AtomicU64,
+    pub reloads: AtomicU64,
+    pub rejected_reloads: AtomicU64,
+}
+
+/// A TTL set shared by every sandbox of one plugin (`insert-if-absent`).
+pub struct ReplaySet {
+    map: Mutex<ReplayInner>,
+    capacity: usize,
+}
+
+struct ReplayInner {
+    entries: HashMap<Box<str>, Instant>,
+    last_purge: Instant,
+}
+
+impl ReplaySet {
+    /// An empty set holding at most `capacity` live keys.
+    pub fn new(capacity: usize) -> Self {
+        ReplaySet {
+            map: Mutex::new(ReplayInner {
+                entries: HashMap::new(),
+                last_purge: Instant::now(),
+            }),
+            capacity,
+        }
+    }
+
+    /// True when `key` was absent (or expired) and is now held for `ttl`.
+    /// Fails closed (false) on an oversized key, a zero TTL, or a set full
+    /// of live keys.
+    pub fn insert_if_absent(&self, key: &str, ttl_secs: u32) -> bool {
+        if key.len() > MAX_REPLAY_KEY || ttl_secs == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let expires = now + Duration::from_secs(ttl_secs.min(MAX_REPLAY_TTL_SECS).into());
+        let mut inner = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = inner.entries.get(key) {
+            if *e > now {
+                return false;
+            }
+        } else if inner.entries.len() >= self.capacity {
+            // Purging scans the whole set: at most once a second.
+            if now.duration_since(inner.last_purge) < Duration::from_secs(1) {
+                return false;
+            }
+            inner.last_purge = now;
+            inner.entries.retain(|_, e| *e > now);
+            if inner.entries.len() >= self.capacity {
+                return false;
+            }
+        }
+        inner.entries.insert(key.into(), expires);
+        true
+    }
+}
+
+/// The host state of one sandbox (one plugin, one request).
+pub struct Sandbox {
+    plugin: Arc<str>,
+    trace_id: String,
+    replay: Arc<ReplaySet>,
+    max_memory: usize,
+    max_table: usize,
+    memory_hit: bool,
+    logs_left: u32,
+}
+
+impl ResourceLimiter for Sandbox {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.memory_hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.max_table)
+    }
+}
+
+impl wit_host::Host for Sandbox {
+    fn log(&mut self, level: Level, message: String) {
+        if self.logs_left == 0 {
+            return;
+        }
+        self.logs_left -= 1;
+        let mut msg = message;
+        if msg.len() > MAX_LOG_CHARS {
+            let mut cut = MAX_LOG_CHARS;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+        }
+        // Debug formatting escapes newlines: a plugin cannot forge log lines.
+        let (plugin, trace_id) = (&*self.plugin, self.trace_id.as_str());
+        match level {
+            Level::Trace => tracing::trace!(target: "plugin", plugin, trace_id, "{msg:?}"),
+            Level::Debug => tracing::debug!(target: "plugin", plugin, trace_id, "{msg:?}"),
+            Level::Info => tracing::info!(target: "plugin", plugin, trace_id, "{msg:?}"),
+            Level::Warn => tracing::warn!(target: "plugin", plugin, trace_id, "{msg:?}"),
+            Level::Error => tracing::error!(target: "plugin", plugin, trace_id, "{msg:?}"),
+        }
+    }
+
+    fn now(&mut self) -> (u64, u32) {
+        let d = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        (d.as_secs(), d.subsec_nanos())
+    }
+
+    fn insert_if_absent(&mut self, key: String, ttl_secs: u32) -> bool {
+        self.replay.insert_if_absent(&key, ttl_secs)
+    }
+}
+
+impl bindings::tunnel::policy::types::Host for Sandbox {}
+
+/// One compiled version of a plugin file.
+struct Version {
+    pre: PolicyPre<Sandbox>,
+    sha256: String,
+}
+
+/// What identifies a file version cheaply between polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+    })
+}
+
+/// One plugin name: its running version, replay set and counters. Survives
+/// reloads.
+pub struct Slot {
+    name: Arc<str>,
+    path: PathBuf,
+    current: RwLock<Arc<Version>>,
+    /// Every configuration routes give this plugin: a new version must
+    /// accept them all.
+    configs: Vec<String>,
+    replay: Arc<ReplaySet>,
+    /// The file version last looked at (loaded or rejected).
+    seen: Mutex<Stamp>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl Slot {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> Arc<Version> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// One plugin in a route's chain, with the route's configuration for it.
+pub struct ChainEntry {
+    pub slot: Arc<Slot>,
+    pub config: Arc<str>,
+}
+
+/// The result of a route's chain.
+pub enum Verdict {
+    /// Forward, after applying these edits in order.
+    Allow(Vec<HeaderEdit>),
+    /// A plugin denied: answer with its denial.
+    Deny { plugin: Arc<str>, denial: Denial },
+    /// A plugin could not decide: answer with the failure's status.
+    Fail { plugin: Arc<str>, failure: Failure },
+}
+
+/// The plugin host: engine, linker, limits and every loaded plugin.
+pub struct Plugins {
+    engine: Engine,
+    limits: PluginsSection,
+    timeout: Duration,
+    slots: HashMap<String, Arc<Slot>>,
+}
+
+/// A pooling engine with epoch interruption, async calls and the limits of
+/// `cfg`.
+fn engine(cfg: &PluginsSection) -> anyhow::Result<Engine> {
+    let n = cfg.max_sandboxes;
+    let mut pool = PoolingAllocationConfig::default();
+    // A component built by wasm-component-ld has its main module plus a
+    // few small adapter modules (shims, fix-ups); leave room for them.
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(8))
+        .total_stacks(n)
+        .max_core_instances_per_component(8)
+        .max_memories_per_component(2)
+        .max_tables_per_component(8)
+        .max_memory_size(cfg.max_memory_bytes)
+        .table_elements(cfg.max_table_elements);
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .memory_reservation(cfg.max_memory_bytes as u64)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0)
+        .max_wasm_stack(512 << 10)
+        .async_stack_size(1 << 20);
+    Ok(Engine::new(&c)?)
+}
+
+/// How often the epoch ticks: a tenth of the call deadline, between 1 and
+/// 5 ms. A running plugin yields to the executor at every tick.
+fn tick(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(5))
+}
+
+impl Plugins {
+    /// Compiles and initialises every plugin the routes of `cfg` name.
+    /// Any failure here stops the gateway from starting, naming the
+    /// plugin, the route and the plugin's own message.
+    pub fn load(cfg: &GatewayConfig) -> anyhow::Result<Arc<Self>> {
+        let limits = cfg.plugins.clone();
+        let timeout = Duration::from_millis(limits.call_timeout_ms);
+        let engine = engine(&limits).context("starting the plugin engine")?;
+
+        let mut configs: HashMap<String, Vec<String>> = HashMap::new();
+        let chains = cfg
+            .routes
+            .iter()
+            .map(|r| &r.plugins)
+            .chain(std::iter::once(&cfg.routing.plugins));
+        for chain in chains {
+            for p in chain {
+                let list = configs.entry(p.name.clone()).or_default();
+                let text = p.config_text();
+                if !list.contains(&text) {
+                    list.push(text);
+                }
+            }
+        }
+
+        let mut host = Plugins {
+            engine,
+            limits,
+            timeout,
+            slots: HashMap::new(),
+        };
+        if !configs.is_empty() {
+            let dir = host
+                .limits
+                .dir
+                .clone()
+                .context("plugins.dir is required when routes list plugins")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut names: Vec<_> = configs.into_iter().collect();
+            names.sort();
+            for (name, configs) in names {
+                let path = dir.join(format!("{name}.wasm"));
+                let seen = stamp(&path)
+                    .with_context(|| format!("plugin `{name}`: reading {}", path.display()))?;
+                let name: Arc<str> = name.into();
+                let replay = Arc::new(ReplaySet::new(host.limits.max_replay_keys));
+                let version = rt
+                    .block_on(host.prepare(&name, &path, &configs, &replay))
+                    .with_context(|| format!("plugin `{name}` ({})", path.display()))?;
+                tracing::info!(plugin = %name, sha256 = %version.sha256, "plugin loaded");
+                emit(json!({"event": "plugin_loaded", "plugin": &*name, "sha256": version.sha256}));
+                host.slots.insert(
+                    name.to_string(),
+                    Arc::new(Slot {
+                        name,
+                        path,
+                        current: RwLock::new(Arc::new(version)),
+                        configs,
+                        replay,
+                        seen: Mutex::new(seen),
+                        stats: Stats::default(),
+                    }),
+                );
+            }
+        }
+        let host = Arc::new(host);
+        let engine = host.engine.clone();
+        let tick = tick(timeout);
+        // The epoch clock; it stops with the process.
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            })?;
+        Ok(host)
+    }
+
+    /// The chain for a list of plugin references (all loaded by [`load`]).
+    ///
+    /// [`load`]: Plugins::load
+    pub fn chain(&self, refs: &[PluginRef]) -> Arc<[ChainEntry]> {
+        refs.iter()
+            .filter_map(|r| {
+                Some(ChainEntry {
+                    slot: self.slots.get(&r.name)?.clone(),
+                    config: r.config_text().into(),
+                })
+            })
+            .collect()
+    }
+
+    /// A loaded plugin by name.
+    pub fn slot(&self, name: &str) -> Option<&Arc<Slot>> {
+        self.slots.get(name)
+    }
+
+    /// Reads, compiles and checks one file: it must be a component that
+    /// exports `policy`, imports nothing but `tunnel:policy/host`, and
+    /// whose `init` accepts every configuration in `configs`.
+    async fn prepare(
+        &self,
+        name: &Arc<str>,
+        path: &Path,
+        configs: &[String],
+        replay: &Arc<ReplaySet>,
+    ) -> anyhow::Result<Version> {
+        let len = std::fs::metadata(path)?.len();
+        anyhow::ensure!(
+            len <= self.limits.max_file_bytes,
+            "file is {len} bytes, over plugins.max_file_bytes ({})",
+            self.limits.max_file_bytes
+        );
+        let bytes = std::fs::read(path)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .context("not a valid WebAssembly component")?;
+        let mut linker: Linker<Sandbox> = Linker::new(&self.engine);
+        bindings::Policy::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context(
+                "the component needs imports the gateway does not give plugins \
+             (only tunnel:policy/host: no WASI, no files, no network)",
+            )?;
+        let pre = PolicyPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the tunnel:policy `policy` world")?;
+        let version = Version { pre, sha256 };
+        for config in configs {
+            let mut store = self.store(name, String::new(), replay);
+            let policy = version
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| anyhow::anyhow!(self.classify(e, &store)))?;
+            match policy.call_init(&mut store, config).await {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => anyhow::bail!("init refused its configuration: {msg}"),
+                Err(e) => anyhow::bail!("init {}", self.classify(e, &store)),
+            }
+        }
+        Ok(version)
+    }
+
+    fn store(
+        &self,
+        plugin: &Arc<str>,
+        trace_id: String,
+        replay: &Arc<ReplaySet>,
+    ) -> Store<Sandbox> {
+        let mut store = Store::new(
+            &self.engine,
+            Sandbox {
+                plugin: plugin.clone(),
+                trace_id,
+                replay: replay.clone(),
+                max_memory: self.limits.max_memory_bytes,
+                max_table: self.limits.max_table_elements,
+                memory_hit: false,
+                logs_left: MAX_LOG_LINES,
+            },
+        );
+        store.limiter(|s| s);
+        let deadline = Instant::now() + self.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    fn classify(&self, e: wasmtime::Error, store: &Store<Sandbox>) -> Failure {
+        if store.data().memory_hit {
+            Failure::Memory(self.limits.max_memory_bytes)
+        } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            Failure::Deadline(self.timeout)
+        } else if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            Failure::Busy
+        } else if let Some(t) = e.downcast_ref::<Trap>() {
+            Failure::Trap(t.to_string())
+        } else {
+            Failure::Trap(format!("{e:#}"))
+        }
+    }
+
+    /// Runs one plugin on one request in a fresh sandbox.
+    async fn call(
+        &self,
+        entry: &ChainEntry,
+        ctx: &PolicyContext,
+        req: &PolicyRequest,
+    ) -> Result<Decision, Failure> {
+        let slot = &entry.slot;
+        let version = slot.version();
+        let mut store = self.store(&slot.name, ctx.trace_id.clone(), &slot.replay);
+        let policy = match version.pre.instantiate_async(&mut store).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.classify(e, &store)),
+        };
+        match policy.call_init(&mut store, &entry.config).await {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => return Err(Failure::Init(msg)),
+            Err(e) => return Err(self.classify(e, &store)),
+        }
+        match policy.call_on_request(&mut store, ctx, req).await {
+            Ok(d) => Ok(d),
+            Err(e) => Err(self.classify(e, &store)),
+        }
+    }
+
+    /// Runs a route's chain: plugins in order, the first deny (or failure)
+    /// wins, header edits accumulate.
+    pub async fn run(
+        &self,
+        chain: &[ChainEntry],
+        ctx: &PolicyContext,
+        req: &PolicyRequest,
+    ) -> Verdict {
+        let mut edits = Vec::new();
+        for entry in chain {
+            let slot = &entry.slot;
+            let started = Instant::now();
+            let outcome = self.call(entry, ctx, req).await.and_then(|d| match d {
+                Decision::Allow(e) => {
+                    check_edits(&e)?;
+                    Ok(Decision::Allow(e))
+                }
+                Decision::Deny(d) => {
+                    check_denial(&d)?;
+                    Ok(Decision::Deny(d))
+                }
+            });
+            let micros = started.elapsed().as_micros() as u64;
+            match outcome {
+                Ok(Decision::Allow(e)) => {
+                    slot.stats.allowed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(plugin = %slot.name, micros, trace_id = %ctx.trace_id, "allow");
+                    edits.extend(e);
+                }
+                Ok(Decision::Deny(denial)) => {
+                    slot.stats.denied.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        plugin = %slot.name, micros, status = denial.status,
+                        trace_id = %ctx.trace_id, route = %ctx.route,
+                        "denied: {:?}", denial.reason
+                    );
+                    return Verdict::Deny {
+                        plugin: slot.name.clone(),
+                        denial,
+                    };
+                }
+                Err(failure) => {
+                    let n = slot.stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::error!(
+                        plugin = %slot.name, micros, kind = failure.kind(), failures = n,
+                        trace_id = %ctx.trace_id, route = %ctx.route,
+                        "plugin failed, request refused: {failure}"
+                    );
+                    return Verdict::Fail {
+                        plugin: slot.name.clone(),
+                        failure,
+                    };
+                }
+            }
+        }
+        Verdict::Allow(edits)
+    }
+
+    /// Starts the thread that reloads replaced plugin files (when
+    /// `plugins.reload_interval_ms` is not 0 and any plugin is loaded).
+    pub fn spawn_reloader(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.limits.reload_interval_ms == 0 || self.slots.is_empty() {
+            return Ok(());
+        }
+        let host = self.clone();
+        let every = Duration::from_millis(self.limits.reload_interval_ms);
+        std::thread::Builder::new()
+            .name("plugin-reload".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("plugin reloader cannot start: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    std::thread::sleep(every);
+                    for slot in host.slots.values() {
+                        rt.block_on(host.check(slot));
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Reloads `slot` if its file changed since last looked at.
+    async fn check(&self, slot: &Slot) {
+        let now = match stamp(&slot.path) {
+            Ok(s) => s,
+            // A missing file (mid-replacement, or removed): keep serving.
+            Err(_) => return,
+        };
+        {
+            let mut seen = slot.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return;
+            }
+            *seen = now;
+        }
+        match self
+            .prepare(&slot.name, &slot.path, &slot.configs, &slot.replay)
+            .await
+        {
+            Ok(v) if v.sha256 == slot.version().sha256 => {}
+            Ok(v) => {
+                let sha = v.sha256.clone();
+                *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
+                slot.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(plugin = %slot.name, sha256 = %sha, "plugin reloaded");
+                emit(json!({"event": "plugin_loaded", "plugin": &*slot.name, "sha256": sha}));
+            }
+            Err(e) => {
+                slot.stats.rejected_reloads.fetch_add(1, Ordering::Relaxed);
+                let running = slot.version().sha256.clone();
+                tracing::error!(
+                    plugin = %slot.name, running = %running,
+                    "replacement plugin rejected, previous version keeps serving: {e:#}"
+                );
+                emit(json!({
+                    "event": "plugin_rejected",
+                    "plugin": &*slot.name,
+                    "error": format!("{e:#}"),
+                    "running_sha256": running,
+                }));
+            }
+        }
+    }
+}
+
+fn header_name_ok(name: &str) -> bool {
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && name.bytes().all(|b| !b.is_ascii_uppercase())
+}
+
+fn check_edits(edits: &[HeaderEdit]) -> Result<(), Failure> {
+    for e in edits {
+        let (name, value) = match e {
+            HeaderEdit::Set(h) | HeaderEdit::Append(h) => (h.name.as_str(), Some(&h.value)),
+            HeaderEdit::Remove(n) => (n.as_str(), None),
+        };
+        if !header_name_ok(name) {
+            return Err(Failure::Invalid(format!(
+                "header edit names `{name}`, not a lower-case header name"
+            )));
+        }
+        if FORBIDDEN_EDITS.contains(&name) {
+            return Err(Failure::Invalid(format!(
+                "header `{name}` is managed by the gateway and may not be edited"
+            )));
+        }
+        if let Some(v) = value {
+            if http::HeaderValue::from_bytes(v).is_err() {
+                return Err(Failure::Invalid(format!(
+                    "header edit of `{name}` has an invalid value"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_denial(d: &Denial) -> Result<(), Failure> {
+    if !(400..=599).contains(&d.status) {
+        return Err(Failure::Invalid(format!(
+            "denial status {} is not 400-599",
+            d.status
+        )));
+    }
+    if d.body.len() > MAX_DENIAL_BODY {
+        return Err(Failure::Invalid(format!(
+            "denial body of {} bytes is over {MAX_DENIAL_BODY}",
+            d.body.len()
+        )));
+    }
+    for h in &d.headers {
+        if !header_name_ok(&h.name)
+            || FORBIDDEN_DENIAL_HEADERS.contains(&h.name.as_str())
+            || http::HeaderValue::from_bytes(&h.value).is_err()
+        {
+            return Err(Failure::Invalid(format!(
+                "denial header `{}` is invalid or managed by the gateway",
+                h.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_set_refuses_a_key_until_it_expires() {
+        let s = ReplaySet::new(10);
+        assert!(s.insert_if_absent("a", 60));
+        assert!(!s.insert_if_absent("a", 60));
+        assert!(s.insert_if_absent("b", 60));
+    }
+
+    #[test]
+    fn replay_set_fails_closed() {
+        let s = ReplaySet::new(2);
+        assert!(!s.insert_if_absent("k", 0), "zero ttl");
+        assert!(!s.insert_if_absent(&"x".repeat(MAX_REPLAY_KEY + 1), 5));
+        assert!(s.insert_if_absent("1", 60));
+        assert!(s.insert_if_absent("2", 60));
+        assert!(!s.insert_if_absent("3", 60), "full of live keys");
+    }
+
+    #[test]
+    fn edits_of_gateway_headers_are_invalid() {
+        let set = |n: &str| {
+            HeaderEdit::Set(WitHeader {
+                name: n.into(),
+                value: b"v".to_vec(),
+            })
+        };
+        assert!(check_edits(&[set("x-user")]).is_ok());
+        for bad in [
+            "host",
+            "content-length",
+            "x-forwarded-for",
+            "X-Upper",
+            "bad name",
+        ] {
+            assert!(check_edits(&[set(bad)]).is_err(), "{bad}");
+        }
+        assert!(check_edits(&[HeaderEdit::Remove("transfer-encoding".into())]).is_err());
+        let nl = HeaderEdit::Append(WitHeader {
+            name: "x-a".into(),
+            value: b"a\r\nb".to_vec(),
+        });
+        assert!(check_edits(&[nl]).is_err());
+    }
+
+    #[test]
+    fn denials_are_checked() {
+        let d = |status, name: &str| Denial {
+            status,
+            headers: vec![WitHeader {
+                name: name.into(),
+                value: b"v".to_vec(),
+            }],
+            body: vec![],
+            reason: String::new(),
+        };
+        assert!(check_denial(&d(401, "www-authenticate")).is_ok());
+        assert!(check_denial(&d(200, "x")).is_err());
+        assert!(check_denial(&d(403, "content-length")).is_err());
+    }
+
+    #[test]
+    fn tick_is_bounded() {
+        assert_eq!(tick(Duration::from_millis(50)), Duration::from_millis(5));
+        assert_eq!(tick(Duration::from_millis(2)), Duration::from_millis(1));
+        assert_eq!(tick(Duration::from_millis(20)), Duration::from_millis(2));
+    }
+}

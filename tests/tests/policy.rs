@@ -1,0 +1,263 @@
+//! Story: every request of a route is judged by its WebAssembly policy
+//! plugins, built from `plugins/` and run by the real gateway.
+//!
+//! - `org-check` keeps a caller of one organization off another's tunnel
+//!   and lets it onto its own;
+//! - a plugin that spins, traps or hoards memory gets its request refused
+//!   within the deadline with a clear status, while other routes answer;
+//! - header edits of an allowing plugin reach the local service;
+//! - a replaced plugin file changes decisions without a restart, and a
+//!   broken replacement (bad bytes, or an `init` that refuses the route's
+//!   configuration) is reported while the previous version keeps serving;
+//! - a plugin that refuses its configuration stops the gateway from
+//!   starting, with the plugin's own message.
+
+use std::time::{Duration, Instant};
+
+use tests::{plugin_wasm, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_check_plugin_keeps_each_organization_on_its_own_tunnels() {
+    let gateway = Gateway::start(
+        GatewayOptions::new()
+            .with_route(Route::new("wiki.test", "wiki").plugin("org-check", ""))
+            .with_route(Route::new("billing.test", "billing").plugin("org-check", "")),
+    )
+    .await;
+    let wiki_tunnel = gateway.create_tunnel("acme", "wiki").await;
+    let billing_tunnel = gateway.create_tunnel("globex", "billing").await;
+    let wiki = upstream::echo("wiki").await;
+    let billing = upstream::echo("billing").await;
+    let _a = Agent::connect(&gateway, &wiki_tunnel, wiki.addr(), AgentOptions::new()).await;
+    let _b = Agent::connect(
+        &gateway,
+        &billing_tunnel,
+        billing.addr(),
+        AgentOptions::new(),
+    )
+    .await;
+    let acme = gateway.caller(&gateway.create_caller("acme").await);
+    let globex = gateway.caller(&gateway.create_caller("globex").await);
+
+    let refused = acme.get("billing.test", "/invoices").send().await;
+    assert_eq!(refused.status, 403, "acme on globex's tunnel: {refused:?}");
+    assert!(
+        refused.text().contains("another organization"),
+        "the 403 is the plugin's: {:?}",
+        refused.text()
+    );
+    assert_eq!(
+        billing.requests(),
+        0,
+        "a refused request reached the service"
+    );
+
+    assert_eq!(
+        acme.get("wiki.test", "/page").send().await.echo().server,
+        "wiki"
+    );
+    assert_eq!(
+        globex
+            .get("billing.test", "/invoices")
+            .send()
+            .await
+            .echo()
+            .server,
+        "billing"
+    );
+    let refused = globex.get("wiki.test", "/page").send().await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(wiki.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_fail_closed_within_the_deadline() {
+    let timeout_ms = 300;
+    let gateway = Gateway::start(
+        GatewayOptions::new()
+            .plugin_setting("call_timeout_ms", &timeout_ms.to_string())
+            .plugin_setting("max_memory_bytes", &(8u64 << 20).to_string())
+            .with_route(
+                Route::new("spin.test", "wiki")
+                    .path_prefix("/")
+                    .plugin("org-check", "")
+                    .plugin("faulty", "loop"),
+            )
+            .with_route(Route::new("trap.test", "wiki").plugin("faulty", "trap"))
+            .with_route(Route::new("hoard.test", "wiki").plugin("faulty", "grow"))
+            .with_route(Route::new("edit.test", "wiki").plugin("faulty", "allow"))
+            .with_route(Route::new("wiki.test", "wiki").plugin("org-check", "")),
+    )
+    .await;
+    let tunnel = gateway.create_tunnel("acme", "wiki").await;
+    let wiki = upstream::echo("wiki").await;
+    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let caller = gateway.caller(&gateway.create_caller("acme").await);
+
+    // Four spinning requests at once, and the healthy route answering
+    // while they spin: a spinning plugin yields its thread.
+    let spinning: Vec<_> = (0..4)
+        .map(|i| {
+            let c = caller.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = c.get("spin.test", &format!("/{i}")).send().await;
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    let healthy = caller.get("wiki.test", "/during").send().await;
+    assert_eq!(healthy.echo().server, "wiki");
+    for task in spinning {
+        let (reply, took) = task.await.unwrap();
+        assert_eq!(reply.status, 503, "{reply:?}");
+        assert!(
+            reply
+                .text()
+                .contains("`faulty` did not decide within 300 ms"),
+            "{:?}",
+            reply.text()
+        );
+        assert!(
+            took < Duration::from_millis(timeout_ms * 10),
+            "refused only after {took:?}"
+        );
+    }
+
+    let trapped = caller.get("trap.test", "/").send().await;
+    assert_eq!(trapped.status, 500, "{trapped:?}");
+    assert!(
+        trapped.text().contains("`faulty` failed"),
+        "{:?}",
+        trapped.text()
+    );
+
+    let started = Instant::now();
+    let hoarded = caller.get("hoard.test", "/").send().await;
+    assert_eq!(hoarded.status, 500, "{hoarded:?}");
+    assert!(
+        hoarded.text().contains("exceeded its memory limit"),
+        "{:?}",
+        hoarded.text()
+    );
+    assert!(started.elapsed() < Duration::from_millis(timeout_ms * 10));
+
+    assert_eq!(wiki.requests(), 1, "a refused request reached the service");
+
+    // The gateway keeps serving, and an allowing plugin's header edit
+    // reaches the local service.
+    let edited = caller.get("edit.test", "/x").send().await;
+    assert_eq!(edited.echo().header("x-faulty"), Some("allow"));
+    assert_eq!(caller.get("wiki.test", "/after").send().await.status, 200);
+
+    let logs = gateway.logs();
+    for kind in ["kind=\"deadline\"", "kind=\"trap\"", "kind=\"memory\""] {
+        assert!(logs.contains(kind), "no {kind} failure logged:\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused() {
+    let authz_rules = r#"{"rules": [{"methods": ["GET"]}]}"#;
+    let gateway = Gateway::start(
+        GatewayOptions::new()
+            .plugin_setting("reload_interval_ms", "100")
+            .plugin_file("gate", plugin_wasm("org-check"))
+            .plugin_file("rules", plugin_wasm("authz"))
+            .with_route(Route::new("wiki.test", "wiki").plugin("gate", ""))
+            .with_route(Route::new("api.test", "wiki").plugin("rules", authz_rules)),
+    )
+    .await;
+    let tunnel = gateway.create_tunnel("acme", "wiki").await;
+    let wiki = upstream::echo("wiki").await;
+    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let caller = gateway.caller(&gateway.create_caller("acme").await);
+    let pid = gateway.pid();
+
+    assert_eq!(caller.get("wiki.test", "/").send().await.status, 200);
+
+    // `gate` becomes a plugin that denies: decisions change, no restart.
+    let faulty = plugin_wasm("faulty");
+    let mark = gateway.events().mark();
+    gateway.replace_plugin("gate", &faulty);
+    let loaded = gateway
+        .wait_for_since(mark, "plugin_loaded", &[("plugin", "gate")])
+        .await;
+    assert_eq!(
+        loaded["sha256"].as_str().unwrap().len(),
+        64,
+        "the event names the version: {loaded}"
+    );
+    let denied = caller.get("wiki.test", "/").send().await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(
+        denied.text().contains("denied by faulty"),
+        "{:?}",
+        denied.text()
+    );
+    assert_eq!(gateway.pid(), pid);
+
+    // Garbage in place of `gate`: reported, and the running version stays.
+    gateway.replace_plugin("gate", b"\0asm but not really");
+    let rejected = gateway
+        .wait_for_since(mark, "plugin_rejected", &[("plugin", "gate")])
+        .await;
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component"),
+        "{rejected}"
+    );
+    assert_eq!(caller.get("wiki.test", "/").send().await.status, 403);
+
+    // A replacement whose `init` refuses the route's configuration is
+    // refused with the plugin's own message; authz keeps judging.
+    assert_eq!(caller.get("api.test", "/").send().await.status, 200);
+    gateway.replace_plugin("rules", &plugin_wasm("org-check"));
+    let rejected = gateway
+        .wait_for_since(mark, "plugin_rejected", &[("plugin", "rules")])
+        .await;
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap()
+            .contains("org-check takes no configuration"),
+        "{rejected}"
+    );
+    assert_eq!(caller.get("api.test", "/").send().await.status, 200);
+    let post = caller
+        .post("api.test", "/", tests::body::full("x"))
+        .send()
+        .await;
+    assert_eq!(post.status, 403, "authz still judges: {post:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_refuses_its_configuration_stops_the_start() {
+    let stderr = Gateway::start_expecting_failure(GatewayOptions::new().with_route(
+        Route::new("wiki.test", "wiki").plugin("authz", r#"{"rules": [{"methods": []}]}"#),
+    ))
+    .await;
+    assert!(stderr.contains("plugin `authz`"), "{stderr}");
+    assert!(
+        stderr.contains("init refused its configuration"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rules[0]"),
+        "the plugin's own message: {stderr}"
+    );
+
+    let stderr = Gateway::start_expecting_failure(
+        GatewayOptions::new()
+            .plugin_file("gate", b"not wasm".to_vec())
+            .with_route(Route::new("wiki.test", "wiki").plugin("gate", "")),
+    )
+    .await;
+    assert!(stderr.contains("plugin `gate`"), "{stderr}");
+    assert!(
+        stderr.contains("not a valid WebAssembly component"),
+        "{stderr}"
+    );
+}
