@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing:
-# cmake (pingora builds zlib-ng with it) and the wasm32-wasip2 target
-# (policy plugins). Safe to run repeatedly.
+# cmake (pingora builds zlib-ng with it), the wasm32-wasip2 target
+# (policy plugins) and Python's oauthlib (the OAuth 1.0a end-to-end test).
+# Safe to run repeatedly.
 set -euo pipefail
 
 as_root() {
@@ -21,4 +22,20 @@ fi
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
   echo "setup: adding the wasm32-wasip2 target" >&2
   rustup target add wasm32-wasip2 >&2
+fi
+
+# Python's oauthlib (with cryptography and PyJWT, which its RSA-SHA1 needs):
+# the independent OAuth 1.0a signer and verifying service of
+# tests/tests/oauth1.rs (tests/oauth/).
+if ! python3 -c 'import oauthlib, cryptography, jwt' 2>/dev/null; then
+  echo "setup: installing oauthlib, cryptography and pyjwt for python3" >&2
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  pip_install() { python3 -m pip install --quiet "$@" oauthlib cryptography pyjwt >&2; }
+  # --user is refused inside a virtualenv (then install into it); a
+  # distribution's own python3 may refuse both without the last flag.
+  pip_install --user || pip_install || pip_install --user --break-system-packages
+  python3 -c 'import oauthlib, cryptography, jwt'
 fi

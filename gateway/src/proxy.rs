@@ -433,8 +433,14 @@ impl TunnelProxy {
                 v.trim()
                     .eq_ignore_ascii_case("application/x-www-form-urlencoded")
             });
+        if !is_form {
+            return Ok(None);
+        }
         let len = match http_checks::content_length(headers) {
-            Some(n) if is_form && n <= limit as u64 => n as usize,
+            Some(n) if n <= limit as u64 => n as usize,
+            // No length, and known to be empty (HTTP/1.1 without length or
+            // chunking, HTTP/2 ending the stream with the headers).
+            None if session.as_mut().is_body_empty() => return Ok(Some(Vec::new())),
             _ => return Ok(None),
         };
         session.as_mut().enable_retry_buffering();

@@ -176,13 +176,32 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
 
     assert_eq!(caller.get("wiki.test", "/").send().await.status, 200);
 
-    // `gate` becomes a plugin that denies: decisions change, no restart.
+    // `gate` becomes a plugin that denies: decisions change, no restart,
+    // and requests in flight during the swap get one answer or the other,
+    // never an error.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (c, stop) = (caller.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(c.get("wiki.test", "/during").send().await.status.as_u16());
+            }
+            statuses
+        })
+    };
     let faulty = plugin_wasm("faulty");
     let mark = gateway.events().mark();
     gateway.replace_plugin("gate", &faulty);
     let loaded = gateway
         .wait_for_since(mark, "plugin_loaded", &[("plugin", "gate")])
         .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = traffic.await.unwrap();
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == 200 || *s == 403),
+        "during the reload: {statuses:?}"
+    );
     assert_eq!(
         loaded["sha256"].as_str().unwrap().len(),
         64,

@@ -338,8 +338,16 @@ async fn main() -> anyhow::Result<()> {
     ensure_wrk()?;
     build_binaries()?;
     let origin = start_origin().await?;
-    let mut opts =
-        GatewayOptions::new().with_route(Route::new("bench.test", "bench").max_body_bytes(1 << 40));
+    // Two routes into the same tunnel: one without plugins, one with the
+    // full chain, so the chain's cost is the difference between them.
+    let mut opts = GatewayOptions::new()
+        .with_route(Route::new("bench.test", "bench").max_body_bytes(1 << 40))
+        .with_route(
+            Route::new("policy.test", "bench")
+                .plugin("org-check", "")
+                .plugin("authz", r#"{"rules": [{"methods": ["GET", "HEAD"]}]}"#)
+                .plugin("oauth1", r#"{"allow_unsigned": true}"#),
+        );
     if let Some(n) = args.gateway_threads {
         opts = opts.env("GATEWAY__SERVER__THREADS", &n.to_string());
     }
@@ -359,11 +367,19 @@ async fn main() -> anyhow::Result<()> {
             ("Proxy-Authorization".into(), format!("Bearer {token}")),
         ],
     };
+    let with_plugins = Target {
+        addr: gateway.public_addr(),
+        headers: vec![
+            ("Host".into(), "policy.test".into()),
+            ("Proxy-Authorization".into(), format!("Bearer {token}")),
+        ],
+    };
     let secs = args.secs;
     let rounds = args.rounds.max(1);
     // Warm up both paths (pools, caches, page faults).
     wrk(&direct, "/1k", 16, 1, &[])?;
     wrk(&through, "/1k", 16, 1, &[])?;
+    wrk(&with_plugins, "/1k", 16, 1, &[])?;
 
     let mut figures = Vec::new();
     let mut add = |name, unit, direct: f64, tunnel: f64, ratio: f64, target: &str| {
@@ -376,13 +392,13 @@ async fn main() -> anyhow::Result<()> {
             target: target.into(),
         };
         println!(
-            "{:<20} {:>12.1} {:>12.1} {:<7} {:>6.2}x  (target {})",
+            "{:<26} {:>12.1} {:>12.1} {:<7} {:>6.2}x  (target {})",
             f.name, f.direct, f.tunnel, f.unit, f.ratio, f.target
         );
         figures.push(f);
     };
     println!(
-        "{:<20} {:>12} {:>12} {:<7} {:>7}",
+        "{:<26} {:>12} {:>12} {:<7} {:>7}",
         "figure", "direct", "tunnel", "unit", "ratio"
     );
 
@@ -397,6 +413,35 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     add("latency_c1_p50_us", "us", d, t, t / d, "lower is better");
+    let no_plugins_p50 = t;
+
+    // The same two figures through the route with org-check, authz and
+    // oauth1 (each in a fresh sandbox per request).
+    let (d, t) = round_robin(rounds, &direct, &with_plugins, |tg| async move {
+        parse_rps(&wrk(&tg, "/1k", 64, secs, &[])?)
+    })
+    .await?;
+    add("rps_c64_plugins", "req/s", d, t, t / d, ">= 0.50x");
+    let (d, t) = round_robin(rounds, &direct, &with_plugins, |tg| async move {
+        parse_p50_us(&wrk(&tg, "/1k", 1, secs.div_ceil(2), &[])?)
+    })
+    .await?;
+    add(
+        "latency_c1_p50_us_plugins",
+        "us",
+        d,
+        t,
+        t / d,
+        "lower is better",
+    );
+    add(
+        "plugin_chain_us",
+        "us",
+        f64::NAN,
+        t - no_plugins_p50,
+        f64::NAN,
+        "<= 10 us",
+    );
 
     let (d, t) = round_robin(rounds, &direct, &through, |tg| async move {
         download(&tg).await

@@ -10,6 +10,7 @@
 
 mod echo;
 mod impostor;
+pub mod oauthlib;
 mod raw;
 #[cfg(test)]
 mod tests;
