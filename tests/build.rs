@@ -33,6 +33,8 @@ fn main() {
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // From the plugin folder, so cargo reads plugins/.cargo/config.toml.
+    cmd.current_dir(root.join("plugins"));
     cmd.args([
         "build",
         "--release",

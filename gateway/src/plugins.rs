@@ -389,7 +389,13 @@ fn engine(cfg: &PluginsSection) -> anyhow::Result<Engine> {
         .max_memories_per_component(2)
         .max_tables_per_component(8)
         .max_memory_size(cfg.max_memory_bytes)
-        .table_elements(cfg.max_table_elements);
+        .table_elements(cfg.max_table_elements)
+        // Reset a used sandbox by finding its dirty pages (PAGEMAP_SCAN,
+        // Linux 6.7+) and rewriting just those, instead of `madvise`:
+        // no page faults on reuse and no TLB-shootdown interrupts.
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .linear_memory_keep_resident(cfg.max_memory_bytes)
+        .table_keep_resident(64 << 10);
     let mut c = Config::new();
     c.wasm_component_model(true)
         .epoch_interruption(true)
