@@ -152,9 +152,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load(&config)?;
             let (info, token) = admin(&cfg, async |s| Ok(s.create_caller(&org).await?))?;
             if json {
-                println!("{}", json!({"org": info.org, "token": token}));
+                println!(
+                    "{}",
+                    json!({"id": info.id, "org": info.org, "token": token})
+                );
             } else {
                 println!("caller created for org {}", info.org);
+                println!("  id:    {} (what authz rules name)", info.id);
                 println!("  token: {token}");
                 println!("Send it as `Proxy-Authorization: Bearer <token>`. It is shown only now.");
             }

@@ -98,6 +98,8 @@ pub struct Ctx {
     edits: Vec<HeaderEdit>,
     /// W3C trace id: the caller's `traceparent`, else a new one.
     trace_id: String,
+    /// Microseconds the plugin chain took (0 without plugins).
+    policy_us: u64,
 }
 
 /// Writes a complete short response from the gateway itself.
@@ -393,7 +395,10 @@ impl TunnelProxy {
                 .collect(),
             body_prefix,
         };
-        match self.plugins.run(chain, &pctx, &preq).await {
+        let started = Instant::now();
+        let verdict = self.plugins.run(chain, &pctx, &preq).await;
+        ctx.policy_us = started.elapsed().as_micros() as u64;
+        match verdict {
             Verdict::Allow(edits) => {
                 ctx.edits = edits;
                 Ok(())
@@ -486,6 +491,7 @@ impl ProxyHttp for TunnelProxy {
             guard: None,
             edits: Vec::new(),
             trace_id: String::new(),
+            policy_us: 0,
         }
     }
 
@@ -687,6 +693,7 @@ impl ProxyHttp for TunnelProxy {
             agent = agent.unwrap_or("-"),
             status,
             duration_ms = ctx.started.elapsed().as_millis() as u64,
+            policy_us = ctx.policy_us,
             trace_id = %ctx.trace_id,
             error = e.map(|e| e.to_string()),
             "request"

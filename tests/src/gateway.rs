@@ -376,13 +376,22 @@ impl Gateway {
 
     /// `gateway caller create`: a bearer token for callers of `org`.
     pub async fn create_caller(&self, org: &str) -> String {
+        self.create_caller_with_id(org).await.1
+    }
+
+    /// `gateway caller create`: the caller's id (what authz rules name)
+    /// and its bearer token.
+    pub async fn create_caller_with_id(&self, org: &str) -> (String, String) {
         let out = self
             .cli(&["caller", "create", "--org", org, "--json"])
             .await;
         let v: Value = serde_json::from_str(out.trim())
             .unwrap_or_else(|e| panic!("caller create printed {out:?}: {e}"));
         assert_eq!(v["org"], org);
-        v["token"].as_str().expect("caller token").to_string()
+        (
+            v["id"].as_str().expect("caller id").to_string(),
+            v["token"].as_str().expect("caller token").to_string(),
+        )
     }
 
     /// A caller of the public listener using `token`.

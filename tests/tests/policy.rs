@@ -3,6 +3,8 @@
 //!
 //! - `org-check` keeps a caller of one organization off another's tunnel
 //!   and lets it onto its own;
+//! - `authz` rules admit by method, path prefix (on segments) and caller,
+//!   and deny everything else;
 //! - a plugin that spins, traps or hoards memory gets its request refused
 //!   within the deadline with a clear status, while other routes answer;
 //! - header edits of an allowing plugin reach the local service;
@@ -68,6 +70,77 @@ async fn org_check_plugin_keeps_each_organization_on_its_own_tunnels() {
     let refused = globex.get("wiki.test", "/page").send().await;
     assert_eq!(refused.status, 403);
     assert_eq!(wiki.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_rules_admit_methods_paths_and_callers_and_deny_the_rest() {
+    // Rules name caller ids, which exist once the callers are created: a
+    // first gateway creates the tunnel and callers in the store, a second
+    // one on the same store serves the route with the rules.
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = Gateway::start(GatewayOptions::new().work_dir(dir.path())).await;
+    let tunnel = setup.create_tunnel("acme", "wiki").await;
+    let (editor_id, editor_token) = setup.create_caller_with_id("acme").await;
+    let reader_token = setup.create_caller("acme").await;
+    setup.kill();
+    let rules = format!(
+        r#"{{"rules": [
+            {{"methods": ["GET", "HEAD"], "path_prefixes": ["/wiki/"]}},
+            {{"methods": ["POST"], "path_prefixes": ["/api"], "callers": ["{editor_id}"]}}
+        ]}}"#
+    );
+    let gateway = Gateway::start(
+        GatewayOptions::new().work_dir(dir.path()).with_route(
+            Route::new("wiki.test", "wiki")
+                .plugin("org-check", "")
+                .plugin("authz", &rules),
+        ),
+    )
+    .await;
+    let wiki = upstream::echo("wiki").await;
+    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let editor = gateway.caller(&editor_token);
+    let reader = gateway.caller(&reader_token);
+
+    assert_eq!(
+        reader.get("wiki.test", "/wiki/page").send().await.status,
+        200
+    );
+    let outside = reader.get("wiki.test", "/wikipedia").send().await;
+    assert_eq!(
+        outside.status, 403,
+        "prefixes match on segments: {outside:?}"
+    );
+    assert!(
+        outside
+            .text()
+            .contains("no authz rule allows GET /wikipedia"),
+        "{:?}",
+        outside.text()
+    );
+    let served = wiki.requests();
+
+    let post = |c: &tests::Caller| {
+        c.post("wiki.test", "/api/items", tests::body::full("x"))
+            .send()
+    };
+    assert_eq!(
+        post(&editor).await.status,
+        200,
+        "the editor may POST to /api"
+    );
+    let refused = post(&reader).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let delete = editor
+        .request(http::Method::DELETE, "wiki.test", "/api/items")
+        .send()
+        .await;
+    assert_eq!(delete.status, 403, "no rule allows DELETE: {delete:?}");
+    assert_eq!(
+        wiki.requests(),
+        served + 1,
+        "only the editor's POST reached the service"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
