@@ -404,7 +404,10 @@ fn engine(cfg: &PluginsSection) -> anyhow::Result<Engine> {
         .memory_guard_size(64 << 10)
         .memory_reservation_for_growth(0)
         .max_wasm_stack(512 << 10)
-        .async_stack_size(1 << 20);
+        .async_stack_size(1 << 20)
+        // Plugins are small (tens of ms each to compile); a compile thread
+        // pool would stay resident for nothing (about 10 MiB measured).
+        .parallel_compilation(false);
     Ok(Engine::new(&c)?)
 }
 
