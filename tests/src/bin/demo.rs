@@ -149,8 +149,16 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\nTry it yourself:\n");
     println!(
-        "  curl -H 'Proxy-Authorization: Bearer {token}' -H 'Host: demo.test' http://{}/hello\n",
+        "  curl -H 'Proxy-Authorization: Bearer {token}' -H 'Host: demo.test' http://{}/hello",
         gateway.public_addr()
+    );
+    println!(
+        "  curl -X DELETE -H 'Proxy-Authorization: Bearer {token}' -H 'Host: demo.test' http://{}/x   # authz says 403\n",
+        gateway.public_addr()
+    );
+    println!(
+        "Plugins reload when replaced: copy another .wasm over a file in {} and watch the gateway's stdout.\n",
+        gateway.plugins_dir().display()
     );
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
