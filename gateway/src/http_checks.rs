@@ -113,6 +113,19 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
+/// Headers only the gateway decides: framing, connection management,
+/// hop-by-hop ones, the caller credential and every header a service reads
+/// as a trusted proxy's word. Policy plugins may not edit them, and their
+/// denials may not carry the framing ones.
+pub fn gateway_managed(name: &str) -> bool {
+    matches!(
+        name,
+        "host" | "content-length" | "transfer-encoding" | "connection" | "upgrade" | "expect"
+    ) || HOP_BY_HOP.contains(&name)
+        || CALLER_FORBIDDEN.contains(&name)
+        || name.starts_with("x-forwarded-")
+}
+
 /// The headers to remove before forwarding: hop-by-hop ones (including
 /// those named in `Connection`) and the ones the caller may not set.
 pub fn headers_to_strip(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {

@@ -126,6 +126,37 @@ async fn reply(
     Ok(())
 }
 
+/// Checks a request target: `None` for origin-form, the origin-form to
+/// forward for an absolute-form target naming `host`, a 400 otherwise.
+fn origin_form(raw: &[u8], host: &str) -> std::result::Result<Option<String>, Refusal> {
+    if !raw.is_ascii() {
+        return Err(Refusal::bad_request("request target is not ASCII"));
+    }
+    if raw.first() == Some(&b'/') {
+        return Ok(None);
+    }
+    let lower = raw.to_ascii_lowercase();
+    if !(lower.starts_with(b"http://") || lower.starts_with(b"https://")) {
+        return Err(Refusal::bad_request(
+            "request target must be a path or an http(s) URL",
+        ));
+    }
+    let uri: http::Uri = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Refusal::bad_request("invalid request target"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Refusal::bad_request("invalid request target"))?;
+    if normalize_host(authority.as_str()).as_deref() != Some(host) {
+        return Err(Refusal::bad_request("request target and Host disagree"));
+    }
+    Ok(Some(uri.path_and_query().map_or_else(
+        || "/".to_string(),
+        |p| p.as_str().to_string(),
+    )))
+}
+
 /// The trace id of a valid W3C `traceparent` (version 00), else a new
 /// random one.
 fn trace_id(req: &RequestHeader) -> String {
@@ -175,8 +206,12 @@ async fn reply_denial(
     status: u16,
     headers: &[WitHeader],
     body: Vec<u8>,
+    close: bool,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(2 + headers.len()))?;
+    let mut resp = ResponseHeader::build(status, Some(3 + headers.len()))?;
+    if close {
+        resp.insert_header(header::CONNECTION, "close")?;
+    }
     for h in headers {
         // Names and values were checked by the plugin host.
         resp.append_header(h.name.clone(), h.value.as_slice())?;
@@ -263,15 +298,18 @@ impl TunnelProxy {
         }
         let (host_header, host) =
             request_host(req).ok_or_else(|| Refusal::bad_request("missing or invalid Host"))?;
-        // An absolute-form target names its own authority, which the local
-        // service would obey over Host: it must agree with what we route by.
-        if req.headers.contains_key(header::HOST) {
-            if let Some(auth) = req.uri.authority() {
-                if normalize_host(auth.as_str()).as_deref() != Some(host.as_str()) {
-                    return Err(Refusal::bad_request("request target and Host disagree"));
-                }
-            }
+        // Routing, the checks and the plugins must judge the very target
+        // that is forwarded: only origin-form (`/path?query`) goes through.
+        // An absolute-form target (`http://host/path`) must name the host
+        // routed by, and is forwarded in origin-form; anything else (`*`,
+        // `x:/admin`, raw non-ASCII bytes) is refused.
+        if let Some(origin_form) = origin_form(req.raw_path(), &host)? {
+            session
+                .req_header_mut()
+                .set_raw_path(origin_form.as_bytes())
+                .map_err(|_| Refusal::bad_request("invalid request target"))?;
         }
+        let req = session.req_header();
         http_checks::check_path(req.uri.path()).map_err(Refusal::bad_request)?;
         let route = self
             .routes
@@ -499,11 +537,17 @@ impl ProxyHttp for TunnelProxy {
         ctx.trace_id = trace_id(session.req_header());
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
-            Err(r) => {
-                tracing::info!(client = ?session.client_addr(), status = r.status, trace_id = %ctx.trace_id, "refused: {}", r.body);
+            Err(mut r) => {
+                // A body left unread would have to be drained before the
+                // connection could serve another request: close instead.
+                if !session.as_mut().is_body_done() {
+                    r.close = true;
+                    session.set_keepalive(None);
+                }
+                tracing::info!(client = ?session.client_addr(), status = r.status, trace_id = %ctx.trace_id, "refused: {:?}", r.body);
                 match r.denial {
                     Some((headers, body)) => {
-                        reply_denial(session, r.status, &headers, body).await?
+                        reply_denial(session, r.status, &headers, body, r.close).await?
                     }
                     None => reply(session, r.status, &r.body, r.close, r.extra).await?,
                 }
@@ -590,16 +634,18 @@ impl ProxyHttp for TunnelProxy {
         }
         // The plugins' edits, in chain order; names and values were checked
         // by the plugin host, and gateway-managed headers are refused there.
-        for edit in std::mem::take(&mut ctx.edits) {
+        // pingora calls this again for every retry, on a fresh copy of the
+        // request: the edits must apply each time.
+        for edit in &ctx.edits {
             match edit {
                 HeaderEdit::Set(h) => {
-                    upstream.insert_header(h.name, h.value.as_slice())?;
+                    upstream.insert_header(h.name.clone(), h.value.as_slice())?;
                 }
                 HeaderEdit::Append(h) => {
-                    upstream.append_header(h.name, h.value.as_slice())?;
+                    upstream.append_header(h.name.clone(), h.value.as_slice())?;
                 }
                 HeaderEdit::Remove(n) => {
-                    upstream.remove_header(&n);
+                    upstream.remove_header(n);
                 }
             }
         }

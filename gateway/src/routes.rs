@@ -26,6 +26,9 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct Routes {
     by_host: HashMap<String, Vec<(String, Resolved)>>,
+    /// Tunnels that explicit routes name: reachable only through them, so
+    /// the wildcard cannot skip their plugin chains.
+    routed_tunnels: std::collections::HashSet<String>,
     base_domain: Option<String>,
     default_body: u64,
 }
@@ -53,6 +56,7 @@ impl Routes {
             list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         }
         Routes {
+            routed_tunnels: cfg.routes.iter().map(|r| r.tunnel.clone()).collect(),
             by_host,
             base_domain: cfg
                 .routing
@@ -66,13 +70,16 @@ impl Routes {
     /// Resolves a (lower-case, port-less) host and a path.
     pub fn resolve(&self, host: &str, path: &str) -> Option<Resolved> {
         if let Some(list) = self.by_host.get(host) {
-            if let Some((_, r)) = list.iter().find(|(p, _)| path.starts_with(p.as_str())) {
-                return Some(r.clone());
-            }
+            // A host with explicit routes never falls through to the
+            // wildcard: a path outside its prefixes has no route.
+            return list
+                .iter()
+                .find(|(p, _)| path.starts_with(p.as_str()))
+                .map(|(_, r)| r.clone());
         }
         let base = self.base_domain.as_deref()?;
         let label = host.strip_suffix(base)?.strip_suffix('.')?;
-        if label.is_empty() || label.contains('.') {
+        if label.is_empty() || label.contains('.') || self.routed_tunnels.contains(label) {
             return None;
         }
         Some(Resolved {
@@ -149,6 +156,24 @@ max_body_bytes = 5
         assert!(r.resolve("a.b.tunnels.test", "/").is_none());
         assert!(r.resolve("tunnels.test", "/").is_none());
         assert!(r.resolve("xtunnels.test", "/").is_none());
+    }
+
+    #[test]
+    fn the_wildcard_never_skips_an_explicit_route() {
+        let r = routes();
+        // `wiki` has explicit routes (with their own plugin chains).
+        assert!(r.resolve("wiki.tunnels.test", "/").is_none());
+        assert!(r.resolve("wiki-api.tunnels.test", "/").is_none());
+        // A host with routes but no matching prefix: no route, no wildcard.
+        let only_api = {
+            let mut r = routes();
+            r.by_host
+                .get_mut("wiki.test")
+                .unwrap()
+                .retain(|(p, _)| p == "/api/");
+            r
+        };
+        assert!(only_api.resolve("wiki.test", "/page").is_none());
     }
 
     #[test]

@@ -119,6 +119,7 @@ async fn authz_rules_admit_methods_paths_and_callers_and_deny_the_rest() {
         outside.text()
     );
     let served = wiki.requests();
+    assert_eq!(served, 1, "only the allowed GET reached the service");
 
     let post = |c: &tests::Caller| {
         c.post("wiki.test", "/api/items", tests::body::full("x"))
@@ -146,8 +147,11 @@ async fn authz_rules_admit_methods_paths_and_callers_and_deny_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugins_fail_closed_within_the_deadline() {
     let timeout_ms = 300;
+    // One proxy thread: a spinning plugin that held it would stall the
+    // healthy route's request.
     let gateway = Gateway::start(
         GatewayOptions::new()
+            .env("GATEWAY__SERVER__THREADS", "1")
             .plugin_setting("call_timeout_ms", &timeout_ms.to_string())
             .plugin_setting("max_memory_bytes", &(8u64 << 20).to_string())
             .with_route(
@@ -179,8 +183,14 @@ async fn misbehaving_plugins_fail_closed_within_the_deadline() {
             })
         })
         .collect();
+    let started = Instant::now();
     let healthy = caller.get("wiki.test", "/during").send().await;
     assert_eq!(healthy.echo().server, "wiki");
+    assert!(
+        started.elapsed() < Duration::from_millis(timeout_ms / 2),
+        "the healthy route waited {:?} for the spinning plugins",
+        started.elapsed()
+    );
     for task in spinning {
         let (reply, took) = task.await.unwrap();
         assert_eq!(reply.status, 503, "{reply:?}");

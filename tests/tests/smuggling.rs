@@ -156,3 +156,38 @@ async fn an_absolute_target_naming_another_host_gets_400() {
     assert_eq!(reply.status(), Some(200), "{}", reply.text());
     assert_eq!(t.wiki.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_other_than_a_path_or_url_get_400_and_absolute_urls_go_as_paths() {
+    // Routing, the path checks and the plugins judge the request target: it
+    // must be the one that is forwarded. `x:/admin` would be judged as `/`
+    // by a parser and served as `/admin` by another.
+    let t =
+        WikiTunnel::start_with(tests::GatewayOptions::new(), tests::upstream::raw().await).await;
+    let public = t.gateway.public_addr();
+    let wait = Duration::from_secs(5);
+    let request = |target: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: wiki.test\r\nProxy-Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            t.token
+        )
+    };
+    for target in ["x:/admin", "*", "foo:bar://wiki.test/admin", "admin"] {
+        let reply = wire::exchange(public, request(target).as_bytes(), wait).await;
+        assert_eq!(
+            reply.status(),
+            Some(400),
+            "target {target:?}: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(t.wiki.requests(), 0, "an odd target reached the service");
+
+    // An absolute URL naming the routed host reaches the service as the
+    // path it judged.
+    let reply = wire::exchange(public, request("http://wiki.test/a/b?c=d").as_bytes(), wait).await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    let heads = t.wiki.raw_heads();
+    let head = String::from_utf8_lossy(heads.last().expect("a request head"));
+    assert!(head.starts_with("GET /a/b?c=d HTTP/1.1\r\n"), "{head}");
+}

@@ -191,6 +191,9 @@ fn full_body(req: &Request) -> Result<&[u8], &'static str> {
         (Some(body), Some(Some(n))) if body.len() as u64 == n => Ok(body),
         // Content-Length: 0 is a body known in full without seeing it.
         (None, Some(Some(0))) => Ok(&[]),
+        // Without a length, the gateway passes a body only when it knows it
+        // is empty (HTTP/1.1 without framing, HTTP/2 ending with the headers).
+        (Some([]), None) => Ok(&[]),
         (None, _) => Err("the gateway did not pass the body (the route must ask for form bodies)"),
         (Some(_), None) => Err("the request has no Content-Length"),
         (Some(_), Some(None)) => Err("the Content-Length is not a number"),
@@ -202,13 +205,19 @@ fn full_body(req: &Request) -> Result<&[u8], &'static str> {
 /// timestamp, nonce) as §3.3 asks. Lengths prefix the free-form parts so
 /// that no two different tuples give the same text (`a|b` + `c` vs `a` +
 /// `b|c`); the timestamp is the parsed number, so `0123` and `123` are the
-/// same timestamp.
+/// same timestamp. The text is hashed (SHA-256, hex) so the key has a
+/// fixed length whatever the parameters' (the host caps key length).
 pub fn nonce_key(consumer: &str, token: &str, timestamp: u64, nonce: &str) -> String {
-    format!(
+    use sha2::Digest;
+    let text = format!(
         "{}:{consumer}|{}:{token}|{timestamp}|{nonce}",
         consumer.len(),
         token.len()
-    )
+    );
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn lossy(name: &[u8]) -> String {

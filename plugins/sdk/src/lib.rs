@@ -55,7 +55,7 @@ mod bump {
 
         /// Moves the end of the heap to `end`, growing memory if needed.
         fn reserve_to(&self, end: usize) -> bool {
-            let have = memory_size(0) * PAGE;
+            let have = memory_size(0).saturating_mul(PAGE);
             if end > have {
                 let pages = (end - have).div_ceil(PAGE);
                 if memory_grow(0, pages) == usize::MAX {

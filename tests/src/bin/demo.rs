@@ -43,7 +43,6 @@ async fn main() -> anyhow::Result<()> {
                 .plugin("authz", AUTHZ)
                 .plugin("oauth1", OAUTH1),
         )
-        .base_domain("tunnels.test")
         .pki(pki)
         .work_dir(&dir.join("gateway"));
     let mut gateway = Gateway::start(opts).await;
@@ -133,10 +132,6 @@ async fn main() -> anyhow::Result<()> {
     show(
         "GET demo.test/hello as another org's caller",
         other_org.get("demo.test", "/hello").send().await,
-    );
-    show(
-        "GET demo.tunnels.test/hello (by tunnel name)",
-        caller.get("demo.tunnels.test", "/hello").send().await,
     );
     show(
         "GET demo.test/hello without a caller token",
