@@ -468,14 +468,17 @@ impl TunnelProxy {
         limit: usize,
     ) -> std::result::Result<Option<Vec<u8>>, Refusal> {
         let headers = &session.req_header().headers;
-        let is_form = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
+        // Two Content-Type headers could be read differently here, by the
+        // plugin and by the service: such a body is not shown.
+        let is_form = headers.get_all(header::CONTENT_TYPE).iter().count() == 1
+            && headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .is_some_and(|v| {
+                    v.trim()
+                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                });
         if !is_form {
             return Ok(None);
         }

@@ -8,6 +8,10 @@
 //! fail-closed 500).
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
+// The allocator below relies on a plugin instance being single-threaded.
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+compile_error!("plugin-sdk's allocator is for single-threaded wasm32 only");
+
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
 static ALLOCATOR: bump::Bump = bump::Bump::new();
