@@ -489,6 +489,22 @@ impl TunnelProxy {
             None if session.as_mut().is_body_empty() => return Ok(Some(Vec::new())),
             _ => return Ok(None),
         };
+        // A client waiting for `100 Continue` would wait out our timeout:
+        // answer it here. The body is then read before forwarding, so the
+        // service is not asked to continue again.
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            session
+                .as_mut()
+                .write_continue_response()
+                .await
+                .map_err(|_| Refusal::bad_request("could not answer Expect: 100-continue"))?;
+            session.req_header_mut().remove_header(&header::EXPECT);
+        }
         session.as_mut().enable_retry_buffering();
         let mut body = Vec::with_capacity(len);
         let read = async {

@@ -363,3 +363,59 @@ async fn a_plugin_that_refuses_its_configuration_stops_the_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_body_shown_to_plugins_still_reaches_the_service_and_100_continue_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let gateway = Gateway::start(
+        GatewayOptions::new().with_route(
+            Route::new("wiki.test", "wiki")
+                .form_body_bytes(4096)
+                .plugin("org-check", ""),
+        ),
+    )
+    .await;
+    let tunnel = gateway.create_tunnel("acme", "wiki").await;
+    let wiki = upstream::echo("wiki").await;
+    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let token = gateway.create_caller("acme").await;
+
+    // The gateway reads a form body for the plugins before forwarding it: a
+    // client that waits for 100 Continue must get it, and the body must
+    // still arrive whole.
+    let body = "a=1&b=two&c=%20three";
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: wiki.test\r\nProxy-Authorization: Bearer {token}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(gateway.public_addr())
+        .await
+        .unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("no 100 Continue within 5 s: the client would wait for nothing")
+        .unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim:?}");
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+        .await
+        .expect("the response within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest).to_string();
+    assert!(text.contains(" 200 "), "{text}");
+    let expected_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    };
+    assert!(
+        text.contains(&format!("\"body_sha256\":\"{expected_sha}\"")),
+        "the form body did not arrive intact: {text}"
+    );
+}
