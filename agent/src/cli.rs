@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
@@ -44,6 +45,9 @@ pub enum KeyCommand {
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    // `run` logs as its config says; `key set` plainly.
+    let _plain =
+        (!matches!(cli.command, Command::Run { .. })).then(protocol::telemetry::init_plain);
     match cli.command {
         Command::Key {
             command: KeyCommand::Set { config },
@@ -61,7 +65,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Run { config } => {
             let cfg = AgentConfig::load(&config)?;
+            let _telemetry = protocol::telemetry::init(
+                &cfg.log,
+                &cfg.telemetry,
+                "tunnel-agent",
+                true,
+                &crate::metrics::METRICS.export,
+            )?;
             let key = crate::keystore::load_key(&cfg.tunnel)?;
+            let admin =
+                protocol::telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
             let rt = match cfg.runtime.threads {
                 1 => tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -74,7 +87,23 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     b.enable_all().build()?
                 }
             };
-            rt.block_on(crate::run::run(cfg, key))
+            let status = Arc::new(crate::run::Status::default());
+            rt.block_on(async {
+                if let Some(listener) = admin {
+                    let addr = listener.local_addr()?;
+                    let r = status.clone();
+                    let admin = Arc::new(protocol::telemetry::admin::Admin {
+                        registry: Arc::new(crate::metrics::registry()),
+                        ready: Arc::new(move || r.check()),
+                    });
+                    tokio::spawn(admin.serve(tokio::net::TcpListener::from_std(listener)?));
+                    tracing::info!(%addr, "admin listener up: /metrics /healthz /readyz");
+                    crate::events::emit(
+                        serde_json::json!({"event": "admin", "admin": addr.to_string()}),
+                    );
+                }
+                crate::run::run(cfg, key, status).await
+            })
         }
     }
 }

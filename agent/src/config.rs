@@ -27,6 +27,27 @@ pub struct AgentConfig {
     /// Threads.
     #[serde(default)]
     pub runtime: RuntimeSection,
+    /// Trace export to an OpenTelemetry collector (off without an endpoint).
+    #[serde(default)]
+    pub telemetry: protocol::telemetry::TelemetrySection,
+    /// Log format and level.
+    #[serde(default)]
+    pub log: protocol::telemetry::LogSection,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: protocol::telemetry::AdminSection,
+}
+
+/// Where the admin listener listens when `admin.listen` is unset.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9465";
+
+impl From<protocol::telemetry::FieldError> for ConfigError {
+    fn from(e: protocol::telemetry::FieldError) -> Self {
+        ConfigError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
 }
 
 /// Threads of the agent.
@@ -179,12 +200,12 @@ pub enum ConfigError {
         source: config::ConfigError,
     },
     #[error("invalid config field `{field}`: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field,
+        field: field.to_string(),
         reason: reason.into(),
     }
 }
@@ -222,6 +243,9 @@ impl AgentConfig {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
+        self.log.validate()?;
+        self.admin.address(DEFAULT_ADMIN_LISTEN)?;
         self.gateway_url()?;
         if !protocol::handshake::valid_name(&self.tunnel.id) {
             return Err(invalid(

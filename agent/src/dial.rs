@@ -45,6 +45,21 @@ pub enum DialError {
     Rejected(String),
 }
 
+impl DialError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DialError::Connect(..) => "connect",
+            DialError::Tls(_) => "tls",
+            DialError::Ws(_) => "websocket",
+            DialError::Protocol(_) => "protocol",
+            DialError::Closed => "closed",
+            DialError::Timeout(_) => "timeout",
+            DialError::Rejected(_) => "rejected",
+        }
+    }
+}
+
 /// Builds the TLS client configuration: TLS 1.3 only, roots from `ca_file`
 /// or the system store.
 pub fn tls_config(cfg: &AgentConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {

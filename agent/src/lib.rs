@@ -5,6 +5,9 @@
 //! - [`dial`]: TCP, TLS 1.3, WebSocket and the key-proof handshake;
 //! - [`session`]: the HTTP/2 server whose `CONNECT` streams reach the local
 //!   service, and the drain notice on the control stream;
+//! - [`forward`]: each stream's requests forwarded to the local service,
+//!   with their spans, metrics and access-log lines;
+//! - [`metrics`]: the Prometheus metrics of the admin listener;
 //! - [`run`]: the reconnecting actor, signals and exit codes;
 //! - [`cli`] and [`events`]: commands and JSON event lines on stdout.
 
@@ -12,6 +15,8 @@ pub mod cli;
 pub mod config;
 pub mod dial;
 pub mod events;
+pub mod forward;
 pub mod keystore;
+pub mod metrics;
 pub mod run;
 pub mod session;

@@ -2,6 +2,8 @@
 //! exponential backoff and full jitter; on a rejected key stop for good;
 //! on SIGTERM/SIGINT drain and exit.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -12,7 +14,30 @@ use tokio::sync::watch;
 use crate::config::AgentConfig;
 use crate::dial::{dial, DialError};
 use crate::events::emit;
+use crate::metrics::{ReasonLabels, METRICS};
 use crate::session::{serve, Ended};
+
+/// The connection's state, as `/readyz` reports it.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Connected to the gateway and serving.
+    pub connected: AtomicBool,
+    /// SIGTERM received: finishing in-flight requests.
+    pub draining: AtomicBool,
+}
+
+impl Status {
+    /// `/readyz`: ready while connected and not draining.
+    pub fn check(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Acquire) {
+            Err("draining".into())
+        } else if !self.connected.load(Ordering::Acquire) {
+            Err("not connected to the gateway".into())
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Exit code when the gateway rejects the key: retrying cannot help.
 pub const EXIT_REJECTED: i32 = 2;
@@ -25,12 +50,19 @@ pub fn backoff_ceiling(initial_ms: u64, max_ms: u64, attempt: u32) -> u64 {
 }
 
 /// Runs until drained (exit 0) or rejected (exit 2). Returns the exit code.
-pub async fn run(cfg: AgentConfig, key: protocol::TunnelKey) -> anyhow::Result<i32> {
+///
+/// `status` follows the connection for the admin listener's `/readyz`.
+pub async fn run(
+    cfg: AgentConfig,
+    key: protocol::TunnelKey,
+    status: Arc<Status>,
+) -> anyhow::Result<i32> {
     let url = cfg.gateway_url()?;
     let tls = crate::dial::tls_config(&cfg)?;
     let agent = cfg.agent_name();
 
     let (drain_tx, drain_rx) = watch::channel(false);
+    let drain_status = status.clone();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
@@ -40,6 +72,7 @@ pub async fn run(cfg: AgentConfig, key: protocol::TunnelKey) -> anyhow::Result<i
         }
         emit(json!({"event": "draining"}));
         let _ = drain_tx.send(true);
+        drain_status.draining.store(true, Ordering::Release);
     });
 
     let mut attempt: u32 = 0;
@@ -54,7 +87,14 @@ pub async fn run(cfg: AgentConfig, key: protocol::TunnelKey) -> anyhow::Result<i
                     json!({"event": "connected", "tunnel": cfg.tunnel.id, "tunnel_name": welcome.tunnel_name, "agent": agent}),
                 );
                 let since = tokio::time::Instant::now();
-                match serve(&cfg, ws, drain_rx.clone()).await {
+                METRICS.connects.inc();
+                METRICS.connected.set(1);
+                status.connected.store(true, Ordering::Release);
+                let ended = serve(&cfg, ws, &welcome.tunnel_name, drain_rx.clone()).await;
+                status.connected.store(false, Ordering::Release);
+                METRICS.connected.set(0);
+                METRICS.disconnects.inc();
+                match ended {
                     Ended::Drained => break,
                     Ended::Lost(reason) => {
                         tracing::warn!("disconnected: {reason}");
@@ -66,6 +106,10 @@ pub async fn run(cfg: AgentConfig, key: protocol::TunnelKey) -> anyhow::Result<i
                 }
             }
             Err(DialError::Rejected(reason)) => {
+                METRICS
+                    .connect_failures
+                    .get_or_create(&ReasonLabels { reason: "rejected" })
+                    .inc();
                 tracing::error!(
                     "the gateway rejected this agent ({reason}): check tunnel.id and the key stored with `agent key set`"
                 );
@@ -73,6 +117,10 @@ pub async fn run(cfg: AgentConfig, key: protocol::TunnelKey) -> anyhow::Result<i
                 return Ok(EXIT_REJECTED);
             }
             Err(e) => {
+                METRICS
+                    .connect_failures
+                    .get_or_create(&ReasonLabels { reason: e.kind() })
+                    .inc();
                 tracing::warn!("cannot connect to the gateway: {e}");
                 emit(json!({"event": "connect_failed", "reason": e.to_string()}));
             }

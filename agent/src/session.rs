@@ -1,8 +1,9 @@
 //! One authenticated connection: an HTTP/2 server over the WebSocket. Each
-//! `CONNECT` stream becomes a TCP connection to the local service with bytes
-//! copied both ways (flow control from HTTP/2 on one side, TCP on the other,
-//! so nothing is buffered beyond a window). The control stream carries the
-//! drain notice.
+//! `CONNECT` stream gets a TCP connection to the local service, and the
+//! HTTP/1.1 requests on the stream are forwarded on it one by one
+//! ([`crate::forward`]; flow control from HTTP/2 on one side, TCP on the
+//! other, so nothing is buffered beyond a window). The control stream
+//! carries the drain notice.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::AgentConfig;
 use crate::dial::GatewayWs;
+use crate::forward::{serve_stream, StreamShared};
+use crate::metrics::METRICS;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -36,6 +39,7 @@ struct Shared {
     allow_remote: bool,
     local_timeout: Duration,
     control_tx: mpsc::Sender<hyper::upgrade::Upgraded>,
+    streams: Arc<StreamShared>,
 }
 
 fn empty(status: StatusCode) -> Response<Empty<Bytes>> {
@@ -91,6 +95,7 @@ async fn handle(
                 match tokio::time::timeout(shared.local_timeout, connect_local(&shared)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
+                        METRICS.local_connect_failures.inc();
                         tracing::warn!(
                             "local service {}:{} refused: {e}",
                             shared.local.0,
@@ -99,6 +104,7 @@ async fn handle(
                         return Ok(empty(StatusCode::BAD_GATEWAY));
                     }
                     Err(_) => {
+                        METRICS.local_connect_failures.inc();
                         tracing::warn!(
                             "local service {}:{} did not accept in time",
                             shared.local.0,
@@ -107,22 +113,10 @@ async fn handle(
                         return Ok(empty(StatusCode::GATEWAY_TIMEOUT));
                     }
                 };
+            let streams = shared.streams.clone();
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
-                    Ok(up) => {
-                        let mut tunnel = TokioIo::new(up);
-                        let mut local = local;
-                        if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
-                            &mut tunnel,
-                            &mut local,
-                            64 << 10,
-                            64 << 10,
-                        )
-                        .await
-                        {
-                            tracing::debug!("stream ended: {e}");
-                        }
-                    }
+                    Ok(up) => serve_stream(up, local, streams).await,
                     Err(e) => tracing::debug!("stream upgrade failed: {e}"),
                 }
             });
@@ -136,10 +130,21 @@ async fn handle(
 /// through `drain` completes. `drain` turning true means: tell the gateway,
 /// keep serving in-flight streams, and end when the gateway closes or
 /// `grace` runs out.
-pub async fn serve(cfg: &AgentConfig, ws: GatewayWs, mut drain: watch::Receiver<bool>) -> Ended {
+pub async fn serve(
+    cfg: &AgentConfig,
+    ws: GatewayWs,
+    tunnel_name: &str,
+    mut drain: watch::Receiver<bool>,
+) -> Ended {
     let (control_tx, mut control_rx) = mpsc::channel(1);
+    let local = cfg.local_target().expect("validated at start");
     let shared = Arc::new(Shared {
-        local: cfg.local_target().expect("validated at start"),
+        streams: Arc::new(StreamShared {
+            tunnel: tunnel_name.to_string(),
+            agent: cfg.agent_name(),
+            local: format!("{}:{}", local.0, local.1),
+        }),
+        local,
         allow_remote: cfg.local.allow_remote,
         local_timeout: Duration::from_secs(cfg.local.connect_timeout_secs),
         control_tx,

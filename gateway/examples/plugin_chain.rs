@@ -86,14 +86,18 @@ config = '{{"allow_unsigned": true}}'
     rt.block_on(async {
         for _ in 0..1000 {
             assert!(matches!(
-                plugins.run(&chain, &ctx, &req).await,
+                plugins
+                    .run(&chain, &ctx, &req, &tracing::Span::none())
+                    .await,
                 Verdict::Allow(_)
             ));
         }
         let t = Instant::now();
         for _ in 0..n {
             assert!(matches!(
-                plugins.run(&chain, &ctx, &req).await,
+                plugins
+                    .run(&chain, &ctx, &req, &tracing::Span::none())
+                    .await,
                 Verdict::Allow(_)
             ));
         }

@@ -111,6 +111,10 @@ impl BackgroundService for AgentListener {
                         // Unauthenticated connections get their own, smaller
                         // budget so slow handshakes cannot crowd out agents.
                         let Ok(permit) = self.shared.handshakes.clone().try_acquire_owned() else {
+                            crate::metrics::METRICS
+                                .handshakes_rejected
+                                .get_or_create(&crate::metrics::ReasonLabels { reason: "busy" })
+                                .inc();
                             tracing::warn!(%peer, "agent connection refused: agents.max_pending_handshakes reached");
                             continue;
                         };
@@ -143,6 +147,10 @@ async fn serve_agent(
     {
         Ok(Ok(done)) => done,
         Ok(Err(HsError::Rejected { tunnel_id, agent })) => {
+            crate::metrics::METRICS
+                .handshakes_rejected
+                .get_or_create(&crate::metrics::ReasonLabels { reason: "key" })
+                .inc();
             tracing::warn!(%peer, %tunnel_id, %agent, "agent rejected: {REJECTED_REASON}");
             emit(
                 json!({"event": "agent_rejected", "reason": REJECTED_REASON, "peer": peer.to_string()}),
@@ -150,16 +158,30 @@ async fn serve_agent(
             return;
         }
         Ok(Err(e)) => {
+            crate::metrics::METRICS
+                .handshakes_rejected
+                .get_or_create(&crate::metrics::ReasonLabels { reason: "protocol" })
+                .inc();
             tracing::info!(%peer, "agent handshake failed: {e}");
             return;
         }
         Err(_) => {
+            crate::metrics::METRICS
+                .handshakes_rejected
+                .get_or_create(&crate::metrics::ReasonLabels { reason: "timeout" })
+                .inc();
             tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
             return;
         }
     };
     drop(handshake_permit);
     let Ok(_permit) = shared.connections.clone().try_acquire_owned() else {
+        crate::metrics::METRICS
+            .handshakes_rejected
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: "max_connections",
+            })
+            .inc();
         tracing::warn!(%peer, "agent connection closed: agents.max_connections reached");
         return;
     };

@@ -103,8 +103,21 @@ fn admin<T>(
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // `serve` logs as its config says; the short commands plainly.
+    let _plain =
+        (!matches!(cli.command, Command::Serve { .. })).then(protocol::telemetry::init_plain);
     match cli.command {
-        Command::Serve { config } => crate::serve::serve(load(&config)?),
+        Command::Serve { config } => {
+            let cfg = load(&config)?;
+            let _telemetry = protocol::telemetry::init(
+                &cfg.log,
+                &cfg.telemetry,
+                "tunnel-gateway",
+                false,
+                &crate::metrics::METRICS.export,
+            )?;
+            crate::serve::serve(cfg)
+        }
         Command::Tunnel {
             command:
                 TunnelCommand::Create {

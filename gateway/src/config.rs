@@ -28,6 +28,27 @@ pub struct GatewayConfig {
     /// The policy plugin host: where plugins live and how each call is bounded.
     #[serde(default)]
     pub plugins: PluginsSection,
+    /// Trace export to an OpenTelemetry collector (off without an endpoint).
+    #[serde(default)]
+    pub telemetry: protocol::telemetry::TelemetrySection,
+    /// Log format and level.
+    #[serde(default)]
+    pub log: protocol::telemetry::LogSection,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: protocol::telemetry::AdminSection,
+}
+
+/// Where the admin listener listens when `admin.listen` is unset.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+impl From<protocol::telemetry::FieldError> for ConfigError {
+    fn from(e: protocol::telemetry::FieldError) -> Self {
+        ConfigError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
 }
 
 /// The policy plugin host.
@@ -322,6 +343,9 @@ impl GatewayConfig {
 
     /// Checks what serde cannot: addresses, paired fields, ranges, routes.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
+        self.log.validate()?;
+        self.admin.address(DEFAULT_ADMIN_LISTEN)?;
         parse_listen("public.listen", &self.public.listen)?;
         parse_listen("agents.listen", &self.agents.listen)?;
         if self.public.tls_cert.is_some() != self.public.tls_key.is_some() {

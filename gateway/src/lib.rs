@@ -17,7 +17,8 @@
 //!   the proxy on every request of a route with plugins;
 //! - [`store`]: SQLite storage, tunnel keys encrypted under the KEK;
 //! - [`serve`] and [`cli`]: wiring and commands; [`events`] the JSON event
-//!   lines on stdout; [`tls`] certificate loading.
+//!   lines on stdout; [`tls`] certificate loading; [`metrics`] the
+//!   Prometheus metrics of the admin listener.
 
 pub mod agent_listener;
 pub mod bridge;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod connector;
 pub mod events;
 pub mod http_checks;
+pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod registry;

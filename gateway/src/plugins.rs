@@ -673,15 +673,30 @@ impl Plugins {
 
     /// Runs a route's chain: plugins in order, the first deny (or failure)
     /// wins, header edits accumulate.
+    ///
+    /// Each call is a `policy plugin` span under `parent` naming the plugin,
+    /// its decision and, for a refusal, the status and the plugin's reason;
+    /// and it is counted in the plugin metrics.
     pub async fn run(
         &self,
         chain: &[ChainEntry],
         ctx: &PolicyContext,
         req: &PolicyRequest,
+        parent: &tracing::Span,
     ) -> Verdict {
+        use protocol::telemetry::{attr, error, SPAN_TARGET};
+        let m = &crate::metrics::METRICS;
         let mut edits = Vec::new();
         for entry in chain {
             let slot = &entry.slot;
+            let span = tracing::info_span!(target: SPAN_TARGET, parent: parent, "policy plugin");
+            let traced = !span.is_disabled();
+            if traced {
+                attr(&span, "plugin.name", slot.name.to_string());
+            }
+            let plugin = crate::metrics::PluginLabels {
+                plugin: slot.name.to_string(),
+            };
             let started = Instant::now();
             let outcome = self.call(entry, ctx, req).await.and_then(|d| match d {
                 Decision::Allow(e) => {
@@ -693,16 +708,34 @@ impl Plugins {
                     Ok(Decision::Deny(d))
                 }
             });
-            let micros = started.elapsed().as_micros() as u64;
+            let elapsed = started.elapsed();
+            let micros = elapsed.as_micros() as u64;
+            m.plugin_seconds
+                .get_or_create(&plugin)
+                .observe(elapsed.as_secs_f64());
+            let decision = |d: &'static str| crate::metrics::DecisionLabels {
+                plugin: plugin.plugin.clone(),
+                decision: d,
+            };
             match outcome {
                 Ok(Decision::Allow(e)) => {
                     slot.stats.allowed.fetch_add(1, Ordering::Relaxed);
+                    m.plugin_decisions.get_or_create(&decision("allow")).inc();
+                    if traced {
+                        attr(&span, "policy.decision", "allow");
+                    }
                     tracing::debug!(plugin = %slot.name, micros, trace_id = %ctx.trace_id, "allow");
                     edits.extend(e);
                 }
                 Ok(Decision::Deny(mut denial)) => {
                     slot.stats.denied.fetch_add(1, Ordering::Relaxed);
                     denial.reason = clip(std::mem::take(&mut denial.reason), MAX_REASON_CHARS);
+                    m.plugin_decisions.get_or_create(&decision("deny")).inc();
+                    if traced {
+                        attr(&span, "policy.decision", "deny");
+                        attr(&span, "http.response.status_code", i64::from(denial.status));
+                        attr(&span, "policy.reason", denial.reason.clone());
+                    }
                     tracing::info!(
                         plugin = %slot.name, micros, status = denial.status,
                         trace_id = %ctx.trace_id, route = %ctx.route,
@@ -715,6 +748,17 @@ impl Plugins {
                 }
                 Err(failure) => {
                     let n = slot.stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                    m.plugin_failures
+                        .get_or_create(&crate::metrics::FailureLabels {
+                            plugin: plugin.plugin.clone(),
+                            kind: failure.kind(),
+                        })
+                        .inc();
+                    if traced {
+                        attr(&span, "policy.decision", "fail");
+                        attr(&span, "policy.failure", failure.kind());
+                        error(&span, clip(failure.to_string(), MAX_REASON_CHARS));
+                    }
                     tracing::error!(
                         plugin = %slot.name, micros, kind = failure.kind(), failures = n,
                         trace_id = %ctx.trace_id, route = %ctx.route,
@@ -785,6 +829,13 @@ impl Plugins {
                 let sha = v.sha256.clone();
                 *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
                 slot.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS
+                    .plugin_reloads
+                    .get_or_create(&crate::metrics::ReloadLabels {
+                        plugin: slot.name.to_string(),
+                        result: "loaded",
+                    })
+                    .inc();
                 tracing::info!(plugin = %slot.name, sha256 = %sha, "plugin reloaded");
                 emit(json!({"event": "plugin_loaded", "plugin": &*slot.name, "sha256": sha}));
             }
@@ -801,6 +852,13 @@ impl Plugins {
                     *slot.seen.lock().unwrap_or_else(|p| p.into_inner()) = before;
                 }
                 slot.stats.rejected_reloads.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS
+                    .plugin_reloads
+                    .get_or_create(&crate::metrics::ReloadLabels {
+                        plugin: slot.name.to_string(),
+                        result: "rejected",
+                    })
+                    .inc();
                 let running = slot.version().sha256.clone();
                 tracing::error!(
                     plugin = %slot.name, running = %running,

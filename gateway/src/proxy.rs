@@ -9,7 +9,14 @@
 //! - `upstream_request_filter`: hop-by-hop and caller-forbidden headers out,
 //!   the plugins' header edits applied, forwarding headers in; request line, query, `Host` and `Authorization`
 //!   untouched;
-//! - `fail_to_proxy`: the one place where error origins become statuses.
+//! - `fail_to_proxy`: the one place where error origins become statuses;
+//! - `logging`: the access-log line, the request metrics and the end of the
+//!   request's span.
+//!
+//! Every request is a `request` span (continuing the caller's W3C
+//! `traceparent`, or starting a trace) with children for each plugin call,
+//! the choice of agent and the tunnel stream; the stream's context goes to
+//! the agent in `traceparent`, so the agent's spans join the same trace.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +28,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use protocol::telemetry::{self, attr, TraceCtx, SPAN_TARGET};
 
 use crate::bridge::Bridge;
 use crate::config::GatewayConfig;
@@ -96,10 +104,17 @@ pub struct Ctx {
     guard: Option<InflightGuard>,
     /// Header edits of the plugin chain, applied before forwarding.
     edits: Vec<HeaderEdit>,
-    /// W3C trace id: the caller's `traceparent`, else a new one.
+    /// W3C trace id of `span`: the caller's trace, else a new one.
     trace_id: String,
     /// Microseconds the plugin chain took (0 without plugins).
     policy_us: u64,
+    /// The request's span (server kind); ends when the request is logged.
+    span: tracing::Span,
+    /// The current attempt's tunnel stream span (client kind), the parent
+    /// of the agent's spans.
+    stream_span: tracing::Span,
+    /// The request's trace, exported or not: what goes on in `traceparent`.
+    trace: Option<TraceCtx>,
 }
 
 /// Writes a complete short response from the gateway itself.
@@ -155,25 +170,6 @@ fn origin_form(raw: &[u8], host: &str) -> std::result::Result<Option<String>, Re
         || "/".to_string(),
         |p| p.as_str().to_string(),
     )))
-}
-
-/// The trace id of a valid W3C `traceparent` (version 00), else a new
-/// random one.
-fn trace_id(req: &RequestHeader) -> String {
-    let parsed = req
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let mut parts = v.trim().split('-');
-            let (ver, id) = (parts.next()?, parts.next()?);
-            let ok = ver == "00"
-                && id.len() == 32
-                && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                && id.bytes().any(|b| b != b'0');
-            ok.then(|| id.to_string())
-        });
-    parsed.unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
 }
 
 fn bearer(req: &RequestHeader) -> Option<&str> {
@@ -236,6 +232,8 @@ struct Refusal {
     extra: &'static [(&'static str, &'static str)],
     /// A plugin's own answer (headers, body) instead of `body`.
     denial: Option<(Vec<WitHeader>, Vec<u8>)>,
+    /// The plugin that refused (or failed), for the request's span.
+    plugin: Option<Arc<str>>,
 }
 
 impl Refusal {
@@ -246,6 +244,7 @@ impl Refusal {
             close: false,
             extra: &[],
             denial: None,
+            plugin: None,
         }
     }
 
@@ -434,15 +433,16 @@ impl TunnelProxy {
             body_prefix,
         };
         let started = Instant::now();
-        let verdict = self.plugins.run(chain, &pctx, &preq).await;
+        let verdict = self.plugins.run(chain, &pctx, &preq, &ctx.span).await;
         ctx.policy_us = started.elapsed().as_micros() as u64;
         match verdict {
             Verdict::Allow(edits) => {
                 ctx.edits = edits;
                 Ok(())
             }
-            Verdict::Deny { denial, .. } => Err(Refusal {
+            Verdict::Deny { plugin, denial } => Err(Refusal {
                 denial: Some((denial.headers, denial.body)),
+                plugin: Some(plugin),
                 ..Refusal::new(denial.status, denial.reason)
             }),
             Verdict::Fail { plugin, failure } => {
@@ -453,6 +453,7 @@ impl TunnelProxy {
                     } else {
                         &[]
                     },
+                    plugin: Some(plugin),
                     ..Refusal::new(status, body)
                 })
             }
@@ -549,11 +550,22 @@ impl ProxyHttp for TunnelProxy {
             edits: Vec::new(),
             trace_id: String::new(),
             policy_us: 0,
+            span: tracing::Span::none(),
+            stream_span: tracing::Span::none(),
+            trace: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.trace_id = trace_id(session.req_header());
+        ctx.span = request_span(session, self.tls);
+        let req = session.req_header();
+        let trace = TraceCtx::start(
+            &ctx.span,
+            req.headers.get("traceparent").map(|v| v.as_bytes()),
+            req.headers.get("tracestate").map(|v| v.as_bytes()),
+        );
+        ctx.trace_id = trace.trace_id();
+        ctx.trace = Some(trace);
         match self.admit(session, ctx).await {
             Ok(()) => Ok(false),
             Err(mut r) => {
@@ -564,6 +576,14 @@ impl ProxyHttp for TunnelProxy {
                     session.set_keepalive(None);
                 }
                 tracing::info!(client = ?session.client_addr(), status = r.status, trace_id = %ctx.trace_id, "refused: {:?}", r.body);
+                // Which plugin refused and why: its status and its reason
+                // (never the request's credentials or signatures).
+                if !ctx.span.is_disabled() {
+                    if let Some(p) = &r.plugin {
+                        attr(&ctx.span, "policy.refused_by", p.to_string());
+                    }
+                    attr(&ctx.span, "refusal.reason", r.body.clone());
+                }
                 match r.denial {
                     Some((headers, body)) => {
                         reply_denial(session, r.status, &headers, body, r.close).await?
@@ -606,15 +626,33 @@ impl ProxyHttp for TunnelProxy {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no tunnel resolved"))?;
         // A retry picks again; release the previous agent first.
         ctx.guard = None;
+        let select = tracing::info_span!(target: SPAN_TARGET, parent: &ctx.span, "select agent");
+        let traced = !select.is_disabled();
+        if traced {
+            attr(&select, "tunnel.name", tunnel.name.clone());
+        }
         let guard = match self.registry.pick(&tunnel.id) {
             Ok(g) => g,
             Err(_) => {
                 ctx.no_agent = true;
+                telemetry::error(&select, "no agent connected");
                 return Error::e_explain(ErrorType::HTTPStatus(503), "no agent connected");
             }
         };
         let agent = guard.agent().clone();
+        if traced {
+            attr(&select, "tunnel.agent", agent.agent_name.clone());
+            attr(&select, "tunnel.agent.inflight", agent.inflight() as i64);
+        }
+        drop(select);
         ctx.guard = Some(guard);
+        // One stream span per attempt; a retry's replaces (and ends) the last.
+        let stream = tracing::info_span!(target: SPAN_TARGET, parent: &ctx.span, "tunnel stream", otel.kind = "client");
+        if traced {
+            attr(&stream, "tunnel.name", tunnel.name.clone());
+            attr(&stream, "tunnel.agent", agent.agent_name.clone());
+        }
+        ctx.stream_span = stream;
         let mut peer =
             HttpPeer::new_uds(&self.bridge.path().to_string_lossy(), false, String::new())?;
         // Pool key per agent connection: a pooled stream never serves
@@ -692,6 +730,18 @@ impl ProxyHttp for TunnelProxy {
         }
         upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-forwarded-host", ctx.host_header.as_str())?;
+        // The trace goes on through the tunnel: the agent's spans become
+        // children of this attempt's stream span.
+        if let Some(trace) = &ctx.trace {
+            let (parent, state) = trace.traceparent(&ctx.stream_span);
+            upstream.insert_header("traceparent", parent)?;
+            match state {
+                Some(state) => upstream.insert_header("tracestate", state)?,
+                None => {
+                    upstream.remove_header("tracestate");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -748,21 +798,135 @@ impl ProxyHttp for TunnelProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let agent = ctx.guard.as_ref().map(|g| g.agent().agent_name.as_str());
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route.as_deref().unwrap_or("-");
+        let tunnel = ctx.tunnel.as_ref().map_or("-", |t| t.name.as_str());
+        let bytes_in = session.as_downstream().body_bytes_read() as u64;
+        let bytes_out = session.as_downstream().body_bytes_sent() as u64;
         tracing::info!(
             target: "access",
             method = %session.req_header().method,
             host = %ctx.host,
-            route = ctx.route.as_deref().unwrap_or("-"),
-            tunnel = ctx.tunnel.as_ref().map_or("-", |t| t.name.as_str()),
+            route,
+            tunnel,
             org = ctx.caller.as_ref().map_or("-", |c| c.org.as_str()),
             agent = agent.unwrap_or("-"),
             status,
-            duration_ms = ctx.started.elapsed().as_millis() as u64,
+            duration_ms = elapsed.as_millis() as u64,
+            bytes_in,
+            bytes_out,
             policy_us = ctx.policy_us,
             trace_id = %ctx.trace_id,
             error = e.map(|e| e.to_string()),
             "request"
         );
+        let m = &crate::metrics::METRICS;
+        m.requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                route: route.to_string(),
+                tunnel: tunnel.to_string(),
+                status: telemetry::status_label(status),
+            })
+            .inc();
+        let labels = crate::metrics::RouteLabels {
+            route: route.to_string(),
+            tunnel: tunnel.to_string(),
+        };
+        m.request_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        m.request_body_bytes.get_or_create(&labels).inc_by(bytes_in);
+        m.response_body_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes_out);
+        finish_request_span(ctx, status, agent, e);
         ctx.guard = None;
+        // The stream ends before the request it belongs to.
+        ctx.stream_span = tracing::Span::none();
+        ctx.span = tracing::Span::none();
     }
+}
+
+/// The request's span, continuing the caller's `traceparent` when valid.
+/// Only the path is recorded, never the query: it may carry credentials.
+fn request_span(session: &Session, tls: bool) -> tracing::Span {
+    let req = session.req_header();
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "request",
+        otel.kind = "server",
+    );
+    if span.is_disabled() {
+        // No collector: no span, and no attribute work either.
+        return span;
+    }
+    attr(
+        &span,
+        "http.request.method",
+        req.method.as_str().to_string(),
+    );
+    attr(&span, "url.scheme", if tls { "https" } else { "http" });
+    let path = req.uri.path();
+    attr(&span, "url.path", clip_chars(path, 512));
+    let version = match req.version {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    attr(&span, "network.protocol.version", version);
+    if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
+        attr(&span, "client.address", ip.ip().to_string());
+    }
+    span
+}
+
+/// Records the outcome on the request's span and the last stream span.
+fn finish_request_span(ctx: &Ctx, status: u16, agent: Option<&str>, e: Option<&Error>) {
+    let span = &ctx.span;
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(route) = ctx.route.as_deref() {
+        attr(span, "http.route", route.to_string());
+    }
+    if !ctx.host.is_empty() {
+        attr(span, "server.address", ctx.host.clone());
+    }
+    if let Some(t) = &ctx.tunnel {
+        attr(span, "tunnel.name", t.name.clone());
+        attr(span, "tunnel.org", t.org.clone());
+    }
+    if let Some(c) = &ctx.caller {
+        attr(span, "caller.org", c.org.clone());
+        attr(span, "caller.id", c.id.clone());
+    }
+    if let Some(a) = agent {
+        attr(span, "tunnel.agent", a.to_string());
+    }
+    if status > 0 {
+        attr(span, "http.response.status_code", i64::from(status));
+    }
+    let stream = &ctx.stream_span;
+    if status >= 500 || (status == 0 && e.is_some()) {
+        let why = e.map_or_else(|| format!("status {status}"), |e| e.to_string());
+        attr(
+            span,
+            "error.type",
+            if status > 0 {
+                status.to_string()
+            } else {
+                "aborted".into()
+            },
+        );
+        telemetry::error(stream, why.clone());
+        telemetry::error(span, why);
+    }
+    if status > 0 {
+        attr(stream, "http.response.status_code", i64::from(status));
+    }
+}
+
+/// At most `n` characters of `s`.
+fn clip_chars(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }

@@ -218,23 +218,43 @@ impl Registry {
             draining: AtomicBool::new(false),
             idle: Notify::new(),
         });
-        self.agents
-            .write()
-            .expect("lock")
-            .entry(conn.tunnel.id.clone())
-            .or_default()
-            .push(conn.clone());
+        let mut map = self.agents.write().expect("lock");
+        let list = map.entry(conn.tunnel.id.clone()).or_default();
+        list.push(conn.clone());
+        let m = &crate::metrics::METRICS;
+        if list.len() == 1 {
+            m.tunnels_connected.inc();
+        }
+        m.agents_connected.inc();
+        m.agent_connects
+            .get_or_create(&crate::metrics::TunnelLabels {
+                tunnel: conn.tunnel.name.clone(),
+            })
+            .inc();
         conn
     }
 
     /// Removes an agent connection (it closed or drained).
     pub fn remove_agent(&self, conn: &AgentConn) {
         let mut map = self.agents.write().expect("lock");
-        if let Some(list) = map.get_mut(&conn.tunnel.id) {
-            list.retain(|a| a.conn_id != conn.conn_id);
-            if list.is_empty() {
-                map.remove(&conn.tunnel.id);
-            }
+        let Some(list) = map.get_mut(&conn.tunnel.id) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|a| a.conn_id != conn.conn_id);
+        if list.len() == before {
+            return;
+        }
+        let m = &crate::metrics::METRICS;
+        m.agents_connected.dec();
+        m.agent_disconnects
+            .get_or_create(&crate::metrics::TunnelLabels {
+                tunnel: conn.tunnel.name.clone(),
+            })
+            .inc();
+        if list.is_empty() {
+            map.remove(&conn.tunnel.id);
+            m.tunnels_connected.dec();
         }
     }
 

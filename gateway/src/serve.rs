@@ -2,6 +2,7 @@
 //! the agent listener and the readiness announcement into one pingora server.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,11 +68,64 @@ impl BackgroundService for TunnelServices {
     }
 }
 
+/// What `/readyz` reports: up once the public listener accepts
+/// connections, and no longer once a graceful shutdown has begun.
+#[derive(Default)]
+struct Readiness {
+    up: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    fn check(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Acquire) {
+            Err("shutting down".into())
+        } else if !self.up.load(Ordering::Acquire) {
+            Err("starting".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+struct AdminService {
+    listener: Mutex<Option<std::net::TcpListener>>,
+    admin: Arc<protocol::telemetry::admin::Admin>,
+    readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().expect("lock").take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("admin listener: {e}");
+                return;
+            }
+        };
+        let serve = self.admin.clone().serve(listener);
+        tokio::pin!(serve);
+        tokio::select! {
+            _ = &mut serve => return,
+            _ = shutdown.changed() => self.readiness.draining.store(true, Ordering::Release),
+        }
+        // Keep answering (readyz now 503) while in-flight requests drain.
+        serve.await;
+    }
+}
+
 /// Announces readiness once the public listener accepts connections.
 struct Ready {
     public: SocketAddr,
     agents: SocketAddr,
+    admin: Option<SocketAddr>,
     reservation: Mutex<Option<socket2::Socket>>,
+    readiness: Arc<Readiness>,
 }
 
 #[async_trait]
@@ -89,11 +143,14 @@ impl BackgroundService for Ready {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         drop(self.reservation.lock().expect("lock").take());
-        tracing::info!(public = %self.public, agents = %self.agents, "gateway ready");
+        self.readiness.up.store(true, Ordering::Release);
+        let admin = self.admin.map(|a| a.to_string());
+        tracing::info!(public = %self.public, agents = %self.agents, admin = admin.as_deref().unwrap_or("off"), "gateway ready");
         emit(json!({
             "event": "ready",
             "public": self.public.to_string(),
             "agents": self.agents.to_string(),
+            "admin": admin,
         }));
     }
 }
@@ -119,6 +176,14 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding agents.listen {agents_addr}"))?;
     agents_listener.set_nonblocking(true)?;
     let agents_addr = agents_listener.local_addr()?;
+
+    let admin_listener =
+        protocol::telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let readiness = Arc::new(Readiness::default());
 
     let public_addr = parse_listen("public.listen", &cfg.public.listen)?;
     let (reservation, public_addr) = reserve_port(public_addr)
@@ -183,12 +248,28 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     );
     agents.threads = Some(cfg.server.threads);
     server.add_service(agents);
+    if let Some(listener) = admin_listener {
+        let r = readiness.clone();
+        server.add_service(background_service(
+            "admin",
+            AdminService {
+                listener: Mutex::new(Some(listener)),
+                admin: Arc::new(protocol::telemetry::admin::Admin {
+                    registry: Arc::new(crate::metrics::registry()),
+                    ready: Arc::new(move || r.check()),
+                }),
+                readiness: readiness.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "ready",
         Ready {
             public: public_addr,
             agents: agents_addr,
+            admin: admin_addr,
             reservation: Mutex::new(Some(reservation)),
+            readiness,
         },
     ));
 

@@ -26,4 +26,25 @@ fn every_gateway_example_config_loads_and_env_overrides_apply() {
         .to_string();
     assert!(err.contains("agents.heartbeat_timeout_secs"), "{err}");
     std::env::remove_var("GATEWAY__AGENTS__HEARTBEAT_TIMEOUT_SECS");
+
+    // The collector can be named from the environment, and a bad one is
+    // refused naming the field.
+    std::env::set_var("GATEWAY__TELEMETRY__ENDPOINT", "http://collector:4317");
+    let cfg = gateway::config::GatewayConfig::load(&path).unwrap();
+    assert_eq!(
+        cfg.telemetry.endpoint.as_deref(),
+        Some("http://collector:4317")
+    );
+    std::env::set_var("GATEWAY__TELEMETRY__ENDPOINT", "collector:4317");
+    let err = gateway::config::GatewayConfig::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("telemetry.endpoint"), "{err}");
+    std::env::remove_var("GATEWAY__TELEMETRY__ENDPOINT");
+    std::env::set_var("GATEWAY__LOG__FORMAT", "xml");
+    let err = gateway::config::GatewayConfig::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("format"), "{err}");
+    std::env::remove_var("GATEWAY__LOG__FORMAT");
 }

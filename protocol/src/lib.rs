@@ -15,9 +15,14 @@
 //!    come from the maintained `h2` implementation in hyper rather than our
 //!    own code. One extra long-lived stream ([`CONTROL_AUTHORITY`]) carries
 //!    [`Control`] lines such as the agent's drain notice.
+//!
+//! With the `telemetry` feature, `telemetry` holds what both binaries share
+//! for logs, traces, metrics and the admin listener.
 
 pub mod handshake;
 pub mod secret;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod wsio;
 
 pub use handshake::{Control, HandshakeError, Message, PROTOCOL_VERSION};

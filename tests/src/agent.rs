@@ -26,6 +26,7 @@ pub struct AgentOptions {
     ca_file: Option<PathBuf>,
     heartbeat_secs: Option<(u64, u64)>,
     drain_grace_secs: Option<u64>,
+    extra_config: String,
 }
 
 impl AgentOptions {
@@ -67,6 +68,13 @@ impl AgentOptions {
     /// How long in-flight requests may run after SIGTERM.
     pub fn drain_grace_secs(mut self, secs: u64) -> Self {
         self.drain_grace_secs = Some(secs);
+        self
+    }
+
+    /// Appends raw TOML to the config (e.g. a `[telemetry]` section).
+    pub fn extra_config(mut self, toml: &str) -> Self {
+        self.extra_config.push_str(toml);
+        self.extra_config.push('\n');
         self
     }
 
@@ -124,7 +132,8 @@ impl Agent {
              [local]\naddress = {}\nallow_remote = {}\n\n\
              [heartbeat]\ninterval_secs = {interval}\ntimeout_secs = {timeout}\n\n\
              [reconnect]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nstable_after_secs = 30\n\n\
-             [drain]\ngrace_secs = {}\n",
+             [drain]\ngrace_secs = {}\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
             toml_str(&url),
             path(ca),
             toml_str(&tunnel.id),
@@ -135,6 +144,7 @@ impl Agent {
             toml_str(&local.to_string()),
             opts.allow_remote,
             opts.drain_grace_secs.unwrap_or(10),
+            opts.extra_config,
         );
         std::fs::write(&config, text).expect("write agent config");
         set_key(&config, &tunnel.key).await;
@@ -169,6 +179,19 @@ impl Agent {
         let agent = Agent::start(gateway, tunnel, local, opts).await;
         agent.wait_connected().await;
         agent
+    }
+
+    /// The agent's admin listener (`/metrics`, `/healthz`, `/readyz`), once
+    /// it reported it.
+    pub async fn admin(&self) -> SocketAddr {
+        let e = self
+            .events
+            .wait("admin", |e| e["event"] == "admin", PATIENCE)
+            .await;
+        e["admin"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("admin event without an address: {e}"))
     }
 
     /// The agent (node) name.

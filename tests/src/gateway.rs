@@ -89,6 +89,7 @@ pub struct GatewayOptions {
     public_tls: bool,
     work_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
+    extra_config: String,
     plugin_settings: Vec<(String, String)>,
     plugin_files: Vec<(String, Vec<u8>)>,
 }
@@ -184,6 +185,20 @@ impl GatewayOptions {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+
+    /// Seconds in-flight requests get after SIGTERM (default 1).
+    pub fn grace_period_secs(mut self, secs: u64) -> Self {
+        self.grace_period_secs = Some(secs);
+        self
+    }
+
+    /// Appends raw TOML to the config (e.g. a `[telemetry]` or `[log]`
+    /// section).
+    pub fn extra_config(mut self, toml: &str) -> Self {
+        self.extra_config.push_str(toml);
+        self.extra_config.push('\n');
+        self
+    }
 }
 
 /// A tunnel as `gateway tunnel create` printed it; `key` is shown only once.
@@ -210,6 +225,7 @@ pub struct Gateway {
     proc: Proc,
     public: SocketAddr,
     agents: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Gateway {
@@ -234,7 +250,7 @@ impl Gateway {
         let events = EventLog::new("gateway");
         write_config(&config, &opts, &pki, &dir, "127.0.0.1:0");
         let proc = spawn_serve(&opts, &config, &events, &dir);
-        let (public, agents) = wait_ready(&events, 0).await;
+        let (public, agents, admin) = wait_ready(&events, 0).await;
         Gateway {
             opts,
             pki,
@@ -245,6 +261,7 @@ impl Gateway {
             proc,
             public,
             agents,
+            admin,
         }
     }
 
@@ -287,6 +304,11 @@ impl Gateway {
     /// The callers' listener.
     pub fn public_addr(&self) -> SocketAddr {
         self.public
+    }
+
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
     }
 
     /// The agents' listener.
@@ -452,6 +474,11 @@ impl Gateway {
     }
 
     /// SIGTERM, then waits for the graceful exit (grace period + 5 s).
+    /// Sends SIGTERM and returns at once (the graceful shutdown begins).
+    pub fn begin_shutdown(&self) {
+        self.proc.signal_terminate();
+    }
+
     pub async fn terminate(&mut self) -> ExitStatus {
         self.proc.signal_terminate();
         let grace = self.opts.grace_period_secs.unwrap_or(1);
@@ -473,9 +500,10 @@ impl Gateway {
             &agents_listen,
         );
         self.proc = spawn_serve(&self.opts, &self.config, &self.events, &self.dir);
-        let (public, agents) = wait_ready(&self.events, mark).await;
+        let (public, agents, admin) = wait_ready(&self.events, mark).await;
         assert_eq!(agents, self.agents, "agents' listener moved on restart");
         self.public = public;
+        self.admin = admin;
     }
 
     /// The folder the gateway loads plugins from.
@@ -521,7 +549,7 @@ fn spawn_serve(opts: &GatewayOptions, config: &Path, events: &EventLog, dir: &Pa
     Proc::spawn("gateway", command, events, &dir.join("gateway.log"))
 }
 
-async fn wait_ready(events: &EventLog, mark: usize) -> (SocketAddr, SocketAddr) {
+async fn wait_ready(events: &EventLog, mark: usize) -> (SocketAddr, SocketAddr, SocketAddr) {
     let ready = events
         .wait_after(mark, "ready", |e| kind(e) == "ready", PATIENCE)
         .await;
@@ -531,7 +559,7 @@ async fn wait_ready(events: &EventLog, mark: usize) -> (SocketAddr, SocketAddr) 
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("ready event has no {field} address: {ready}"))
     };
-    (addr("public"), addr("agents"))
+    (addr("public"), addr("agents"), addr("admin"))
 }
 
 fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agents_listen: &str) {
@@ -570,6 +598,7 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
         path_str(&dir.join("gateway.db")),
         path_str(&dir.join("kek"))
     );
+    c += "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     c += &format!("\n[plugins]\ndir = {}\n", path_str(&dir.join("plugins")));
     for (key, value) in &opts.plugin_settings {
         c += &format!("{key} = {value}\n");
@@ -607,5 +636,7 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
             );
         }
     }
+    c += "\n";
+    c += &opts.extra_config;
     std::fs::write(path, c).expect("write gateway config");
 }

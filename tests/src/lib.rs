@@ -21,8 +21,12 @@
 //! - [`events`]: the JSON event log both processes print on stdout, with
 //!   waits that always have a deadline.
 //! - [`setup`]: the opening most stories share (one tunnel, one agent).
+//! - [`scrape`]: reads the admin listeners (`/metrics`, `/healthz`,
+//!   `/readyz`) of either process.
 //! - [`pattern`]: the deterministic byte pattern streamed in the large
 //!   transfer tests, and its SHA-256.
+//! - [`otlp`]: a real OTLP trace collector (gRPC and HTTP/protobuf) that
+//!   keeps every span it receives, and a blackhole collector that hangs.
 //!
 //! Every wait has a deadline and every child process is killed when its
 //! handle is dropped, so a broken binary fails a test instead of hanging it.
@@ -32,9 +36,11 @@ pub mod body;
 pub mod caller;
 pub mod events;
 pub mod gateway;
+pub mod otlp;
 pub mod pattern;
 pub mod pki;
 mod process;
+pub mod scrape;
 pub mod setup;
 pub mod upstream;
 pub mod wire;

@@ -1,5 +1,6 @@
 //! Story: a local service slower than the gateway's upstream timeout is
-//! answered 504, while a merely slow one still gets through.
+//! answered 504, while a merely slow one still gets through; the agent
+//! records the abandoned request.
 
 use std::time::{Duration, Instant};
 
@@ -27,4 +28,22 @@ async fn a_too_slow_local_service_gives_504() {
         took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
         "504 after {took:?} with a 2 s upstream timeout"
     );
+
+    // The agent records the request the gateway gave up on: an access
+    // line with no status, not silence.
+    let deadline = Instant::now() + tests::PATIENCE;
+    loop {
+        let logs = t.agent.logs();
+        if logs
+            .lines()
+            .any(|l| l.contains("access") && l.contains("status=0") && l.contains("complete=false"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access line for the abandoned request:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

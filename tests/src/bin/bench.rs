@@ -511,6 +511,59 @@ async fn main() -> anyhow::Result<()> {
     let a = rss_kib(agent.pid());
     add("rss_gateway_kib", "KiB", f64::NAN, g, f64::NAN, "report");
     add("rss_agent_kib", "KiB", f64::NAN, a, f64::NAN, "report");
+    drop(agent);
+    drop(gateway);
+
+    // Tracing on: a second gateway and agent exporting every span (sampling
+    // 1.0) to an OTLP receiver in this process, through the plugin route.
+    let collector = tests::otlp::Collector::start().await;
+    let export = |endpoint: String, protocol: &str| {
+        format!("[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\n")
+    };
+    let traced_gateway = Gateway::start(
+        GatewayOptions::new()
+            .with_route(
+                Route::new("policy.test", "bench")
+                    .plugin("org-check", "")
+                    .plugin("authz", r#"{"rules": [{"methods": ["GET", "HEAD"]}]}"#)
+                    .plugin("oauth1", r#"{"allow_unsigned": true}"#),
+            )
+            .extra_config(&export(collector.grpc_endpoint(), "grpc")),
+    )
+    .await;
+    let tunnel = traced_gateway.create_tunnel("bench-org", "bench").await;
+    let token = traced_gateway.create_caller("bench-org").await;
+    let _traced_agent = Agent::connect(
+        &traced_gateway,
+        &tunnel,
+        origin,
+        AgentOptions::new().extra_config(&export(collector.http_endpoint(), "http/protobuf")),
+    )
+    .await;
+    let traced = Target {
+        addr: traced_gateway.public_addr(),
+        headers: vec![
+            ("Host".into(), "policy.test".into()),
+            ("Proxy-Authorization".into(), format!("Bearer {token}")),
+        ],
+    };
+    wrk(&traced, "/1k", 16, 1, &[])?;
+    let (d, t) = round_robin(rounds, &direct, &traced, |tg| async move {
+        parse_rps(&wrk(&tg, "/1k", 64, secs, &[])?)
+    })
+    .await?;
+    add("rps_c64_plugins_traced", "req/s", d, t, t / d, "report");
+    let m = tests::scrape::metrics(traced_gateway.admin()).await;
+    let exported = m.sum("tunnel_gateway_otel_spans_exported_total", &[]);
+    let dropped = m.sum("tunnel_gateway_otel_spans_dropped_total", &[]);
+    add(
+        "traced_spans_dropped_pct",
+        "%",
+        f64::NAN,
+        100.0 * dropped / (exported + dropped).max(1.0),
+        f64::NAN,
+        "report",
+    );
 
     if let Some(path) = args.json {
         let figs: Vec<_> = figures

@@ -1,12 +1,15 @@
 //! The demo: a gateway, an agent and an on-prem service on this machine,
 //! a few requests through the tunnel judged by the three policy plugins
-//! (org-check, authz, oauth1), then curl lines to try by hand.
+//! (org-check, authz, oauth1), the trace of one request as an OpenTelemetry
+//! collector receives it from both sides, a few metrics, then curl lines
+//! to try by hand.
 //!
 //! Run `cargo build --workspace --bins` first, then
 //! `cargo run -p tests --bin demo`; stop it with Ctrl-C.
 
 use anyhow::Context as _;
-use tests::{body, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Pki, Route};
+use tests::otlp::{Collector, ReceivedSpan};
+use tests::{body, scrape, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Pki, Route};
 
 /// The demo route's authz rules: reads anywhere, uploads under /upload/.
 const AUTHZ: &str = r#"{"rules": [
@@ -36,7 +39,22 @@ async fn main() -> anyhow::Result<()> {
     let service = upstream::echo("the on-prem demo service").await;
     println!("local service:        http://{}", service.addr());
 
+    // A real OTLP receiver standing in for an OpenTelemetry collector: the
+    // gateway exports to it over gRPC, the agent over HTTP/protobuf.
+    let collector = Collector::start().await;
+    let export = |endpoint: String, protocol: &str| {
+        format!(
+            "[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\nexport_interval_ms = 200\n"
+        )
+    };
+    println!(
+        "trace collector:      {} (gRPC), {} (HTTP)",
+        collector.grpc_endpoint(),
+        collector.http_endpoint()
+    );
+
     let opts = GatewayOptions::new()
+        .extra_config(&export(collector.grpc_endpoint(), "grpc"))
         .with_route(
             Route::new("demo.test", "demo")
                 .plugin("org-check", "")
@@ -64,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
         gateway.plugins_dir().display()
     );
 
-    let opts = AgentOptions::new().name("demo-node");
+    let opts = AgentOptions::new()
+        .name("demo-node")
+        .extra_config(&export(collector.http_endpoint(), "http/protobuf"));
     let mut agent = Agent::connect(&gateway, &tunnel, service.addr(), opts).await;
     println!("agent:                {} connected\n", agent.name());
 
@@ -77,9 +97,14 @@ async fn main() -> anyhow::Result<()> {
             reply.first_line()
         );
     };
+    let traced = "4bf92f3577b34da6a3ce929d0e0e4736";
     show(
         "GET demo.test/hello",
-        caller.get("demo.test", "/hello").send().await,
+        caller
+            .get("demo.test", "/hello")
+            .header("traceparent", &format!("00-{traced}-00f067aa0ba902b7-01"))
+            .send()
+            .await,
     );
     show(
         "GET demo.test/api/items?id=7",
@@ -142,6 +167,51 @@ async fn main() -> anyhow::Result<()> {
         caller.get("unknown.test", "/").send().await,
     );
 
+    // The first request's trace, as the collector received it from both
+    // processes.
+    let spans = collector
+        .wait_for("the demo trace", std::time::Duration::from_secs(20), |s| {
+            let has = |svc: &str, name: &str| {
+                s.iter()
+                    .any(|x| x.trace_id == traced && x.service == svc && x.name == name)
+            };
+            has("tunnel-gateway", "request") && has("tunnel-agent", "tunnel request")
+        })
+        .await;
+    let spans: Vec<_> = spans.into_iter().filter(|s| s.trace_id == traced).collect();
+    println!("\nTrace {traced} of `GET demo.test/hello`, from both sides of the tunnel:");
+    print_tree(&spans, "00f067aa0ba902b7", 1);
+
+    let gm = scrape::metrics(gateway.admin()).await;
+    let am = scrape::metrics(agent.admin().await).await;
+    println!("\nMetrics:");
+    println!("  gateway http://{}/metrics", gateway.admin());
+    for status in ["200", "401", "403", "404"] {
+        println!(
+            "    tunnel_gateway_requests_total{{status=\"{status}\"}} {}",
+            gm.sum("tunnel_gateway_requests_total", &[("status", status)])
+        );
+    }
+    for (plugin, decision) in [("authz", "deny"), ("oauth1", "deny"), ("org-check", "deny")] {
+        println!(
+            "    tunnel_gateway_plugin_decisions_total{{plugin=\"{plugin}\",decision=\"{decision}\"}} {}",
+            gm.sum(
+                "tunnel_gateway_plugin_decisions_total",
+                &[("plugin", plugin), ("decision", decision)]
+            )
+        );
+    }
+    println!("  agent   http://{}/metrics", agent.admin().await);
+    println!(
+        "    tunnel_agent_requests_total{{status=\"200\"}} {}",
+        am.sum("tunnel_agent_requests_total", &[("status", "200")])
+    );
+    println!(
+        "  health: http://{0}/healthz  http://{0}/readyz  (agent: http://{1}/readyz)",
+        gateway.admin(),
+        agent.admin().await
+    );
+
     println!("\nTry it yourself:\n");
     println!(
         "  curl -H 'Proxy-Authorization: Bearer {token}' -H 'Host: demo.test' http://{}/hello",
@@ -155,6 +225,9 @@ async fn main() -> anyhow::Result<()> {
         "Plugins reload when replaced: copy another .wasm over a file in {} and watch the gateway's stdout.\n",
         gateway.plugins_dir().display()
     );
+    println!(
+        "Traces: set [telemetry] endpoint in both configs to your collector (see README, Observability).\n"
+    );
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
 
@@ -165,4 +238,34 @@ async fn main() -> anyhow::Result<()> {
     println!("gateway exited: {status}");
     println!("files kept in {}", dir.display());
     Ok(())
+}
+
+/// Prints the spans under `parent` as an indented tree with durations.
+fn print_tree(spans: &[ReceivedSpan], parent: &str, depth: usize) {
+    let mut children: Vec<_> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == parent)
+        .collect();
+    children.sort_by_key(|s| s.start_unix_nanos);
+    for s in children {
+        let micros = s.end_unix_nanos.saturating_sub(s.start_unix_nanos) / 1000;
+        let detail = [
+            "plugin.name",
+            "policy.decision",
+            "tunnel.agent",
+            "http.response.status_code",
+        ]
+        .iter()
+        .filter_map(|k| s.attributes.get(*k).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+        println!(
+            "  {:indent$}{} / {} ({micros} µs) {detail}",
+            "",
+            s.service,
+            s.name,
+            indent = depth * 2
+        );
+        print_tree(spans, &s.span_id, depth + 1);
+    }
 }

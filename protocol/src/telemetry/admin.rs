@@ -1,0 +1,145 @@
+//! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`
+//! (the process answers) and `GET /readyz` (it can serve traffic).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::ReadyCheck;
+
+/// Most admin connections served at once; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// Longest an admin connection lives.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What the admin listener serves.
+pub struct Admin {
+    /// The process's metrics.
+    pub registry: Arc<Registry>,
+    /// `/readyz`: `Err(reason)` answers 503 with the reason.
+    pub ready: ReadyCheck,
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl Admin {
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut body = String::with_capacity(16 << 10);
+                if prometheus_client::encoding::text::encode(&mut body, &self.registry).is_err() {
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
+                }
+                let mut r = text(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => match (self.ready)() {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz or /readyz\n",
+            ),
+        }
+    }
+
+    /// Serves `listener` until the task is dropped. One request per
+    /// connection; past [`MAX_CONNECTIONS`] at once, new connections are
+    /// closed at once rather than left waiting, so slow or idle clients
+    /// cannot stall health probes.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("admin listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.answer(&req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .keep_alive(false)
+                    .max_buf_size(16 << 10)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            });
+        }
+    }
+}
+
+/// Binds the admin listener of `section` (`default` when `listen` is
+/// unset): `None` when turned off. A configured address that cannot be
+/// bound is an error naming `admin.listen`; the default address being
+/// taken (a second process on the host) only costs a warning, as the
+/// tunnel matters more than its metrics.
+pub fn bind(
+    section: &super::AdminSection,
+    default: &str,
+) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = section.address(default)? else {
+        return Ok(None);
+    };
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => {
+            l.set_nonblocking(true)?;
+            Ok(Some(l))
+        }
+        Err(e) if section.listen.is_none() => {
+            tracing::warn!(
+                "admin listener not started: the default address {addr} is taken ({e}); \
+                 set admin.listen to another address (port 0 picks one) or \"off\""
+            );
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!("binding admin.listen {addr}: {e}")),
+    }
+}
