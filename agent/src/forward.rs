@@ -37,13 +37,28 @@ pub struct StreamShared {
     pub local: String,
 }
 
-/// A request body on its way to the local service, counted.
-struct CountedIn {
+/// A body passing through, its data bytes counted. The response's also
+/// carries the request's record, completed when the body ends or is
+/// dropped unfinished.
+struct Counted {
     inner: Incoming,
     bytes: Arc<AtomicU64>,
+    ended: bool,
+    finish: Option<Finish>,
 }
 
-impl Body for CountedIn {
+impl Counted {
+    fn new(inner: Incoming, bytes: Arc<AtomicU64>, finish: Option<Finish>) -> Self {
+        Counted {
+            inner,
+            bytes,
+            ended: false,
+            finish,
+        }
+    }
+}
+
+impl Body for Counted {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -52,10 +67,14 @@ impl Body for CountedIn {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
             }
+            Poll::Ready(None) => self.ended = true,
+            _ => {}
         }
         polled
     }
@@ -66,6 +85,15 @@ impl Body for CountedIn {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(f) = self.finish.take() {
+            let complete = self.ended || self.inner.is_end_stream();
+            f.complete(self.bytes.load(Ordering::Relaxed), complete);
+        }
     }
 }
 
@@ -133,55 +161,7 @@ impl Finish {
     }
 }
 
-/// A response body on its way back into the tunnel, counted; its end
-/// completes the request's record.
-struct CountedOut {
-    inner: Incoming,
-    bytes: u64,
-    ended: bool,
-    finish: Option<Finish>,
-}
-
-impl Body for CountedOut {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) => self.ended = true,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for CountedOut {
-    fn drop(&mut self) {
-        if let Some(f) = self.finish.take() {
-            let complete = self.ended || self.inner.is_end_stream();
-            f.complete(self.bytes, complete);
-        }
-    }
-}
-
-type Sender = Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<CountedIn>>>;
+type Sender = Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Counted>>>;
 
 /// Holds a request's record until its response starts; dropped before
 /// that (the gateway closed the stream, the service failed), it records
@@ -209,7 +189,7 @@ async fn forward(
     sender: Sender,
     shared: Arc<StreamShared>,
     upgrading: Arc<AtomicBool>,
-) -> Result<Response<CountedOut>, hyper::Error> {
+) -> Result<Response<Counted>, hyper::Error> {
     let started = Instant::now();
     let span = tracing::info_span!(
         target: SPAN_TARGET,
@@ -281,10 +261,7 @@ async fn forward(
         bytes_in: bytes_in.clone(),
         shared: shared.clone(),
     }));
-    let req = req.map(|inner| CountedIn {
-        inner,
-        bytes: bytes_in.clone(),
-    });
+    let req = req.map(|inner| Counted::new(inner, bytes_in.clone(), None));
 
     let sent = async {
         let mut sender = sender.lock().await;
@@ -352,12 +329,8 @@ async fn forward(
     }
     finish.response_span = response_span;
     finish.status = status.as_u16();
-    Ok(resp.map(|inner| CountedOut {
-        inner,
-        bytes: 0,
-        ended: false,
-        finish: Some(finish),
-    }))
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    Ok(resp.map(|inner| Counted::new(inner, bytes_out, Some(finish))))
 }
 
 /// Serves one tunnel stream until either side closes it.
@@ -377,7 +350,7 @@ pub async fn serve_stream(
         // what a byte copy used to let through.
         .allow_obsolete_multiline_headers_in_responses(true)
         .allow_spaces_after_header_name_in_responses(true)
-        .handshake::<_, CountedIn>(TokioIo::new(local))
+        .handshake::<_, Counted>(TokioIo::new(local))
         .await
     {
         Ok(pair) => pair,

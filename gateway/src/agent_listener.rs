@@ -111,10 +111,7 @@ impl BackgroundService for AgentListener {
                         // Unauthenticated connections get their own, smaller
                         // budget so slow handshakes cannot crowd out agents.
                         let Ok(permit) = self.shared.handshakes.clone().try_acquire_owned() else {
-                            crate::metrics::METRICS
-                                .handshakes_rejected
-                                .get_or_create(&crate::metrics::ReasonLabels { reason: "busy" })
-                                .inc();
+                            crate::metrics::handshake_rejected("busy");
                             tracing::warn!(%peer, "agent connection refused: agents.max_pending_handshakes reached");
                             continue;
                         };
@@ -147,10 +144,7 @@ async fn serve_agent(
     {
         Ok(Ok(done)) => done,
         Ok(Err(HsError::Rejected { tunnel_id, agent })) => {
-            crate::metrics::METRICS
-                .handshakes_rejected
-                .get_or_create(&crate::metrics::ReasonLabels { reason: "key" })
-                .inc();
+            crate::metrics::handshake_rejected("key");
             tracing::warn!(%peer, %tunnel_id, %agent, "agent rejected: {REJECTED_REASON}");
             emit(
                 json!({"event": "agent_rejected", "reason": REJECTED_REASON, "peer": peer.to_string()}),
@@ -158,30 +152,19 @@ async fn serve_agent(
             return;
         }
         Ok(Err(e)) => {
-            crate::metrics::METRICS
-                .handshakes_rejected
-                .get_or_create(&crate::metrics::ReasonLabels { reason: "protocol" })
-                .inc();
+            crate::metrics::handshake_rejected("protocol");
             tracing::info!(%peer, "agent handshake failed: {e}");
             return;
         }
         Err(_) => {
-            crate::metrics::METRICS
-                .handshakes_rejected
-                .get_or_create(&crate::metrics::ReasonLabels { reason: "timeout" })
-                .inc();
+            crate::metrics::handshake_rejected("timeout");
             tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
             return;
         }
     };
     drop(handshake_permit);
     let Ok(_permit) = shared.connections.clone().try_acquire_owned() else {
-        crate::metrics::METRICS
-            .handshakes_rejected
-            .get_or_create(&crate::metrics::ReasonLabels {
-                reason: "max_connections",
-            })
-            .inc();
+        crate::metrics::handshake_rejected("max_connections");
         tracing::warn!(%peer, "agent connection closed: agents.max_connections reached");
         return;
     };

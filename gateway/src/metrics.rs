@@ -187,3 +187,22 @@ pub fn registry() -> Registry {
     m.export.register(&mut r);
     r
 }
+
+/// Counts an agent handshake refused for `reason`.
+pub fn handshake_rejected(reason: &'static str) {
+    METRICS
+        .handshakes_rejected
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Counts a plugin file reload: `loaded` or `rejected`.
+pub fn plugin_reloaded(plugin: &str, result: &'static str) {
+    METRICS
+        .plugin_reloads
+        .get_or_create(&ReloadLabels {
+            plugin: plugin.to_string(),
+            result,
+        })
+        .inc();
+}

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -164,16 +163,6 @@ impl std::fmt::Display for Failure {
             Failure::Invalid(m) => write!(f, "invalid decision: {m}"),
         }
     }
-}
-
-/// Decisions and failures of one plugin, since the gateway started.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-    pub failed: AtomicU64,
-    pub reloads: AtomicU64,
-    pub rejected_reloads: AtomicU64,
 }
 
 /// A TTL set shared by every sandbox of one plugin (`insert-if-absent`).
@@ -336,8 +325,6 @@ pub struct Slot {
     replay: Arc<ReplaySet>,
     /// The file version last looked at (loaded or rejected).
     seen: Mutex<Stamp>,
-    /// Counters.
-    pub stats: Stats,
 }
 
 impl Slot {
@@ -497,7 +484,6 @@ impl Plugins {
                         configs,
                         replay,
                         seen: Mutex::new(seen),
-                        stats: Stats::default(),
                     }),
                 );
             }
@@ -719,7 +705,6 @@ impl Plugins {
             };
             match outcome {
                 Ok(Decision::Allow(e)) => {
-                    slot.stats.allowed.fetch_add(1, Ordering::Relaxed);
                     m.plugin_decisions.get_or_create(&decision("allow")).inc();
                     if traced {
                         attr(&span, "policy.decision", "allow");
@@ -728,7 +713,6 @@ impl Plugins {
                     edits.extend(e);
                 }
                 Ok(Decision::Deny(mut denial)) => {
-                    slot.stats.denied.fetch_add(1, Ordering::Relaxed);
                     denial.reason = clip(std::mem::take(&mut denial.reason), MAX_REASON_CHARS);
                     m.plugin_decisions.get_or_create(&decision("deny")).inc();
                     if traced {
@@ -747,13 +731,15 @@ impl Plugins {
                     };
                 }
                 Err(failure) => {
-                    let n = slot.stats.failed.fetch_add(1, Ordering::Relaxed) + 1;
-                    m.plugin_failures
+                    // Failures of this kind so far, this one included.
+                    let n = m
+                        .plugin_failures
                         .get_or_create(&crate::metrics::FailureLabels {
                             plugin: plugin.plugin.clone(),
                             kind: failure.kind(),
                         })
-                        .inc();
+                        .inc()
+                        + 1;
                     if traced {
                         attr(&span, "policy.decision", "fail");
                         attr(&span, "policy.failure", failure.kind());
@@ -828,14 +814,7 @@ impl Plugins {
             Ok(v) => {
                 let sha = v.sha256.clone();
                 *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
-                slot.stats.reloads.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::METRICS
-                    .plugin_reloads
-                    .get_or_create(&crate::metrics::ReloadLabels {
-                        plugin: slot.name.to_string(),
-                        result: "loaded",
-                    })
-                    .inc();
+                crate::metrics::plugin_reloaded(&slot.name, "loaded");
                 tracing::info!(plugin = %slot.name, sha256 = %sha, "plugin reloaded");
                 emit(json!({"event": "plugin_loaded", "plugin": &*slot.name, "sha256": sha}));
             }
@@ -851,14 +830,7 @@ impl Plugins {
                 if transient {
                     *slot.seen.lock().unwrap_or_else(|p| p.into_inner()) = before;
                 }
-                slot.stats.rejected_reloads.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::METRICS
-                    .plugin_reloads
-                    .get_or_create(&crate::metrics::ReloadLabels {
-                        plugin: slot.name.to_string(),
-                        result: "rejected",
-                    })
-                    .inc();
+                crate::metrics::plugin_reloaded(&slot.name, "rejected");
                 let running = slot.version().sha256.clone();
                 tracing::error!(
                     plugin = %slot.name, running = %running,

@@ -68,6 +68,21 @@ async fn trace(collector: &Collector, trace_id: &str) -> Vec<ReceivedSpan> {
         .collect()
 }
 
+/// Spans of trace `trace_id` once the gateway's `request` span arrived
+/// (a refused request never reaches the agent).
+async fn gateway_trace(collector: &Collector, what: &str, trace_id: &str) -> Vec<ReceivedSpan> {
+    collector
+        .wait_for(what, EXPORT_WAIT, |spans| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == trace_id && s.name == "request")
+        })
+        .await
+        .into_iter()
+        .filter(|s| s.trace_id == trace_id)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_caller_through_both_processes_to_the_local_service() {
     let collector = Collector::start().await;
@@ -314,17 +329,7 @@ async fn a_refused_request_span_names_the_plugin_and_its_reason_but_no_secret() 
     assert_eq!(reply.status, 403, "{reply:?}");
     assert_eq!(wiki.requests(), 0);
 
-    let spans = collector
-        .wait_for("the refused request's span", EXPORT_WAIT, |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == trace_id && s.name == "request")
-        })
-        .await;
-    let spans: Vec<_> = spans
-        .into_iter()
-        .filter(|s| s.trace_id == trace_id)
-        .collect();
+    let spans = gateway_trace(&collector, "the refused request's span", trace_id).await;
     let request = one(&spans, "tunnel-gateway", "request");
     assert_eq!(
         request
@@ -376,17 +381,7 @@ async fn a_refused_request_span_names_the_plugin_and_its_reason_but_no_secret() 
         .send()
         .await;
     assert_eq!(reply.status, 500);
-    let spans = collector
-        .wait_for("the failed plugin's span", EXPORT_WAIT, |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == failing && s.name == "request")
-        })
-        .await;
-    let spans: Vec<_> = spans
-        .into_iter()
-        .filter(|s| s.trace_id == failing)
-        .collect();
+    let spans = gateway_trace(&collector, "the failed plugin's span", failing).await;
     let plugin = one(&spans, "tunnel-gateway", "policy plugin");
     assert_eq!(
         plugin.attributes.get("policy.failure").map(String::as_str),
