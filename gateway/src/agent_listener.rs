@@ -355,7 +355,9 @@ async fn run_tunnel(
     tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, conn = agent.conn_id, "agent connected");
     emit(agent_event("agent_connected", &agent));
 
-    let mut control = BufReader::new(TokioIo::new(control));
+    // Control lines are at most 64 bytes: a default 8 KiB buffer would be
+    // 8 KiB more per connected agent.
+    let mut control = BufReader::with_capacity(128, TokioIo::new(control));
     let mut line = Vec::with_capacity(64);
     let mut draining = false;
     let mut stopping = false;

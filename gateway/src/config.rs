@@ -77,6 +77,12 @@ pub struct PluginsSection {
     pub max_replay_keys: usize,
     /// Largest plugin file in bytes.
     pub max_file_bytes: u64,
+    /// Requests one plugin sandbox serves, one after another, before it is
+    /// replaced by a fresh one. A sandbox keeps its memory between the
+    /// requests it serves (`init` runs once, when it is created); one that
+    /// fails, grows its memory or reaches this count is thrown away. 1 gives
+    /// every request a fresh sandbox (and runs `init` every time).
+    pub max_requests_per_sandbox: u32,
 }
 
 impl Default for PluginsSection {
@@ -90,6 +96,7 @@ impl Default for PluginsSection {
             max_sandboxes: 256,
             max_replay_keys: 100_000,
             max_file_bytes: 32 << 20,
+            max_requests_per_sandbox: 10_000,
         }
     }
 }
@@ -439,6 +446,12 @@ impl GatewayConfig {
         if p.max_replay_keys == 0 {
             return Err(invalid("plugins.max_replay_keys", "must be at least 1"));
         }
+        if p.max_requests_per_sandbox == 0 {
+            return Err(invalid(
+                "plugins.max_requests_per_sandbox",
+                "must be at least 1 (1 gives every request a fresh sandbox)",
+            ));
+        }
         for (i, r) in self.routes.iter().enumerate() {
             let f = |name: &str| format!("routes[{i}].{name}");
             check_chain(
@@ -584,6 +597,16 @@ allow_without_plugins = true
         let bad = format!("{}path_prefix = \"x\"\n", base());
         let e = load_str(&bad).unwrap_err().to_string();
         assert!(e.contains("routes[0].path_prefix"), "{e}");
+
+        let bad = format!("{}[plugins]\nmax_requests_per_sandbox = 0\n", base());
+        let e = load_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("plugins.max_requests_per_sandbox"), "{e}");
+        let ok = format!("{}[plugins]\nmax_requests_per_sandbox = 1\n", base());
+        assert_eq!(load_str(&ok).unwrap().plugins.max_requests_per_sandbox, 1);
+        assert_eq!(
+            load_str(base()).unwrap().plugins.max_requests_per_sandbox,
+            10_000
+        );
     }
 
     #[test]

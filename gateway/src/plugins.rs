@@ -2,11 +2,14 @@
 //! `wit/policy.wit` (`tunnel:policy@0.1.0`), run by wasmtime.
 //!
 //! - Each plugin file is compiled once into an [`InstancePre`]-backed
-//!   `PolicyPre`; every request gets a fresh [`Store`] and instance from the
-//!   pooling allocator, so nothing a plugin does survives its request.
-//! - A fresh instance has fresh memory, so the host calls `init(config)` in
-//!   it before `on-request`. `init` also runs at load, where an error refuses
-//!   the file with the plugin's message.
+//!   `PolicyPre`. A sandbox (a [`Store`] and an instance from the pooling
+//!   allocator) is initialised once with `init(config)` and then serves up
+//!   to `max_requests_per_sandbox` requests of its route, one at a time.
+//!   A sandbox that fails, grows its memory or reaches that count is thrown
+//!   away, so a trapped or bloated instance never sees another request;
+//!   idle sandboxes wait in a small pool per chain entry.
+//! - `init` also runs at load, where an error refuses the file with the
+//!   plugin's message.
 //! - Every call is bounded: an epoch deadline (the plugin yields to the
 //!   executor at every tick, so a spinning plugin does not hold a proxy
 //!   thread, and is stopped at the deadline), a memory and a table limit, a
@@ -19,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -218,7 +222,8 @@ impl ReplaySet {
     }
 }
 
-/// The host state of one sandbox (one plugin, one request).
+/// The host state of one sandbox (one plugin instance with one route's
+/// configuration), reset at the start of every request it serves.
 pub struct Sandbox {
     plugin: Arc<str>,
     trace_id: String,
@@ -227,6 +232,13 @@ pub struct Sandbox {
     max_table: usize,
     memory_hit: bool,
     logs_left: u32,
+    /// When the current call must end.
+    deadline: Instant,
+    /// Set once `init` has run: from then on, growing memory or a table
+    /// retires the sandbox after its current request.
+    ready: bool,
+    /// Grew after `init`: do not reuse.
+    grew: bool,
 }
 
 impl ResourceLimiter for Sandbox {
@@ -240,6 +252,7 @@ impl ResourceLimiter for Sandbox {
             self.memory_hit = true;
             return Ok(false);
         }
+        self.grew |= self.ready;
         Ok(true)
     }
 
@@ -249,6 +262,7 @@ impl ResourceLimiter for Sandbox {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        self.grew |= self.ready;
         Ok(desired <= self.max_table)
     }
 }
@@ -325,6 +339,40 @@ pub struct Slot {
     replay: Arc<ReplaySet>,
     /// The file version last looked at (loaded or rejected).
     seen: Mutex<Stamp>,
+    /// This plugin's series, looked up once: the handles share the
+    /// registered counters.
+    counters: SlotCounters,
+}
+
+struct SlotCounters {
+    seconds: prometheus_client::metrics::histogram::Histogram,
+    allow: prometheus_client::metrics::counter::Counter,
+    deny: prometheus_client::metrics::counter::Counter,
+}
+
+impl SlotCounters {
+    fn new(plugin: &str) -> Self {
+        use crate::metrics::{DecisionLabels, PluginLabels, METRICS};
+        let decision = |decision| {
+            METRICS
+                .plugin_decisions
+                .get_or_create(&DecisionLabels {
+                    plugin: plugin.to_string(),
+                    decision,
+                })
+                .clone()
+        };
+        SlotCounters {
+            seconds: METRICS
+                .plugin_seconds
+                .get_or_create(&PluginLabels {
+                    plugin: plugin.to_string(),
+                })
+                .clone(),
+            allow: decision("allow"),
+            deny: decision("deny"),
+        }
+    }
 }
 
 impl Slot {
@@ -341,10 +389,26 @@ impl Slot {
     }
 }
 
-/// One plugin in a route's chain, with the route's configuration for it.
+/// One plugin in a route's chain, with the route's configuration for it
+/// and its idle initialised sandboxes.
 pub struct ChainEntry {
     pub slot: Arc<Slot>,
     pub config: Arc<str>,
+    idle: Mutex<Vec<Warm>>,
+}
+
+/// Most idle sandboxes kept per chain entry: calls do not wait inside a
+/// plugin, so about one per proxy thread is ever in use.
+const MAX_IDLE_PER_ENTRY: usize = 8;
+
+/// An initialised sandbox between requests.
+struct Warm {
+    /// The plugin version it was made from: a reload retires it.
+    version: Arc<Version>,
+    store: Store<Sandbox>,
+    policy: bindings::Policy,
+    /// Requests served so far.
+    served: u32,
 }
 
 /// The result of a route's chain.
@@ -363,6 +427,9 @@ pub struct Plugins {
     limits: PluginsSection,
     timeout: Duration,
     slots: HashMap<String, Arc<Slot>>,
+    /// Idle sandboxes across all chain entries; at most half of
+    /// `max_sandboxes`, so requests always find room for fresh ones.
+    idle: AtomicU32,
 }
 
 /// A pooling engine with epoch interruption, async calls and the limits of
@@ -452,6 +519,7 @@ impl Plugins {
             limits,
             timeout,
             slots: HashMap::new(),
+            idle: AtomicU32::new(0),
         };
         if !configs.is_empty() {
             let dir = host
@@ -478,6 +546,7 @@ impl Plugins {
                 host.slots.insert(
                     name.to_string(),
                     Arc::new(Slot {
+                        counters: SlotCounters::new(&name),
                         name,
                         path,
                         current: RwLock::new(Arc::new(version)),
@@ -517,6 +586,7 @@ impl Plugins {
                     .unwrap_or_else(|| panic!("plugin `{}` was not loaded", r.name))
                     .clone(),
                 config: r.config_text().into(),
+                idle: Mutex::new(Vec::new()),
             })
             .collect()
     }
@@ -564,7 +634,7 @@ impl Plugins {
             .context("the component does not export the tunnel:policy `policy` world")?;
         let version = Version { pre, sha256 };
         for config in configs {
-            let mut store = self.store(name, String::new(), replay);
+            let mut store = self.store(name, replay, Instant::now() + self.timeout);
             let policy = version
                 .pre
                 .instantiate_async(&mut store)
@@ -585,26 +655,28 @@ impl Plugins {
     fn store(
         &self,
         plugin: &Arc<str>,
-        trace_id: String,
         replay: &Arc<ReplaySet>,
+        deadline: Instant,
     ) -> Store<Sandbox> {
         let mut store = Store::new(
             &self.engine,
             Sandbox {
                 plugin: plugin.clone(),
-                trace_id,
+                trace_id: String::new(),
                 replay: replay.clone(),
                 max_memory: self.limits.max_memory_bytes,
                 max_table: self.limits.max_table_elements,
                 memory_hit: false,
                 logs_left: MAX_LOG_LINES,
+                deadline,
+                ready: false,
+                grew: false,
             },
         );
         store.limiter(|s| s);
-        let deadline = Instant::now() + self.timeout;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+        store.epoch_deadline_callback(|cx| {
+            if Instant::now() >= cx.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // tokio's own yield: a task that merely wakes itself is run
@@ -632,16 +704,12 @@ impl Plugins {
         }
     }
 
-    /// Runs one plugin on one request in a fresh sandbox.
-    async fn call(
-        &self,
-        entry: &ChainEntry,
-        ctx: &PolicyContext,
-        req: &PolicyRequest,
-    ) -> Result<Decision, Failure> {
+    /// A new sandbox of the running version, initialised with the entry's
+    /// configuration, within `deadline`.
+    async fn warm_up(&self, entry: &ChainEntry, deadline: Instant) -> Result<Warm, Failure> {
         let slot = &entry.slot;
         let version = slot.version();
-        let mut store = self.store(&slot.name, ctx.trace_id.clone(), &slot.replay);
+        let mut store = self.store(&slot.name, &slot.replay, deadline);
         let policy = match version.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
             Err(e) => return Err(self.classify(e, &store)),
@@ -651,9 +719,79 @@ impl Plugins {
             Ok(Err(msg)) => return Err(Failure::Init(msg)),
             Err(e) => return Err(self.classify(e, &store)),
         }
-        match policy.call_on_request(&mut store, ctx, req).await {
-            Ok(d) => Ok(d),
-            Err(e) => Err(self.classify(e, &store)),
+        store.data_mut().ready = true;
+        Ok(Warm {
+            version,
+            store,
+            policy,
+            served: 0,
+        })
+    }
+
+    /// An idle sandbox of the running version, if the entry has one.
+    /// Sandboxes of a replaced version are dropped on the way.
+    fn take_idle(&self, entry: &ChainEntry) -> Option<Warm> {
+        let current = entry.slot.version();
+        let mut idle = entry.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(w) = idle.pop() {
+            self.idle.fetch_sub(1, Ordering::Relaxed);
+            if Arc::ptr_eq(&w.version, &current) {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Keeps `warm` for the entry's next request, unless it has served its
+    /// count, grew, or the idle pools are full.
+    fn put_idle(&self, entry: &ChainEntry, warm: Warm) {
+        if warm.served >= self.limits.max_requests_per_sandbox || warm.store.data().grew {
+            return;
+        }
+        let mut idle = entry.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= MAX_IDLE_PER_ENTRY {
+            return;
+        }
+        let cap = self.limits.max_sandboxes / 2;
+        if self
+            .idle
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+        {
+            idle.push(warm);
+        }
+    }
+
+    /// Runs one plugin on one request: in an idle sandbox of the entry, or
+    /// a new one. Setting up a new sandbox counts against the deadline. A
+    /// sandbox that fails is dropped (and so is one whose call is
+    /// abandoned midway: the future owns it).
+    async fn call(
+        &self,
+        entry: &ChainEntry,
+        ctx: &PolicyContext,
+        req: &PolicyRequest,
+    ) -> Result<Decision, Failure> {
+        let deadline = Instant::now() + self.timeout;
+        let mut warm = match self.take_idle(entry) {
+            Some(w) => w,
+            None => self.warm_up(entry, deadline).await?,
+        };
+        let data = warm.store.data_mut();
+        data.deadline = deadline;
+        data.trace_id.clear();
+        data.trace_id.push_str(&ctx.trace_id);
+        data.logs_left = MAX_LOG_LINES;
+        warm.store.set_epoch_deadline(1);
+        match warm.policy.call_on_request(&mut warm.store, ctx, req).await {
+            Ok(d) => {
+                warm.served += 1;
+                self.put_idle(entry, warm);
+                Ok(d)
+            }
+            Err(e) => Err(self.classify(e, &warm.store)),
         }
     }
 
@@ -680,9 +818,6 @@ impl Plugins {
             if traced {
                 attr(&span, "plugin.name", slot.name.to_string());
             }
-            let plugin = crate::metrics::PluginLabels {
-                plugin: slot.name.to_string(),
-            };
             let started = Instant::now();
             let outcome = self.call(entry, ctx, req).await.and_then(|d| match d {
                 Decision::Allow(e) => {
@@ -696,16 +831,10 @@ impl Plugins {
             });
             let elapsed = started.elapsed();
             let micros = elapsed.as_micros() as u64;
-            m.plugin_seconds
-                .get_or_create(&plugin)
-                .observe(elapsed.as_secs_f64());
-            let decision = |d: &'static str| crate::metrics::DecisionLabels {
-                plugin: plugin.plugin.clone(),
-                decision: d,
-            };
+            slot.counters.seconds.observe(elapsed.as_secs_f64());
             match outcome {
                 Ok(Decision::Allow(e)) => {
-                    m.plugin_decisions.get_or_create(&decision("allow")).inc();
+                    slot.counters.allow.inc();
                     if traced {
                         attr(&span, "policy.decision", "allow");
                     }
@@ -714,7 +843,7 @@ impl Plugins {
                 }
                 Ok(Decision::Deny(mut denial)) => {
                     denial.reason = clip(std::mem::take(&mut denial.reason), MAX_REASON_CHARS);
-                    m.plugin_decisions.get_or_create(&decision("deny")).inc();
+                    slot.counters.deny.inc();
                     if traced {
                         attr(&span, "policy.decision", "deny");
                         attr(&span, "http.response.status_code", i64::from(denial.status));
@@ -735,7 +864,7 @@ impl Plugins {
                     let n = m
                         .plugin_failures
                         .get_or_create(&crate::metrics::FailureLabels {
-                            plugin: plugin.plugin.clone(),
+                            plugin: slot.name.to_string(),
                             kind: failure.kind(),
                         })
                         .inc()

@@ -56,12 +56,19 @@ pub const STREAM_WINDOW: u32 = 2 << 20;
 /// HTTP/2 flow-control window of a whole agent connection, in bytes.
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 
+/// Bytes the WebSocket reads from TLS at a time. tungstenite zero-fills
+/// this much per connection up front (its default, 128 KiB, made an idle
+/// agent cost the gateway about 200 KiB); TLS hands over at most a 16 KiB
+/// record per read anyway.
+pub const READ_BUFFER: usize = 16 << 10;
+
 /// Builds the WebSocket configuration both sides use: explicit, small limits
 /// instead of the library's 64 MiB defaults.
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(128 << 10)
         .max_write_buffer_size(4 << 20)
 }

@@ -185,3 +185,50 @@ async fn the_forwarded_host_keeps_the_port_the_caller_sent() {
         "{forwarded:?}"
     );
 }
+
+/// A caller that says `Connection: close` gets its answer with
+/// `Connection: close` and then the connection closes, as RFC 9112 §9.6
+/// asks; a caller that says nothing keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_connection_close_closes_the_connection_after_the_answer() {
+    let t = WikiTunnel::start_with(GatewayOptions::new(), upstream::echo("wiki").await).await;
+    let request = |connection: &str| {
+        format!(
+            "GET /x HTTP/1.1\r\nHost: wiki.test\r\nProxy-Authorization: Bearer {}\r\n{connection}\r\n",
+            t.token
+        )
+    };
+    let reply = wire::exchange(
+        t.gateway.public_addr(),
+        request("Connection: close\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    assert!(
+        reply.closed,
+        "the gateway kept the connection open:\n{}",
+        reply.text()
+    );
+    assert!(
+        reply
+            .text()
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{}",
+        reply.text()
+    );
+
+    let reply = wire::exchange(
+        t.gateway.public_addr(),
+        request("").as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    assert!(
+        !reply.closed,
+        "a kept-alive caller was disconnected:\n{}",
+        reply.text()
+    );
+}

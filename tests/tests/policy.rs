@@ -12,7 +12,10 @@
 //!   broken replacement (bad bytes, or an `init` that refuses the route's
 //!   configuration) is reported while the previous version keeps serving;
 //! - a plugin that refuses its configuration stops the gateway from
-//!   starting, with the plugin's own message.
+//!   starting, with the plugin's own message;
+//! - a plugin sandbox serves requests in turn until it has served
+//!   `max_requests_per_sandbox`, traps or grows its memory, and is then
+//!   replaced by a fresh one; with 1, every request gets a fresh sandbox.
 
 use std::time::{Duration, Instant};
 
@@ -333,6 +336,66 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
         .send()
         .await;
     assert_eq!(post.status, 403, "authz still judges: {post:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_are_reused_until_they_fail_grow_or_reach_their_count() {
+    let wiki = upstream::echo("wiki").await;
+    // What `x-faulty-served` the local service sees for each path, in
+    // order: how many requests the sandbox that judged it had served.
+    async fn served(
+        max_per_sandbox: u32,
+        wiki: &upstream::Upstream,
+        paths: &[&str],
+    ) -> Vec<String> {
+        let gateway = Gateway::start(
+            GatewayOptions::new()
+                .plugin_setting("max_requests_per_sandbox", &max_per_sandbox.to_string())
+                .with_route(
+                    Route::new("wiki.test", "wiki")
+                        .plugin("org-check", "")
+                        .plugin("faulty", "count"),
+                ),
+        )
+        .await;
+        let tunnel = gateway.create_tunnel("acme", "wiki").await;
+        let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
+        let caller = gateway.caller(&gateway.create_caller("acme").await);
+        let mut seen = Vec::new();
+        for path in paths {
+            let r = caller.get("wiki.test", path).send().await;
+            if path.contains("/trap") {
+                assert_eq!(r.status, 500, "{r:?}");
+                assert!(r.text().contains("`faulty` failed"), "{:?}", r.text());
+                seen.push("trap".to_string());
+            } else {
+                assert_eq!(r.status, 200, "{path}: {r:?}");
+                seen.push(
+                    r.echo()
+                        .header("x-faulty-served")
+                        .unwrap_or("none")
+                        .to_string(),
+                );
+            }
+        }
+        seen
+    }
+
+    // One sandbox serves three requests in turn, then a fresh one takes
+    // over; a trap or a memory growth retires it at once.
+    let paths = [
+        "/a", "/b", "/c", "/d", "/e", "/trap", "/f", "/grow", "/g", "/h",
+    ];
+    assert_eq!(
+        served(3, &wiki, &paths).await,
+        ["1", "2", "3", "1", "2", "trap", "1", "2", "1", "2"],
+        "sandbox reuse for {paths:?}"
+    );
+    // With 1, no request sees another's sandbox.
+    assert_eq!(
+        served(1, &wiki, &["/a", "/b", "/grow", "/c"]).await,
+        ["1", "1", "1", "1"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

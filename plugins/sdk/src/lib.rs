@@ -16,10 +16,11 @@ compile_error!("plugin-sdk's allocator is for single-threaded wasm32 only");
 #[global_allocator]
 static ALLOCATOR: bump::Bump = bump::Bump::new();
 
-/// A bump allocator, because a plugin instance lives for one request.
+/// A bump allocator, because a plugin instance is short-lived.
 ///
-/// The gateway gives every request a fresh sandbox and throws it away
-/// afterwards, so memory never needs to be reused across requests. A bump
+/// The gateway retires a sandbox as soon as its memory grows: the requests
+/// one sandbox serves share its initial memory, and memory never needs to
+/// be reused. A bump
 /// allocator starts at `__heap_base` inside the initial memory (1 MiB, set
 /// in `plugins/.cargo/config.toml`) and only asks for `memory.grow` when a
 /// request needs more. A general-purpose allocator (dlmalloc) grows memory

@@ -4,7 +4,10 @@
 //! `unreachable` instruction, `grow` allocates until memory runs out,
 //! `init-error` refuses to load, `allow` and `deny` behave (so a test can
 //! swap a good version for a bad one and back). `deny-NNN` denies with
-//! status NNN.
+//! status NNN. `count` allows and sets `x-faulty-served` to the number of
+//! requests its sandbox has served, this one included; under it a path
+//! containing `/trap` traps and one containing `/grow` first grows memory
+//! by 2 MiB, so a test can watch sandboxes being reused and retired.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
@@ -18,6 +21,7 @@ wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
 use tunnel::policy::types::{Denial, Header, HeaderEdit};
 
 static mut MODE: Option<String> = None;
+static mut SERVED: u32 = 0;
 
 fn mode() -> String {
     // SAFETY: a component instance is single-threaded.
@@ -40,9 +44,27 @@ impl Guest for Faulty {
         Ok(())
     }
 
-    fn on_request(_ctx: Context, _req: Request) -> Decision {
+    fn on_request(_ctx: Context, req: Request) -> Decision {
         let mode = mode();
         match mode.as_str() {
+            "count" => {
+                // SAFETY: a component instance is single-threaded.
+                let served = unsafe {
+                    SERVED += 1;
+                    SERVED
+                };
+                if req.path_with_query.contains("/trap") {
+                    panic!("trap");
+                }
+                if req.path_with_query.contains("/grow") {
+                    let block: Vec<u8> = alloc::vec![1u8; 2 << 20];
+                    core::hint::black_box(&block);
+                }
+                Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
+                    name: String::from("x-faulty-served"),
+                    value: alloc::format!("{served}").into_bytes(),
+                })])
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
