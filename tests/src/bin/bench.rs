@@ -664,18 +664,14 @@ async fn main() -> anyhow::Result<()> {
     if want("rps") {
         // Requests per second at 64 connections, with the gateway's and the
         // agent's CPU time per request over the same runs.
+        let cpu_of_both =
+            || -> anyhow::Result<f64> { pids.iter().map(|p| cpu_secs(*p, ticks)).sum() };
         let (mut d, mut t, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             d.push(parse_rps(&wrk(&direct, "/1k", 64, secs, &[])?)?);
-            let before: f64 = pids
-                .iter()
-                .map(|p| cpu_secs(*p, ticks))
-                .sum::<anyhow::Result<f64>>()?;
+            let before = cpu_of_both()?;
             let out = wrk(&through, "/1k", 64, secs, &[])?;
-            let after: f64 = pids
-                .iter()
-                .map(|p| cpu_secs(*p, ticks))
-                .sum::<anyhow::Result<f64>>()?;
+            let after = cpu_of_both()?;
             t.push(parse_rps(&out)?);
             cpu.push((after - before) * 1e6 / parse_requests(&out)?);
         }
