@@ -53,7 +53,9 @@ struct Args {
     /// Measure only these groups (comma-separated): rps, latency,
     /// no-plugins, bulk, new-conn, rss-4g, idle-agents, traced. All when
     /// unset.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = [
+        "rps", "latency", "no-plugins", "bulk", "new-conn", "rss-4g", "idle-agents", "traced",
+    ])]
     only: Vec<String>,
 }
 
@@ -957,6 +959,16 @@ Transfer/sec:     18.77MB
             "spinning 200 ms took {spent} s of CPU"
         );
         assert!(cpu_secs(u32::MAX, ticks).is_err());
+    }
+
+    #[test]
+    fn only_takes_known_groups() {
+        let a = Args::try_parse_from(["bench", "--only", "rps,idle-agents"]).unwrap();
+        assert_eq!(a.only, ["rps", "idle-agents"]);
+        let e = Args::try_parse_from(["bench", "--only", "rsp"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rsp") && e.contains("idle-agents"), "{e}");
     }
 
     #[test]
