@@ -19,6 +19,9 @@ pub struct GatewayConfig {
     pub agents: AgentsSection,
     /// Where tunnels and caller tokens are stored.
     pub store: StoreSection,
+    /// How callers' credentials are checked.
+    #[serde(default)]
+    pub callers: CallersSection,
     /// Wildcard routing.
     #[serde(default)]
     pub routing: RoutingSection,
@@ -219,6 +222,29 @@ pub struct StoreSection {
     pub refresh_secs: u64,
 }
 
+/// Caller authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallersSection {
+    /// Failed caller credentials (401) one source address may have per
+    /// minute (IPv6: per /64); past it its requests get 429 with
+    /// `Retry-After` until the minute is over. Default 60.
+    #[serde(default = "default_failures_per_minute")]
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for CallersSection {
+    fn default() -> Self {
+        CallersSection {
+            max_failures_per_minute: default_failures_per_minute(),
+        }
+    }
+}
+
+fn default_failures_per_minute() -> u32 {
+    60
+}
+
 /// Wildcard routing.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,6 +259,12 @@ pub struct RoutingSection {
     /// still requires the caller's organization to own the tunnel.
     #[serde(default)]
     pub allow_without_plugins: bool,
+    /// Lets callers of any organization reach any wildcard-routed tunnel
+    /// (the plugin chain then decides alone). Off by default: the gateway
+    /// itself refuses a caller whose organization does not own the tunnel,
+    /// with the same 404 as for a tunnel that does not exist.
+    #[serde(default)]
+    pub cross_org: bool,
 }
 
 /// One route: requests for `host` whose path starts with `path_prefix` go
@@ -244,7 +276,9 @@ pub struct Route {
     pub name: String,
     /// Host to match (case-insensitive, port ignored).
     pub host: String,
-    /// Path prefix to match; the longest matching prefix wins.
+    /// Path prefix to match, on whole segments and ignoring case (`/api`
+    /// matches `/api`, `/api/x` and `/API/x`, not `/apix`); the longest
+    /// matching prefix wins.
     #[serde(default = "default_prefix")]
     pub path_prefix: String,
     /// Name of the tunnel serving this route.
@@ -267,6 +301,25 @@ pub struct Route {
     /// default) shows plugins no body. At most 65536.
     #[serde(default)]
     pub form_body_bytes: usize,
+    /// Lets `;params` through in path segments (`/a;jsessionid=1/b`), for
+    /// services that use them. Off by default: a service on a Servlet
+    /// container strips them, so `/upload/..;/admin` would be `/admin`
+    /// there. Routing and plugins judge the path without the parameters;
+    /// a `..` or `.` segment stays refused either way.
+    #[serde(default)]
+    pub allow_path_params: bool,
+    /// Lets `%2F` through inside path segments (`/projects/group%2Fname`,
+    /// as GitLab's API names projects). Off by default: a service that
+    /// decodes before resolving could read it as a separator. The parts it
+    /// separates are still judged (no `.`, `..` or empty part).
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
+    /// Lets callers of other organizations use this route's tunnel (the
+    /// plugin chain then decides alone). Off by default: the gateway
+    /// itself refuses (403) a caller whose organization does not own the
+    /// tunnel, whatever the chain says.
+    #[serde(default)]
+    pub cross_org: bool,
 }
 
 fn default_threads() -> usize {
@@ -382,6 +435,12 @@ impl GatewayConfig {
                 "must be at least 1",
             ));
         }
+        if self.callers.max_failures_per_minute == 0 {
+            return Err(invalid(
+                "callers.max_failures_per_minute",
+                "must be at least 1",
+            ));
+        }
         if self.store.refresh_secs == 0 {
             return Err(invalid("store.refresh_secs", "must be at least 1"));
         }
@@ -471,6 +530,19 @@ impl GatewayConfig {
             }
             if !r.path_prefix.starts_with('/') {
                 return Err(invalid(f("path_prefix"), "must start with '/'"));
+            }
+            match crate::judgement::judge_path(&r.path_prefix, Default::default()) {
+                Ok(j) if j.path == r.path_prefix => {}
+                Ok(j) => {
+                    return Err(invalid(
+                        f("path_prefix"),
+                        &format!("write it in its normal form, `{}`", j.path),
+                    ))
+                }
+                Err(e) => return Err(invalid(f("path_prefix"), &format!("{e}"))),
+            }
+            if crate::judgement::judge_host(&r.host).map(|h| h.port.is_none()) != Ok(true) {
+                return Err(invalid(f("host"), "must be a host name without port"));
             }
             if r.tunnel.is_empty() {
                 return Err(invalid(f("tunnel"), "must name a tunnel"));

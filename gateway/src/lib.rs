@@ -3,6 +3,8 @@
 //! A tour, in the order a request meets them:
 //!
 //! - [`config`]: the TOML configuration and its validation;
+//! - [`judgement`]: the one judgement of a request's path and Host that
+//!   routing, the checks and the plugins share;
 //! - [`proxy`]: the pingora `ProxyHttp` phases of the public listener
 //!   (checks, routing via [`routes`], caller credential, agent choice,
 //!   header rewriting via [`http_checks`], error statuses);
@@ -10,6 +12,7 @@
 //!   into "open an HTTP/2 CONNECT stream inside an agent's tunnel";
 //! - [`bridge`]: the Unix socket that splices pingora's pooled
 //!   connections onto tunnel streams;
+//! - [`auth_limit`]: the budget of failed caller credentials per source;
 //! - [`registry`]: connected agents per tunnel with in-flight counts, and
 //!   cached tunnels and callers;
 //! - [`agent_listener`]: TLS 1.3 + WebSocket + key-proof handshake for agents;
@@ -21,12 +24,14 @@
 //!   Prometheus metrics of the admin listener.
 
 pub mod agent_listener;
+pub mod auth_limit;
 pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod events;
 pub mod http_checks;
+pub mod judgement;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;

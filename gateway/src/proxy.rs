@@ -38,7 +38,8 @@ use crate::plugins::{
     ChainEntry, HeaderEdit, Plugins, PolicyContext, PolicyRequest, Verdict, WitHeader,
 };
 use crate::registry::{InflightGuard, Registry};
-use crate::routes::{normalize_host, Routes};
+use crate::judgement::{judge_host, judge_path, JudgedHost, PathError, PathOptions};
+use crate::routes::Routes;
 use crate::store::{CallerInfo, TunnelInfo};
 
 /// Seconds a caller is told to wait when no agent is connected.
@@ -58,6 +59,11 @@ pub struct TunnelProxy {
     upstream_timeout: Duration,
     pool_idle: Duration,
     tls: bool,
+    /// Failed caller credentials per source address.
+    failures: crate::auth_limit::FailureBudget,
+    /// Keys pooled tunnel streams by agent connection and caller, seeded
+    /// per process.
+    pool_keys: std::collections::hash_map::RandomState,
 }
 
 impl TunnelProxy {
@@ -83,6 +89,8 @@ impl TunnelProxy {
             upstream_timeout: Duration::from_secs(cfg.public.upstream_timeout_secs),
             pool_idle: Duration::from_secs(cfg.public.keepalive_secs),
             tls: cfg.public.tls_cert.is_some(),
+            pool_keys: Default::default(),
+            failures: crate::auth_limit::FailureBudget::new(cfg.callers.max_failures_per_minute),
         }
     }
 }
@@ -92,8 +100,11 @@ pub struct Ctx {
     started: Instant,
     /// Host without port, lower-case: what routing matched.
     host: String,
-    /// Host as the caller sent it (port included), for X-Forwarded-Host.
-    host_header: String,
+    /// The judged `host[:port]`, rebuilt from validated parts: what the
+    /// forwarding headers and plugins get, never the caller's raw value.
+    authority: String,
+    /// The judged (normalised) path: what routing matched and plugins see.
+    path: String,
     route: Option<Arc<str>>,
     tunnel: Option<TunnelInfo>,
     caller: Option<CallerInfo>,
@@ -163,7 +174,7 @@ fn origin_form(raw: &[u8], host: &str) -> std::result::Result<Option<String>, Re
     let authority = uri
         .authority()
         .ok_or_else(|| Refusal::bad_request("invalid request target"))?;
-    if normalize_host(authority.as_str()).as_deref() != Some(host) {
+    if judge_host(authority.as_str()).ok().map(|h| h.host).as_deref() != Some(host) {
         return Err(Refusal::bad_request("request target and Host disagree"));
     }
     Ok(Some(uri.path_and_query().map_or_else(
@@ -185,15 +196,15 @@ fn bearer(req: &RequestHeader) -> Option<&str> {
         .filter(|t| !t.is_empty() && t.len() <= 256)
 }
 
-/// The Host as sent (HTTP/1 `Host`, else the HTTP/2 authority) and its
-/// normalized form for routing.
-fn request_host(req: &RequestHeader) -> Option<(String, String)> {
+/// The judged Host: HTTP/1 `Host`, else the HTTP/2 authority.
+fn request_host(req: &RequestHeader) -> std::result::Result<JudgedHost, Refusal> {
     let raw = match req.headers.get(header::HOST) {
-        Some(h) => h.to_str().ok()?.trim().to_string(),
-        None => req.uri.authority()?.as_str().to_string(),
+        Some(h) => h
+            .to_str()
+            .map_err(|_| Refusal::bad_request("Host is not ASCII"))?,
+        None => req.uri.authority().map_or("", |a| a.as_str()),
     };
-    let host = normalize_host(&raw)?;
-    Some((raw, host))
+    judge_host(raw).map_err(|e| Refusal::bad_request(&e.to_string()))
 }
 
 /// Writes a plugin's denial: its status, headers and body.
@@ -230,6 +241,8 @@ struct Refusal {
     /// Close the connection after answering (framing could not be trusted).
     close: bool,
     extra: &'static [(&'static str, &'static str)],
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
     /// A plugin's own answer (headers, body) instead of `body`.
     denial: Option<(Vec<WitHeader>, Vec<u8>)>,
     /// The plugin that refused (or failed), for the request's span.
@@ -243,6 +256,7 @@ impl Refusal {
             body: body.into(),
             close: false,
             extra: &[],
+            retry_after: None,
             denial: None,
             plugin: None,
         }
@@ -295,8 +309,8 @@ impl TunnelProxy {
                 ..Refusal::new(431, "request header fields too large")
             });
         }
-        let (host_header, host) =
-            request_host(req).ok_or_else(|| Refusal::bad_request("missing or invalid Host"))?;
+        let judged_host = request_host(req)?;
+        let host = judged_host.host.clone();
         // Routing, the checks and the plugins must judge the very target
         // that is forwarded: only origin-form (`/path?query`) goes through.
         // An absolute-form target (`http://host/path`) must name the host
@@ -309,16 +323,47 @@ impl TunnelProxy {
                 .map_err(|_| Refusal::bad_request("invalid request target"))?;
         }
         let req = session.req_header();
-        http_checks::check_path(req.uri.path()).map_err(Refusal::bad_request)?;
+        // One judgement of the path for routing, the checks and plugins.
+        // The route is found on the path judged with every opt-in allowed
+        // (parameters removed), then the path is judged by the route's own
+        // rules: what it does not allow is refused.
+        let loose = PathOptions {
+            allow_params: true,
+            allow_encoded_slash: true,
+        };
+        let bad_path = |e: PathError| Refusal::bad_request(&e.to_string());
+        let judged = judge_path(req.uri.path(), loose).map_err(bad_path)?;
         let route = self
             .routes
-            .resolve(&host, req.uri.path())
+            .resolve(&host, &judged.path)
             .ok_or_else(|| Refusal::new(404, format!("no route for host `{host}`")))?;
+        let strict = PathOptions {
+            allow_params: route.allow_path_params,
+            allow_encoded_slash: route.allow_encoded_slash,
+        };
+        if strict != loose {
+            judge_path(req.uri.path(), strict).map_err(bad_path)?;
+        }
         ctx.host = host;
-        ctx.host_header = host_header;
+        ctx.authority = judged_host.authority();
+        ctx.path = judged.path;
         ctx.route = Some(route.route.clone());
         ctx.upgrade = http_checks::is_websocket_upgrade(&req.headers);
 
+        let source = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(left) = source.and_then(|ip| self.failures.exhausted(ip)) {
+            return Err(Refusal {
+                close: true,
+                retry_after: Some(left.as_secs().max(1)),
+                ..Refusal::new(
+                    429,
+                    "too many unknown caller credentials from this address; retry later",
+                )
+            });
+        }
         let caller = match bearer(req) {
             Some(token) => self.registry.caller(token).await.map_err(|e| {
                 tracing::error!("caller lookup failed: {e}");
@@ -326,14 +371,20 @@ impl TunnelProxy {
             })?,
             None => None,
         };
-        let caller = caller.ok_or_else(|| Refusal {
-            extra: &[("proxy-authenticate", "Bearer realm=\"tunnel-gateway\"")],
-            ..Refusal::new(
-                401,
-                "missing or unknown caller credential (Proxy-Authorization: Bearer <token>)",
-            )
-        })?;
+        let Some(caller) = caller else {
+            if let Some(ip) = source {
+                self.failures.record(ip);
+            }
+            return Err(Refusal {
+                extra: &[("proxy-authenticate", "Bearer realm=\"tunnel-gateway\"")],
+                ..Refusal::new(
+                    401,
+                    "missing or unknown caller credential (Proxy-Authorization: Bearer <token>)",
+                )
+            });
+        };
 
+        let no_tunnel = || Refusal::new(404, format!("no tunnel named `{}`", route.tunnel));
         let tunnel = self
             .registry
             .tunnel_by_name(&route.tunnel)
@@ -342,20 +393,22 @@ impl TunnelProxy {
                 tracing::error!("tunnel lookup failed: {e}");
                 Refusal::store_unavailable("tunnel")
             })?
-            .ok_or_else(|| Refusal::new(404, format!("no tunnel named `{}`", route.tunnel)))?;
+            .ok_or_else(no_tunnel)?;
+        // The host keeps organizations apart on every request, whatever
+        // the chain holds (a chain without `org-check`, or a plugin file
+        // replaced by another), unless the route opts out. On the
+        // wildcard a foreign tunnel answers exactly like a missing one, so
+        // tunnel names of other organizations cannot be probed; an
+        // explicit route's host is public anyway, and its chain gets to
+        // explain the refusal first (see `judge`).
+        let foreign = caller.org != tunnel.org && !route.cross_org;
+        if foreign && route.index.is_none() {
+            return Err(no_tunnel());
+        }
         let chain = match route.index {
             Some(i) => self.chains[i].clone(),
             None => self.wildcard_chain.clone(),
         };
-        // A route without plugins (allowed only when the config says so)
-        // still keeps one organization away from another's tunnel. With
-        // plugins, the chain decides (the `org-check` plugin does this).
-        if chain.is_empty() && caller.org != tunnel.org {
-            return Err(Refusal::new(
-                403,
-                "this caller's organization may not use this tunnel",
-            ));
-        }
         ctx.caller = Some(caller);
         ctx.tunnel = Some(tunnel);
 
@@ -377,6 +430,12 @@ impl TunnelProxy {
         if !chain.is_empty() {
             self.judge(session, ctx, &chain, route.form_body_bytes)
                 .await?;
+        }
+        if foreign {
+            return Err(Refusal::new(
+                403,
+                "this caller's organization may not use this tunnel",
+            ));
         }
         Ok(())
     }
@@ -416,11 +475,12 @@ impl TunnelProxy {
         let preq = PolicyRequest {
             method: req.method.as_str().to_string(),
             scheme: if self.tls { "https" } else { "http" }.to_string(),
-            authority: ctx.host_header.clone(),
-            path_with_query: req
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            authority: ctx.authority.clone(),
+            // The path the gateway judged, with the query as sent.
+            path_with_query: match req.uri.query() {
+                Some(q) => format!("{}?{q}", ctx.path),
+                None => ctx.path.clone(),
+            },
             headers: req
                 .headers
                 .iter()
@@ -538,7 +598,8 @@ impl ProxyHttp for TunnelProxy {
         Ctx {
             started: Instant::now(),
             host: String::new(),
-            host_header: String::new(),
+            authority: String::new(),
+            path: String::new(),
             route: None,
             tunnel: None,
             caller: None,
@@ -588,7 +649,14 @@ impl ProxyHttp for TunnelProxy {
                     Some((headers, body)) => {
                         reply_denial(session, r.status, &headers, body, r.close).await?
                     }
-                    None => reply(session, r.status, &r.body, r.close, r.extra).await?,
+                    None => match r.retry_after {
+                        Some(secs) => {
+                            let secs = secs.to_string();
+                            let extra = [("retry-after", secs.as_str())];
+                            reply(session, r.status, &r.body, r.close, &extra).await?
+                        }
+                        None => reply(session, r.status, &r.body, r.close, r.extra).await?,
+                    },
                 }
                 Ok(true)
             }
@@ -655,9 +723,16 @@ impl ProxyHttp for TunnelProxy {
         ctx.stream_span = stream;
         let mut peer =
             HttpPeer::new_uds(&self.bridge.path().to_string_lossy(), false, String::new())?;
-        // Pool key per agent connection: a pooled stream never serves
-        // another agent (pingora's pool key ignores custom_l4).
-        peer.group_key = agent.conn_id;
+        // Pool key per agent connection and caller: a pooled stream never
+        // serves another agent (pingora's pool key ignores custom_l4), and
+        // never another caller. A local service that ties authentication
+        // to the TCP connection (NTLM, Negotiate) would otherwise answer a
+        // later caller on an earlier caller's authenticated connection.
+        peer.group_key = {
+            use std::hash::BuildHasher;
+            let caller = ctx.caller.as_ref().map_or("", |c| c.id.as_str());
+            self.pool_keys.hash_one((agent.conn_id, caller))
+        };
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent, self.bridge.clone())));
         peer.options.read_timeout = (!ctx.upgrade).then_some(self.upstream_timeout);
         peer.options.write_timeout = Some(self.upstream_timeout);
@@ -725,11 +800,11 @@ impl ProxyHttp for TunnelProxy {
             };
             upstream.insert_header(
                 "forwarded",
-                format!("for={node};proto={proto};host=\"{}\"", ctx.host_header),
+                format!("for={node};proto={proto};host=\"{}\"", ctx.authority),
             )?;
         }
         upstream.insert_header("x-forwarded-proto", proto)?;
-        upstream.insert_header("x-forwarded-host", ctx.host_header.as_str())?;
+        upstream.insert_header("x-forwarded-host", ctx.authority.as_str())?;
         // The trace goes on through the tunnel: the agent's spans become
         // children of this attempt's stream span.
         if let Some(trace) = &ctx.trace {
@@ -793,6 +868,30 @@ impl ProxyHttp for TunnelProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// What pingora's own error lines ("Fail to proxy: …") say about the
+    /// request. Its default prints the path with the query and the raw
+    /// Host; a query may carry `oauth_token`, `oauth_signature` or an API
+    /// key, so only the method, the path without query and the judged
+    /// host are written, escaped.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        let path = if ctx.path.is_empty() {
+            req.uri.path()
+        } else {
+            ctx.path.as_str()
+        };
+        format!(
+            "{} {:?}, host: {:?}",
+            req.method,
+            clip_chars(path, 256),
+            if ctx.authority.is_empty() {
+                "-"
+            } else {
+                ctx.authority.as_str()
+            }
+        )
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

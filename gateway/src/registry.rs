@@ -1,6 +1,11 @@
-//! Who is connected: tunnels known to the store (cached), caller tokens
-//! (cached), and the live agent connections of each tunnel with their
+//! Who is connected: the store's tunnels and caller tokens, held whole in
+//! memory, and the live agent connections of each tunnel with their
 //! in-flight counts, from which requests pick the least busy agent.
+//!
+//! The tables are in memory so that a flood of random caller tokens costs
+//! a hash lookup each, never a store query: a miss only rereads the store
+//! when its files changed since the last read (another process, the CLI,
+//! wrote to it), and concurrent misses share that one reread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,7 +16,7 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use tokio::sync::Notify;
 
-use crate::store::{token_hash, CallerInfo, Store, StoreError, TunnelInfo};
+use crate::store::{token_hash, CallerInfo, Store, StoreError, StoreStamp, TunnelInfo};
 
 /// One connected agent.
 pub struct AgentConn {
@@ -107,18 +112,23 @@ pub enum PickError {
 pub struct Registry {
     store: Store,
     store_rt: tokio::runtime::Handle,
-    tunnels_by_name: RwLock<HashMap<String, TunnelInfo>>,
-    callers: RwLock<HashMap<[u8; 32], CallerInfo>>,
-    /// Token hashes the store did not know, so random tokens from
-    /// unauthenticated callers do not each cost a store query.
-    unknown_callers: RwLock<std::collections::HashSet<[u8; 32]>>,
+    tables: RwLock<Arc<Tables>>,
+    /// Held while the tables are reread, so that misses share one reread.
+    reread: tokio::sync::Mutex<()>,
+    /// Rereads of the store so far.
+    rereads: AtomicU64,
     agents: RwLock<HashMap<String, Vec<Arc<AgentConn>>>>,
     next_conn: AtomicU64,
 }
 
-/// Most cached caller tokens; past it the cache is cleared (the store stays
-/// the source of truth).
-const MAX_CACHED_CALLERS: usize = 100_000;
+/// The store's callers and tunnels as last read.
+#[derive(Default)]
+struct Tables {
+    callers: HashMap<[u8; 32], CallerInfo>,
+    tunnels: HashMap<String, TunnelInfo>,
+    /// The store's files when they were read; `None` before the first read.
+    stamp: Option<StoreStamp>,
+}
 
 impl Registry {
     /// A registry over `store`, whose queries run on `store_rt` (the store's
@@ -127,9 +137,9 @@ impl Registry {
         Registry {
             store,
             store_rt,
-            tunnels_by_name: RwLock::default(),
-            callers: RwLock::default(),
-            unknown_callers: RwLock::default(),
+            tables: RwLock::default(),
+            reread: tokio::sync::Mutex::new(()),
+            rereads: AtomicU64::new(0),
             agents: RwLock::default(),
             next_conn: AtomicU64::new(1),
         }
@@ -147,41 +157,60 @@ impl Registry {
             .map_err(|e| StoreError::Kek(format!("store task failed: {e}")))?
     }
 
+    fn tables(&self) -> Arc<Tables> {
+        self.tables.read().expect("lock").clone()
+    }
+
     /// The organization of a caller token, if the token is known.
     pub async fn caller(&self, token: &str) -> Result<Option<CallerInfo>, StoreError> {
         let hash = token_hash(token);
-        if let Some(c) = self.callers.read().expect("lock").get(&hash) {
+        if let Some(c) = self.tables().callers.get(&hash) {
             return Ok(Some(c.clone()));
         }
-        let found = self
-            .on_store(move |s| async move { s.caller_by_hash(&hash).await })
-            .await?;
-        if let Some(c) = &found {
-            let mut map = self.callers.write().expect("lock");
-            if map.len() >= MAX_CACHED_CALLERS {
-                map.clear();
-            }
-            map.insert(hash, c.clone());
-        }
-        Ok(found)
+        self.reread_if_changed().await?;
+        Ok(self.tables().callers.get(&hash).cloned())
     }
 
     /// A tunnel by name.
     pub async fn tunnel_by_name(&self, name: &str) -> Result<Option<TunnelInfo>, StoreError> {
-        if let Some(t) = self.tunnels_by_name.read().expect("lock").get(name) {
+        if let Some(t) = self.tables().tunnels.get(name) {
             return Ok(Some(t.clone()));
         }
-        let n = name.to_string();
-        let found = self
-            .on_store(move |s| async move { s.tunnel_by_name(&n).await })
-            .await?;
-        if let Some(t) = &found {
-            self.tunnels_by_name
-                .write()
-                .expect("lock")
-                .insert(t.name.clone(), t.clone());
+        self.reread_if_changed().await?;
+        Ok(self.tables().tunnels.get(name).cloned())
+    }
+
+    /// Rereads the tables if the store's files changed since they were
+    /// read. Costs two `stat` calls when nothing changed.
+    async fn reread_if_changed(&self) -> Result<(), StoreError> {
+        if self.tables().stamp == Some(self.store.stamp()) {
+            return Ok(());
         }
-        Ok(found)
+        let _one = self.reread.lock().await;
+        // Another miss may have reread while this one waited.
+        if self.tables().stamp == Some(self.store.stamp()) {
+            return Ok(());
+        }
+        self.reread_now().await
+    }
+
+    /// Rereads every caller and tunnel from the store and swaps the tables
+    /// in whole: revoked or renamed entries are gone from then on.
+    pub async fn reread_now(&self) -> Result<(), StoreError> {
+        // The stamp is taken first: a write during the reads makes the
+        // next miss read again.
+        let stamp = self.store.stamp();
+        self.rereads.fetch_add(1, Ordering::Relaxed);
+        let (callers, tunnels) = self
+            .on_store(|s| async move { Ok((s.all_callers().await?, s.list_tunnels().await?)) })
+            .await?;
+        let tables = Tables {
+            callers: callers.into_iter().collect(),
+            tunnels: tunnels.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            stamp: Some(stamp),
+        };
+        *self.tables.write().expect("lock") = Arc::new(tables);
+        Ok(())
     }
 
     /// A tunnel and its key by id, for the agent handshake.
@@ -194,12 +223,12 @@ impl Registry {
             .await
     }
 
-    /// Forgets cached tunnels and callers, so that changes in the store
-    /// (a revoked caller, a renamed tunnel) apply from the next request.
-    pub fn clear_caches(&self) {
-        self.callers.write().expect("lock").clear();
-        self.unknown_callers.write().expect("lock").clear();
-        self.tunnels_by_name.write().expect("lock").clear();
+    /// Rereads the tables (the periodic refresh), logging a failure: the
+    /// last tables keep serving until the store answers again.
+    pub async fn refresh(&self) {
+        if let Err(e) = self.reread_now().await {
+            tracing::warn!("could not reread callers and tunnels from the store: {e}");
+        }
     }
 
     /// Adds a freshly authenticated agent connection.
@@ -313,6 +342,25 @@ mod tests {
             name: "wiki".into(),
             org: "acme".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_cost_no_store_query_and_new_callers_are_seen_at_once() {
+        let (reg, dir) = registry().await;
+        let (known, token) = reg.store.create_caller("acme").await.unwrap();
+        assert_eq!(reg.caller(&token).await.unwrap(), Some(known));
+        // A caller added behind the registry's back (as the CLI does) is
+        // found on its first request: the store's files changed.
+        let (later, later_token) = reg.store.create_caller("globex").await.unwrap();
+        assert_eq!(reg.caller(&later_token).await.unwrap(), Some(later));
+        // Random tokens are answered (unknown) from memory: no reread.
+        let before = reg.rereads.load(Ordering::Relaxed);
+        for i in 0..1000 {
+            assert_eq!(reg.caller(&format!("ct_random{i}")).await.unwrap(), None);
+        }
+        assert_eq!(reg.rereads.load(Ordering::Relaxed), before);
+        assert!(reg.caller(&token).await.unwrap().is_some());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -1,10 +1,13 @@
-//! Route resolution: an explicit route by host then longest path prefix,
-//! else `<tunnel-name>.<base_domain>` when a base domain is configured.
+//! Route resolution: an explicit route by host then longest path prefix
+//! (on whole segments, see [`under_prefix`]), else
+//! `<tunnel-name>.<base_domain>` when a base domain is configured. Paths
+//! and hosts come judged ([`crate::judgement`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::GatewayConfig;
+use crate::judgement::under_prefix;
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,12 @@ pub struct Resolved {
     pub index: Option<usize>,
     /// Form body bytes shown to plugins (`form_body_bytes`).
     pub form_body_bytes: usize,
+    /// `;params` in path segments are let through (`allow_path_params`).
+    pub allow_path_params: bool,
+    /// `%2F` in path segments is let through (`allow_encoded_slash`).
+    pub allow_encoded_slash: bool,
+    /// Callers of other organizations may reach the tunnel (`cross_org`).
+    pub cross_org: bool,
 }
 
 /// The routing table, built once from config.
@@ -31,6 +40,7 @@ pub struct Routes {
     routed_tunnels: std::collections::HashSet<String>,
     base_domain: Option<String>,
     default_body: u64,
+    wildcard_cross_org: bool,
 }
 
 impl Routes {
@@ -49,11 +59,14 @@ impl Routes {
                         max_body_bytes: r.max_body_bytes.unwrap_or(cfg.public.max_body_bytes),
                         index: Some(index),
                         form_body_bytes: r.form_body_bytes,
+                        allow_path_params: r.allow_path_params,
+                        allow_encoded_slash: r.allow_encoded_slash,
+                        cross_org: r.cross_org,
                     },
                 ));
         }
         for list in by_host.values_mut() {
-            list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            list.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.trim_end_matches('/').len()));
         }
         Routes {
             routed_tunnels: cfg.routes.iter().map(|r| r.tunnel.clone()).collect(),
@@ -64,17 +77,18 @@ impl Routes {
                 .as_ref()
                 .map(|d| d.to_ascii_lowercase()),
             default_body: cfg.public.max_body_bytes,
+            wildcard_cross_org: cfg.routing.cross_org,
         }
     }
 
-    /// Resolves a (lower-case, port-less) host and a path.
+    /// Resolves a judged host (lower-case, port-less) and a judged path.
     pub fn resolve(&self, host: &str, path: &str) -> Option<Resolved> {
         if let Some(list) = self.by_host.get(host) {
             // A host with explicit routes never falls through to the
             // wildcard: a path outside its prefixes has no route.
             return list
                 .iter()
-                .find(|(p, _)| path.starts_with(p.as_str()))
+                .find(|(p, _)| under_prefix(path, p))
                 .map(|(_, r)| r.clone());
         }
         let base = self.base_domain.as_deref()?;
@@ -88,15 +102,11 @@ impl Routes {
             max_body_bytes: self.default_body,
             index: None,
             form_body_bytes: 0,
+            allow_path_params: false,
+            allow_encoded_slash: false,
+            cross_org: self.wildcard_cross_org,
         })
     }
-}
-
-/// The host a request names, lower-cased and without port. IPv6 literals
-/// keep their brackets.
-pub fn normalize_host(raw: &str) -> Option<String> {
-    let auth: http::uri::Authority = raw.trim().parse().ok()?;
-    Some(auth.host().trim_end_matches('.').to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -177,10 +187,11 @@ max_body_bytes = 5
     }
 
     #[test]
-    fn hosts_are_normalized() {
-        assert_eq!(normalize_host("Wiki.Test:8080").unwrap(), "wiki.test");
-        assert_eq!(normalize_host("[::1]:80").unwrap(), "[::1]");
-        assert_eq!(normalize_host("wiki.test.").unwrap(), "wiki.test");
-        assert!(normalize_host("bad host").is_none());
+    fn prefixes_match_whole_segments() {
+        let r = routes();
+        // `/api/` covers `/api` and `/API/x`, never `/apix`.
+        assert_eq!(&*r.resolve("wiki.test", "/api").unwrap().tunnel, "wiki-api");
+        assert_eq!(&*r.resolve("wiki.test", "/API/x").unwrap().tunnel, "wiki-api");
+        assert_eq!(&*r.resolve("wiki.test", "/apix").unwrap().tunnel, "wiki");
     }
 }

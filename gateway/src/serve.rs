@@ -55,7 +55,7 @@ impl BackgroundService for TunnelServices {
             let mut sd = shutdown.clone();
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(self.refresh) => self.registry.clear_caches(),
+                    _ = tokio::time::sleep(self.refresh) => self.registry.refresh().await,
                     _ = sd.changed() => break,
                 }
             }

@@ -183,7 +183,14 @@ fn random_id(prefix: &str, bytes: usize) -> String {
 pub struct Store {
     pool: SqlitePool,
     kek: std::sync::Arc<Kek>,
+    /// The database file; with `-wal` beside it, what [`Store::stamp`] reads.
+    path: std::path::PathBuf,
 }
+
+/// What the database files looked like (length and modification time of
+/// the file and its write-ahead log): when it differs from the last one
+/// seen, another process changed the store.
+pub type StoreStamp = [(u64, std::time::SystemTime); 2];
 
 impl Store {
     /// Opens (creating if missing) the database and loads the KEK.
@@ -225,6 +232,7 @@ impl Store {
         Ok(Store {
             pool,
             kek: std::sync::Arc::new(kek),
+            path: cfg.path.clone(),
         })
     }
 
@@ -356,6 +364,39 @@ impl Store {
             },
             token,
         ))
+    }
+
+    /// How the database files look now (two `stat` calls, no query).
+    pub fn stamp(&self) -> StoreStamp {
+        let look = |p: &std::path::Path| {
+            std::fs::metadata(p).map_or((0, std::time::UNIX_EPOCH), |m| {
+                (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))
+            })
+        };
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        [look(&self.path), look(Path::new(&wal))]
+    }
+
+    /// Every caller with its token hash: the gateway keeps them in memory.
+    pub async fn all_callers(&self) -> Result<Vec<([u8; 32], CallerInfo)>, StoreError> {
+        let rows = sqlx::query("SELECT id, org, token_hash FROM callers")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let hash: Vec<u8> = r.get("token_hash");
+                let hash: [u8; 32] = hash.try_into().ok()?;
+                Some((
+                    hash,
+                    CallerInfo {
+                        id: r.get("id"),
+                        org: r.get("org"),
+                    },
+                ))
+            })
+            .collect())
     }
 
     /// The caller whose token hashes to `hash`.

@@ -33,6 +33,12 @@ pub struct Route {
     pub plugins: Vec<(String, String)>,
     /// `form_body_bytes` of the route.
     pub form_body_bytes: Option<usize>,
+    /// `allow_path_params = true`.
+    pub allow_path_params: bool,
+    /// `cross_org = true`.
+    pub cross_org: bool,
+    /// `allow_encoded_slash = true`.
+    pub allow_encoded_slash: bool,
 }
 
 impl Route {
@@ -45,7 +51,28 @@ impl Route {
             max_body_bytes: None,
             plugins: Vec::new(),
             form_body_bytes: None,
+            allow_path_params: false,
+            cross_org: false,
+            allow_encoded_slash: false,
         }
+    }
+
+    /// `%2F` in path segments is let through.
+    pub fn allow_encoded_slash(mut self) -> Route {
+        self.allow_encoded_slash = true;
+        self
+    }
+
+    /// `;params` in path segments are let through.
+    pub fn allow_path_params(mut self) -> Route {
+        self.allow_path_params = true;
+        self
+    }
+
+    /// Callers of other organizations may use the tunnel.
+    pub fn cross_org(mut self) -> Route {
+        self.cross_org = true;
+        self
     }
 
     /// Appends the plugin `name` (a `.wasm` built from `plugins/`, see
@@ -624,6 +651,15 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
         }
         if let Some(bytes) = route.form_body_bytes {
             c += &format!("form_body_bytes = {bytes}\n");
+        }
+        if route.allow_path_params {
+            c += "allow_path_params = true\n";
+        }
+        if route.cross_org {
+            c += "cross_org = true\n";
+        }
+        if route.allow_encoded_slash {
+            c += "allow_encoded_slash = true\n";
         }
         if route.plugins.is_empty() {
             c += "allow_without_plugins = true\n";

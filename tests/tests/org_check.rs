@@ -1,7 +1,8 @@
 //! Story: a caller token belongs to one organization and reaches only that
-//! organization's tunnels; another organization's tunnel answers 403, by
-//! explicit route and by `<name>.<base_domain>` alike, and its local service
-//! never hears of the request. A tunnel with an explicit route is reachable
+//! organization's tunnels; another organization's tunnel answers 403 by
+//! explicit route, and 404 by `<name>.<base_domain>` (like a tunnel that
+//! does not exist, so names cannot be probed), and its local service never
+//! hears of the request. A tunnel with an explicit route is reachable
 //! only through it (its plugin chain cannot be skipped by the wildcard).
 
 use tests::{upstream, Agent, AgentOptions, Gateway, GatewayOptions};
@@ -56,7 +57,7 @@ async fn a_caller_reaches_only_its_own_organizations_tunnels() {
     );
 
     // The same caller reaches its own organization's tunnel by name; acme's
-    // callers get 403 there.
+    // callers get 404 there, as for a tunnel that does not exist.
     let reply = globex.get("billing.tunnels.test", "/invoices").send().await;
     assert_eq!(reply.echo().server, "billing");
     assert_eq!(billing.requests(), 1);
@@ -65,7 +66,7 @@ async fn a_caller_reaches_only_its_own_organizations_tunnels() {
     let acme = gateway.caller(&gateway.create_caller("acme").await);
     let reply = acme.get("billing.tunnels.test", "/invoices").send().await;
     assert_eq!(
-        reply.status, 403,
+        reply.status, 404,
         "acme on globex's tunnel by name: {reply:?}"
     );
     assert_eq!(billing.requests(), 1);

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The long fuzz run of docs/security.md: each property-test target of the
+# security suite with many inputs, in a release build. CI runs the same
+# targets with proptest's default of 256 inputs each.
+#
+#   scripts/fuzz.sh            10 million inputs per target
+#   scripts/fuzz.sh 100000     fewer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cases="${1:-10000000}"
+scripts/setup.sh
+export PROPTEST_CASES="$cases"
+# No shrinking budget worth speaking of is needed to report a failure.
+export PROPTEST_MAX_SHRINK_ITERS=10000
+run() {
+  local what="$1"; shift
+  local start end
+  start=$(date +%s)
+  "$@" >/tmp/fuzz-"$what".log 2>&1 || { cat /tmp/fuzz-"$what".log; echo "fuzz: $what FAILED" >&2; exit 1; }
+  end=$(date +%s)
+  echo "fuzz: $what: $cases inputs per property, $((end - start)) s"
+}
+run path-and-host cargo test --release -p gateway --lib judgement:: -- --test-threads=2
+run framing cargo test --release -p gateway --lib accepted_framing_is_unambiguous
+run handshake cargo test --release -p protocol --test fuzz_handshake -- --test-threads=2
+run oauth-header bash -c "cd plugins && cargo test --release --target-dir ../target/plugins -p oauth1 --test fuzz_header"
