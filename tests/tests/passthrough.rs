@@ -7,7 +7,7 @@ use std::time::Duration;
 use tests::setup::WikiTunnel;
 use tests::{upstream, wire, GatewayOptions};
 
-const TARGET: &str = "/p/a%2Fb;x?q=%20+%2B&&a=1&a=2&empty=&=v";
+const TARGET: &str = "/p/a%3Bb%2c%7E?q=%20+%2B&&a=1&a=2&empty=&=v";
 const OAUTH: &str = "OAuth oauth_consumer_key=\"jira-cloud\", oauth_nonce=\"kllo9940pd9333jh\", \
      oauth_signature_method=\"HMAC-SHA1\", oauth_timestamp=\"1191242096\", \
      oauth_token=\"nnch734d00sl2jdk\", oauth_version=\"1.0\", oauth_signature=\"a%2Bb%3D\"";

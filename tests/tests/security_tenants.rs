@@ -6,7 +6,7 @@
 //! organization answers exactly like a tunnel that does not exist, so its
 //! name cannot be probed.
 
-use tests::{upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route};
+use tests::{plugin_wasm, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route};
 
 /// acme owns `wiki` (behind wiki.test, chain `authz` only, which allows
 /// everything with no rules) and globex owns `billing` (wildcard only,
@@ -23,6 +23,7 @@ struct TwoOrgs {
 async fn two_orgs(opts: GatewayOptions) -> TwoOrgs {
     let gateway = Gateway::start(
         opts.base_domain("tunnels.test")
+            .plugin_file("authz", plugin_wasm("authz"))
             .extra_config("[[routing.plugins]]\nname = \"authz\"\n"),
     )
     .await;
