@@ -129,7 +129,10 @@ pub fn judge_path(raw: &str, opts: PathOptions) -> Result<JudgedPath, PathError>
         let decoded = decode_segment(name, opts.allow_encoded_slash)?;
         if decoded.contains('/') {
             // Only with `allow_encoded_slash`: judge each decoded part.
-            if decoded.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+            if decoded
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+            {
                 return Err(PathError::DotSegment);
             }
         } else if decoded == "." || decoded == ".." {

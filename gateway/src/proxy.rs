@@ -34,11 +34,11 @@ use crate::bridge::Bridge;
 use crate::config::GatewayConfig;
 use crate::connector::TunnelConnector;
 use crate::http_checks;
+use crate::judgement::{judge_host, judge_path, JudgedHost, PathError, PathOptions};
 use crate::plugins::{
     ChainEntry, HeaderEdit, Plugins, PolicyContext, PolicyRequest, Verdict, WitHeader,
 };
 use crate::registry::{InflightGuard, Registry};
-use crate::judgement::{judge_host, judge_path, JudgedHost, PathError, PathOptions};
 use crate::routes::Routes;
 use crate::store::{CallerInfo, TunnelInfo};
 
@@ -174,7 +174,12 @@ fn origin_form(raw: &[u8], host: &str) -> std::result::Result<Option<String>, Re
     let authority = uri
         .authority()
         .ok_or_else(|| Refusal::bad_request("invalid request target"))?;
-    if judge_host(authority.as_str()).ok().map(|h| h.host).as_deref() != Some(host) {
+    if judge_host(authority.as_str())
+        .ok()
+        .map(|h| h.host)
+        .as_deref()
+        != Some(host)
+    {
         return Err(Refusal::bad_request("request target and Host disagree"));
     }
     Ok(Some(uri.path_and_query().map_or_else(

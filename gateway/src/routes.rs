@@ -191,7 +191,10 @@ max_body_bytes = 5
         let r = routes();
         // `/api/` covers `/api` and `/API/x`, never `/apix`.
         assert_eq!(&*r.resolve("wiki.test", "/api").unwrap().tunnel, "wiki-api");
-        assert_eq!(&*r.resolve("wiki.test", "/API/x").unwrap().tunnel, "wiki-api");
+        assert_eq!(
+            &*r.resolve("wiki.test", "/API/x").unwrap().tunnel,
+            "wiki-api"
+        );
         assert_eq!(&*r.resolve("wiki.test", "/apix").unwrap().tunnel, "wiki");
     }
 }

@@ -51,9 +51,9 @@ async fn ntlm_service() -> SocketAddr {
                             }
                         }
                         let resp = match &*user {
-                            Some(name) => Response::new(Full::new(Bytes::from(format!(
-                                "hello {name}"
-                            )))),
+                            Some(name) => {
+                                Response::new(Full::new(Bytes::from(format!("hello {name}"))))
+                            }
                             None => Response::builder()
                                 .status(401)
                                 .header("www-authenticate", "NTLM")
@@ -97,7 +97,8 @@ async fn a_caller_never_gets_a_connection_another_caller_authenticated() {
     for _ in 0..3 {
         let reply = bob.get("intranet.test", "/").send().await;
         assert_eq!(
-            reply.status, 401,
+            reply.status,
+            401,
             "bob was answered on alice's connection: {:?}",
             reply.text()
         );
@@ -117,11 +118,19 @@ async fn a_failing_requests_query_never_reaches_the_log() {
     let target = format!("/rest/api?{secret}&oauth_token=SeCrEtToKeN");
     let reply = t.caller.get("wiki.test", &target).send().await;
     assert!(reply.status.as_u16() >= 500, "{reply:?}");
-    let log_path = t.gateway.config_path().parent().unwrap().join("gateway.log");
+    let log_path = t
+        .gateway
+        .config_path()
+        .parent()
+        .unwrap()
+        .join("gateway.log");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        assert!(!log.contains("SeCrEt"), "a secret from the query was logged:\n{log}");
+        assert!(
+            !log.contains("SeCrEt"),
+            "a secret from the query was logged:\n{log}"
+        );
         // The failing request itself was logged (so the check saw it).
         if log.contains("/rest/api") && log.contains("access") {
             break;
@@ -147,10 +156,7 @@ async fn from(source: &str, gateway: SocketAddr, token: &str) -> (Option<u16>, S
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok());
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok());
     (status, text)
 }
 

@@ -68,10 +68,19 @@ async fn a_caller_cannot_escape_the_upload_prefix_with_dot_dot_semicolon() {
         "/upload/x;/../admin",
     ];
     let wrong = expect_status(addr, "POST", &t.token, "wiki.test", &attacks, 400).await;
-    assert!(wrong.is_empty(), "attacks not refused:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "attacks not refused:\n{}",
+        wrong.join("\n")
+    );
     assert_eq!(t.wiki.requests(), 0, "an attack reached the wiki");
 
-    let ok = wire::exchange(addr, &raw("POST", &t.token, "wiki.test", "/upload/a.png"), WAIT).await;
+    let ok = wire::exchange(
+        addr,
+        &raw("POST", &t.token, "wiki.test", "/upload/a.png"),
+        WAIT,
+    )
+    .await;
     assert_eq!(ok.status(), Some(200), "{}", ok.text());
     assert_eq!(t.wiki.requests(), 1);
 }

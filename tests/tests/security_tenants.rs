@@ -12,7 +12,8 @@ use tests::{plugin_wasm, upstream, Agent, AgentOptions, Gateway, GatewayOptions,
 /// everything with no rules) and globex owns `billing` (wildcard only,
 /// whose chain is `authz` too).
 struct TwoOrgs {
-    gateway: Gateway,
+    /// Kept running for the story's length.
+    _gateway: Gateway,
     wiki: upstream::Upstream,
     billing: upstream::Upstream,
     acme: tests::Caller,
@@ -37,7 +38,7 @@ async fn two_orgs(opts: GatewayOptions) -> TwoOrgs {
     let acme = gateway.caller(&gateway.create_caller("acme").await);
     let globex = gateway.caller(&gateway.create_caller("globex").await);
     TwoOrgs {
-        gateway,
+        _gateway: gateway,
         wiki,
         billing,
         acme,
@@ -57,11 +58,17 @@ async fn a_chain_without_org_check_does_not_open_another_organizations_tunnel() 
     assert_eq!(reply.status, 403, "globex on acme's route: {reply:?}");
     assert!(reply.text().contains("organization"), "{}", reply.text());
     let reply = t.acme.get("billing.tunnels.test", "/invoices").send().await;
-    assert_eq!(reply.status, 404, "acme on globex's tunnel by name: {reply:?}");
+    assert_eq!(
+        reply.status, 404,
+        "acme on globex's tunnel by name: {reply:?}"
+    );
     assert_eq!(t.wiki.requests() + t.billing.requests(), 0);
 
     // Each organization still reaches its own.
-    assert_eq!(t.acme.get("wiki.test", "/").send().await.echo().server, "wiki");
+    assert_eq!(
+        t.acme.get("wiki.test", "/").send().await.echo().server,
+        "wiki"
+    );
     let own = t.globex.get("billing.tunnels.test", "/").send().await;
     assert_eq!(own.echo().server, "billing");
 }
@@ -95,8 +102,11 @@ async fn a_wildcard_caller_cannot_tell_a_foreign_tunnel_from_a_missing_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_that_says_cross_org_lets_other_organizations_through() {
     let t = two_orgs(
-        GatewayOptions::new()
-            .with_route(Route::new("wiki.test", "wiki").plugin("authz", "").cross_org()),
+        GatewayOptions::new().with_route(
+            Route::new("wiki.test", "wiki")
+                .plugin("authz", "")
+                .cross_org(),
+        ),
     )
     .await;
     let reply = t.globex.get("wiki.test", "/shared").send().await;
