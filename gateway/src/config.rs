@@ -536,10 +536,10 @@ impl GatewayConfig {
                 Ok(j) => {
                     return Err(invalid(
                         f("path_prefix"),
-                        &format!("write it in its normal form, `{}`", j.path),
+                        format!("write it in its normal form, `{}`", j.path),
                     ))
                 }
-                Err(e) => return Err(invalid(f("path_prefix"), &format!("{e}"))),
+                Err(e) => return Err(invalid(f("path_prefix"), e.to_string())),
             }
             if crate::judgement::judge_host(&r.host).map(|h| h.port.is_none()) != Ok(true) {
                 return Err(invalid(f("host"), "must be a host name without port"));

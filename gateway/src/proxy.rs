@@ -249,7 +249,7 @@ struct Refusal {
     /// Seconds for a `Retry-After` header.
     retry_after: Option<u64>,
     /// A plugin's own answer (headers, body) instead of `body`.
-    denial: Option<(Vec<WitHeader>, Vec<u8>)>,
+    denial: Option<Box<(Vec<WitHeader>, Vec<u8>)>>,
     /// The plugin that refused (or failed), for the request's span.
     plugin: Option<Arc<str>>,
 }
@@ -506,7 +506,7 @@ impl TunnelProxy {
                 Ok(())
             }
             Verdict::Deny { plugin, denial } => Err(Refusal {
-                denial: Some((denial.headers, denial.body)),
+                denial: Some(Box::new((denial.headers, denial.body))),
                 plugin: Some(plugin),
                 ..Refusal::new(denial.status, denial.reason)
             }),
@@ -651,7 +651,8 @@ impl ProxyHttp for TunnelProxy {
                     attr(&ctx.span, "refusal.reason", r.body.clone());
                 }
                 match r.denial {
-                    Some((headers, body)) => {
+                    Some(denial) => {
+                        let (headers, body) = *denial;
                         reply_denial(session, r.status, &headers, body, r.close).await?
                     }
                     None => match r.retry_after {
