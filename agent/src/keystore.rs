@@ -325,10 +325,15 @@ mod tests {
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o606)).unwrap();
         for e in [
             load_key(&s).err().unwrap().to_string(),
-            store_key(&s, &TunnelKey::generate()).unwrap_err().to_string(),
+            store_key(&s, &TunnelKey::generate())
+                .unwrap_err()
+                .to_string(),
         ] {
             assert!(e.contains("writable by group or others"), "{e}");
-            assert!(e.contains("0606") && e.contains(&kek.display().to_string()), "{e}");
+            assert!(
+                e.contains("0606") && e.contains(&kek.display().to_string()),
+                "{e}"
+            );
         }
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
         load_key(&s).unwrap();

@@ -473,7 +473,10 @@ mod tests {
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o664)).unwrap();
         let e = Store::open(&cfg(&d)).await.unwrap_err().to_string();
         assert!(e.contains("writable by group or others"), "{e}");
-        assert!(e.contains("0664") && e.contains(&kek.display().to_string()), "{e}");
+        assert!(
+            e.contains("0664") && e.contains(&kek.display().to_string()),
+            "{e}"
+        );
         // Readable by others is the operator's choice; only write is refused.
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
         Store::open(&cfg(&d)).await.unwrap();

@@ -291,7 +291,10 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
         64,
         "the event names the file's digest: {loaded}"
     );
-    assert_eq!(loaded["version"], "0.1.1", "and the plugin's version: {loaded}");
+    assert_eq!(
+        loaded["version"], "0.1.1",
+        "and the plugin's version: {loaded}"
+    );
     let denied = caller.get("wiki.test", "/").send().await;
     assert_eq!(denied.status, 403, "{denied:?}");
     assert!(

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tests::scrape;
 use tests::setup::WikiTunnel;
 use tests::{bin_path, plugin_wasm, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route};
-use tests::{PATIENCE, Reply};
+use tests::{Reply, PATIENCE};
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -98,7 +98,10 @@ async fn a_component_built_against_the_older_wit_is_refused() {
 async fn a_plugin_file_that_is_not_the_pinned_build_is_refused_at_start_and_at_reload() {
     let stderr = Gateway::start_expecting_failure(
         GatewayOptions::new()
-            .plugin_setting("sha256", &format!("{{ \"org-check\" = \"{}\" }}", "0".repeat(64)))
+            .plugin_setting(
+                "sha256",
+                &format!("{{ \"org-check\" = \"{}\" }}", "0".repeat(64)),
+            )
             .with_route(Route::new("wiki.test", "wiki").plugin("org-check", "")),
     )
     .await;
@@ -117,7 +120,9 @@ async fn a_plugin_file_that_is_not_the_pinned_build_is_refused_at_start_and_at_r
             .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "allow")),
     )
     .await;
-    let loaded = gateway.wait_for("plugin_loaded", &[("plugin", "faulty")]).await;
+    let loaded = gateway
+        .wait_for("plugin_loaded", &[("plugin", "faulty")])
+        .await;
     assert_eq!(loaded["sha256"], pinned.as_str(), "{loaded}");
     assert_eq!(loaded["version"], "0.1.0", "{loaded}");
     let tunnel = gateway.create_tunnel("acme", "wiki").await;
@@ -157,14 +162,20 @@ async fn plugin_folders_and_files_writable_by_others_are_refused() {
     chmod(&file, 0o644);
     let stderr = start(&dir).await;
     assert!(
-        stderr.contains(&format!("{} is writable by group or others (mode 0777)", dir.display())),
+        stderr.contains(&format!(
+            "{} is writable by group or others (mode 0777)",
+            dir.display()
+        )),
         "{stderr}"
     );
     chmod(&dir, 0o755);
     chmod(&file, 0o664);
     let stderr = start(&dir).await;
     assert!(
-        stderr.contains(&format!("{} is writable by group or others (mode 0664)", file.display())),
+        stderr.contains(&format!(
+            "{} is writable by group or others (mode 0664)",
+            file.display()
+        )),
         "{stderr}"
     );
 
@@ -207,7 +218,10 @@ async fn key_encryption_key_files_writable_by_others_are_refused() {
     )
     .await;
     assert!(
-        stderr.contains(&format!("{} is writable by group or others (mode 0666)", kek.display())),
+        stderr.contains(&format!(
+            "{} is writable by group or others (mode 0666)",
+            kek.display()
+        )),
         "{stderr}"
     );
 
@@ -333,8 +347,7 @@ async fn one_organization_flooding_fresh_nonces_cannot_deny_oauth_to_another() {
 async fn a_plugin_that_survived_its_memory_limit_does_not_turn_a_later_trap_into_a_memory_failure()
 {
     let gateway = Gateway::start(
-        GatewayOptions::new()
-            .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "count")),
+        GatewayOptions::new().with_route(Route::new("wiki.test", "wiki").plugin("faulty", "count")),
     )
     .await;
     let tunnel = gateway.create_tunnel("acme", "wiki").await;
@@ -357,6 +370,11 @@ async fn a_plugin_that_survived_its_memory_limit_does_not_turn_a_later_trap_into
             &[("plugin", "faulty"), ("kind", kind)],
         )
     };
-    assert_eq!((failures("trap"), failures("memory")), (1.0, 0.0), "{}", m.text);
+    assert_eq!(
+        (failures("trap"), failures("memory")),
+        (1.0, 0.0),
+        "{}",
+        m.text
+    );
     assert_eq!(caller.get("wiki.test", "/after").send().await.status, 200);
 }

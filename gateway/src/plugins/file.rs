@@ -64,7 +64,10 @@ mod tests {
         mode(&f, 0o644);
         let digest = hex::encode(Sha256::digest(b"abc"));
         let ok = read(&f, 3, Some(&digest.to_ascii_uppercase())).unwrap();
-        assert_eq!((ok.bytes.as_slice(), ok.sha256.as_str()), (&b"abc"[..], &*digest));
+        assert_eq!(
+            (ok.bytes.as_slice(), ok.sha256.as_str()),
+            (&b"abc"[..], &*digest)
+        );
 
         let e = format!("{:#}", read(&f, 3, Some(&"0".repeat(64))).err().unwrap());
         assert!(e.contains(&digest) && e.contains("pinned"), "{e}");
@@ -73,7 +76,10 @@ mod tests {
 
         mode(&f, 0o664);
         let e = format!("{:#}", read(&f, 3, None).err().unwrap());
-        assert!(e.contains("0664") && e.contains(&f.display().to_string()), "{e}");
+        assert!(
+            e.contains("0664") && e.contains(&f.display().to_string()),
+            "{e}"
+        );
         mode(&f, 0o600);
         mode(&dir, 0o777);
         let e = format!("{:#}", read(&f, 3, None).err().unwrap());

@@ -617,11 +617,13 @@ impl Plugins {
                 });
             }
         };
-        let pre = PolicyPre::new(pre).map_err(anyhow::Error::from).context(format!(
-            "the component does not export the `policy` world of {WIT_PACKAGE} \
+        let pre = PolicyPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context(format!(
+                "the component does not export the `policy` world of {WIT_PACKAGE} \
              (init, on-request, identify): built against an older WIT? Rebuild it \
              with the current plugins/sdk"
-        ))?;
+            ))?;
         let version = self.identify(name, &pre, replay).await?;
         let version = Version {
             pre,

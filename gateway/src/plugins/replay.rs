@@ -267,7 +267,10 @@ mod tests {
         assert!(s.insert_if_absent(&a, "1", 1));
         assert!(!s.insert_if_absent(&a, "2", 60));
         std::thread::sleep(Duration::from_millis(1100));
-        assert!(s.insert_if_absent(&a, "2", 60), "the expired key was purged");
+        assert!(
+            s.insert_if_absent(&a, "2", 60),
+            "the expired key was purged"
+        );
         assert!(s.insert_if_absent(&scope("r", "t", "globex"), "1", 60));
     }
 }
