@@ -179,6 +179,9 @@ pub unsafe extern "C" fn cabi_realloc(
 ///
 /// It expects `wit_bindgen::generate!` at the crate root (where it puts
 /// `PluginIdentity`) and `extern crate alloc`.
+// `crate` (not `$crate`) on purpose: `PluginIdentity` is generated in the
+// plugin's crate, not in this one.
+#[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! identify {
     () => {
