@@ -13,6 +13,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("authz", "authz"),
     ("oauth1", "oauth1"),
     ("faulty", "faulty"),
+    ("faulty_next", "faulty-next"),
 ];
 
 fn main() {

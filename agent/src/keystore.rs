@@ -63,6 +63,19 @@ fn write_private(path: &Path, data: &[u8], create_new: bool) -> std::io::Result<
     Ok(())
 }
 
+/// Reads a KEK file, refusing one that group or others may write (whoever
+/// can replace the KEK can have the next `agent key set` seal the tunnel key
+/// under a key they know).
+fn read_private(path: &Path) -> std::io::Result<Zeroizing<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    protocol::private_file::refuse_writable_by_others(path, &f.metadata()?)
+        .map_err(std::io::Error::other)?;
+    let mut text = Zeroizing::new(String::new());
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 impl Kek {
     fn parse(text: &str) -> Result<Self, KeyStoreError> {
         let mut raw = STANDARD
@@ -89,7 +102,7 @@ impl Kek {
             .kek_file
             .as_ref()
             .ok_or_else(|| KeyStoreError::Kek("set tunnel.kek_file or tunnel.kek_env".into()))?;
-        match std::fs::read_to_string(path) {
+        match read_private(path) {
             Ok(t) => {
                 Self::parse(&t).map_err(|e| KeyStoreError::Kek(format!("{}: {e}", path.display())))
             }
@@ -299,6 +312,31 @@ mod tests {
         std::env::set_var(&var, STANDARD.encode([4u8; 32]));
         assert!(matches!(load_key(&s), Err(KeyStoreError::Decrypt(_))));
         std::env::remove_var(&var);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_kek_file_writable_by_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tmp();
+        let s = section(&d, Cipher::Aes256Gcm, "tun_a");
+        store_key(&s, &TunnelKey::generate()).unwrap();
+        let kek = d.join("kek");
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o606)).unwrap();
+        for e in [
+            load_key(&s).err().unwrap().to_string(),
+            store_key(&s, &TunnelKey::generate())
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(e.contains("writable by group or others"), "{e}");
+            assert!(
+                e.contains("0606") && e.contains(&kek.display().to_string()),
+                "{e}"
+            );
+        }
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+        load_key(&s).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
     }
 

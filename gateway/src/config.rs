@@ -76,8 +76,19 @@ pub struct PluginsSection {
     /// the pooling allocator). A request that finds none free gets 503.
     pub max_sandboxes: u32,
     /// Most keys in each plugin's replay set (`insert-if-absent`); when
-    /// full of live keys, inserts fail closed.
+    /// full of live keys, inserts fail closed. Keys are scoped by the host to
+    /// the request's route and tunnel.
     pub max_replay_keys: usize,
+    /// Fraction of `max_replay_keys` one caller organization may hold in
+    /// a plugin's replay set (0 < share <= 1). An organization at its share
+    /// has its own inserts refused (fail closed) while other organizations
+    /// keep theirs, so one tenant flooding fresh nonces cannot deny OAuth to
+    /// the others. 1 turns the per-organization bound off.
+    pub replay_share_per_org: f64,
+    /// Optional SHA-256 pin per plugin name (64 hex digits): a file whose
+    /// digest differs is refused at load and at reload. Plugins not named
+    /// here are not pinned. The running version's digest is logged at load.
+    pub sha256: std::collections::BTreeMap<String, String>,
     /// Largest plugin file in bytes.
     pub max_file_bytes: u64,
     /// Requests one plugin sandbox serves, one after another, before it is
@@ -98,6 +109,8 @@ impl Default for PluginsSection {
             max_table_elements: 10_000,
             max_sandboxes: 256,
             max_replay_keys: 100_000,
+            replay_share_per_org: 0.25,
+            sha256: std::collections::BTreeMap::new(),
             max_file_bytes: 32 << 20,
             max_requests_per_sandbox: 10_000,
         }
@@ -504,6 +517,20 @@ impl GatewayConfig {
         }
         if p.max_replay_keys == 0 {
             return Err(invalid("plugins.max_replay_keys", "must be at least 1"));
+        }
+        if !(p.replay_share_per_org > 0.0 && p.replay_share_per_org <= 1.0) {
+            return Err(invalid(
+                "plugins.replay_share_per_org",
+                "must be above 0 and at most 1",
+            ));
+        }
+        for (name, digest) in &p.sha256 {
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    format!("plugins.sha256.{name}"),
+                    "must be a SHA-256 digest: 64 hex digits",
+                ));
+            }
         }
         if p.max_requests_per_sandbox == 0 {
             return Err(invalid(

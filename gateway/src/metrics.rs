@@ -69,6 +69,15 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// A replay-set insert refused for lack of room: `limit` is `set` (the
+/// plugin's whole set) or `org_share` (the caller organization's share).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplayRefusalLabels {
+    pub plugin: String,
+    pub org: String,
+    pub limit: &'static str,
+}
+
 fn request_seconds() -> Histogram {
     // 100 µs to about 13 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -94,6 +103,7 @@ pub struct Metrics {
     pub plugin_failures: Family<FailureLabels, Counter>,
     pub plugin_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
     pub plugin_reloads: Family<ReloadLabels, Counter>,
+    pub plugin_replay_refusals: Family<ReplayRefusalLabels, Counter>,
     pub export: ExportCounters,
 }
 
@@ -112,6 +122,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     plugin_failures: Family::default(),
     plugin_seconds: Family::new_with_constructor(plugin_seconds),
     plugin_reloads: Family::default(),
+    plugin_replay_refusals: Family::default(),
     export: ExportCounters::default(),
 });
 
@@ -184,6 +195,11 @@ pub fn registry() -> Registry {
         "Plugin files reloaded (loaded) or refused (rejected)",
         m.plugin_reloads.clone(),
     );
+    r.register(
+        "plugin_replay_refusals",
+        "Replay-set inserts refused because the set (set) or the caller organization's share (org_share) was full",
+        m.plugin_replay_refusals.clone(),
+    );
     m.export.register(&mut r);
     r
 }
@@ -203,6 +219,18 @@ pub fn plugin_reloaded(plugin: &str, result: &'static str) {
         .get_or_create(&ReloadLabels {
             plugin: plugin.to_string(),
             result,
+        })
+        .inc();
+}
+
+/// Counts a replay-set insert refused for lack of room.
+pub fn replay_refused(plugin: &str, org: &str, limit: &'static str) {
+    METRICS
+        .plugin_replay_refusals
+        .get_or_create(&ReplayRefusalLabels {
+            plugin: plugin.to_string(),
+            org: org.to_string(),
+            limit,
         })
         .inc();
 }

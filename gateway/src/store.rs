@@ -35,6 +35,19 @@ pub enum StoreError {
     },
 }
 
+/// Reads a KEK file, refusing one that group or others may write (whoever
+/// can replace the KEK can make the gateway seal new tunnel keys under a
+/// key they know).
+fn read_private(path: &Path) -> std::io::Result<Zeroizing<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    protocol::private_file::refuse_writable_by_others(path, &f.metadata()?)
+        .map_err(std::io::Error::other)?;
+    let mut text = Zeroizing::new(String::new());
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// The key-encryption key. `Debug` never shows it.
 pub struct Kek(Zeroizing<[u8; 32]>);
 
@@ -75,7 +88,7 @@ impl Kek {
             .kek_file
             .as_ref()
             .ok_or_else(|| StoreError::Kek("set store.kek_file or store.kek_env".into()))?;
-        match std::fs::read_to_string(path).map(Zeroizing::new) {
+        match read_private(path) {
             Ok(text) => {
                 Self::parse(&text).map_err(|e| StoreError::Kek(format!("{}: {e}", path.display())))
             }
@@ -489,6 +502,25 @@ mod tests {
             s.tunnel_with_key(&b.id).await,
             Err(StoreError::Decrypt(_))
         ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_kek_file_writable_by_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tmp();
+        Store::open(&cfg(&d)).await.unwrap();
+        let kek = d.join("kek");
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = Store::open(&cfg(&d)).await.unwrap_err().to_string();
+        assert!(e.contains("writable by group or others"), "{e}");
+        assert!(
+            e.contains("0664") && e.contains(&kek.display().to_string()),
+            "{e}"
+        );
+        // Readable by others is the operator's choice; only write is refused.
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Store::open(&cfg(&d)).await.unwrap();
         std::fs::remove_dir_all(&d).unwrap();
     }
 

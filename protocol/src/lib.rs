@@ -20,6 +20,7 @@
 //! for logs, traces, metrics and the admin listener.
 
 pub mod handshake;
+pub mod private_file;
 pub mod secret;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

@@ -544,6 +544,7 @@ impl Gateway {
         let dir = self.plugins_dir();
         let tmp = dir.join(format!(".{name}.wasm.tmp"));
         std::fs::write(&tmp, bytes).expect("write replacement plugin");
+        set_mode(&tmp, 0o644);
         std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).expect("rename plugin");
     }
 
@@ -558,15 +559,27 @@ impl Gateway {
 fn install_plugins(opts: &GatewayOptions, dir: &Path) {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("create plugin folder");
+    // The gateway refuses plugins that group or others may write: explicit
+    // modes, whatever the umask of the test run.
+    set_mode(&plugins, 0o755);
     for (name, bytes) in &opts.plugin_files {
-        std::fs::write(plugins.join(format!("{name}.wasm")), bytes).expect("install plugin");
+        let to = plugins.join(format!("{name}.wasm"));
+        std::fs::write(&to, bytes).expect("install plugin");
+        set_mode(&to, 0o644);
     }
     for (name, _) in opts.routes.iter().flat_map(|r| &r.plugins) {
         let to = plugins.join(format!("{name}.wasm"));
         if !to.exists() {
             std::fs::write(&to, crate::plugin_wasm(name)).expect("install plugin");
+            set_mode(&to, 0o644);
         }
     }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
 }
 
 fn spawn_serve(opts: &GatewayOptions, config: &Path, events: &EventLog, dir: &Path) -> Proc {

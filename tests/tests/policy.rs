@@ -8,9 +8,9 @@
 //! - a plugin that spins, traps or hoards memory gets its request refused
 //!   within the deadline with a clear status, while other routes answer;
 //! - header edits of an allowing plugin reach the local service;
-//! - a replaced plugin file changes decisions without a restart, and a
-//!   broken replacement (bad bytes, or an `init` that refuses the route's
-//!   configuration) is reported while the previous version keeps serving;
+//! - a new version of a plugin file changes decisions without a restart,
+//!   and a broken replacement (bad bytes, or another plugin's file) is
+//!   reported while the previous version keeps serving;
 //! - a plugin that refuses its configuration stops the gateway from
 //!   starting, with the plugin's own message;
 //! - a plugin sandbox serves requests in turn until it has served
@@ -248,10 +248,8 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
     let gateway = Gateway::start(
         GatewayOptions::new()
             .plugin_setting("reload_interval_ms", "100")
-            .plugin_file("gate", plugin_wasm("org-check"))
-            .plugin_file("rules", plugin_wasm("authz"))
-            .with_route(Route::new("wiki.test", "wiki").plugin("gate", ""))
-            .with_route(Route::new("api.test", "wiki").plugin("rules", authz_rules)),
+            .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "allow"))
+            .with_route(Route::new("api.test", "wiki").plugin("authz", authz_rules)),
     )
     .await;
     let tunnel = gateway.create_tunnel("acme", "wiki").await;
@@ -262,9 +260,9 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
 
     assert_eq!(caller.get("wiki.test", "/").send().await.status, 200);
 
-    // `gate` becomes a plugin that denies: decisions change, no restart,
-    // and requests in flight during the swap get one answer or the other,
-    // never an error.
+    // `faulty` is replaced by its next version, which denies: decisions
+    // change, no restart, and requests in flight during the swap get one
+    // answer or the other, never an error.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
         let (c, stop) = (caller.clone(), stop.clone());
@@ -276,11 +274,11 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
             statuses
         })
     };
-    let faulty = plugin_wasm("faulty");
+    let next = plugin_wasm("faulty-next");
     let mark = gateway.events().mark();
-    gateway.replace_plugin("gate", &faulty);
+    gateway.replace_plugin("faulty", &next);
     let loaded = gateway
-        .wait_for_since(mark, "plugin_loaded", &[("plugin", "gate")])
+        .wait_for_since(mark, "plugin_loaded", &[("plugin", "faulty")])
         .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = traffic.await.unwrap();
@@ -291,7 +289,11 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
     assert_eq!(
         loaded["sha256"].as_str().unwrap().len(),
         64,
-        "the event names the version: {loaded}"
+        "the event names the file's digest: {loaded}"
+    );
+    assert_eq!(
+        loaded["version"], "0.1.1",
+        "and the plugin's version: {loaded}"
     );
     let denied = caller.get("wiki.test", "/").send().await;
     assert_eq!(denied.status, 403, "{denied:?}");
@@ -302,10 +304,10 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
     );
     assert_eq!(gateway.pid(), pid);
 
-    // Garbage in place of `gate`: reported, and the running version stays.
-    gateway.replace_plugin("gate", b"\0asm but not really");
+    // Garbage in place of `faulty`: reported, and the running version stays.
+    gateway.replace_plugin("faulty", b"\0asm but not really");
     let rejected = gateway
-        .wait_for_since(mark, "plugin_rejected", &[("plugin", "gate")])
+        .wait_for_since(mark, "plugin_rejected", &[("plugin", "faulty")])
         .await;
     assert!(
         rejected["error"]
@@ -316,18 +318,18 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
     );
     assert_eq!(caller.get("wiki.test", "/").send().await.status, 403);
 
-    // A replacement whose `init` refuses the route's configuration is
-    // refused with the plugin's own message; authz keeps judging.
+    // Another plugin in place of `authz` is refused (the file must hold
+    // the plugin its name says); authz keeps judging.
     assert_eq!(caller.get("api.test", "/").send().await.status, 200);
-    gateway.replace_plugin("rules", &plugin_wasm("org-check"));
+    gateway.replace_plugin("authz", &plugin_wasm("org-check"));
     let rejected = gateway
-        .wait_for_since(mark, "plugin_rejected", &[("plugin", "rules")])
+        .wait_for_since(mark, "plugin_rejected", &[("plugin", "authz")])
         .await;
     assert!(
         rejected["error"]
             .as_str()
             .unwrap()
-            .contains("org-check takes no configuration"),
+            .contains("holds the plugin \"org-check\""),
         "{rejected}"
     );
     assert_eq!(caller.get("api.test", "/").send().await.status, 200);
@@ -416,11 +418,11 @@ async fn a_plugin_that_refuses_its_configuration_stops_the_start() {
 
     let stderr = Gateway::start_expecting_failure(
         GatewayOptions::new()
-            .plugin_file("gate", b"not wasm".to_vec())
-            .with_route(Route::new("wiki.test", "wiki").plugin("gate", "")),
+            .plugin_file("org-check", b"not wasm".to_vec())
+            .with_route(Route::new("wiki.test", "wiki").plugin("org-check", "")),
     )
     .await;
-    assert!(stderr.contains("plugin `gate`"), "{stderr}");
+    assert!(stderr.contains("plugin `org-check`"), "{stderr}");
     assert!(
         stderr.contains("not a valid WebAssembly component"),
         "{stderr}"

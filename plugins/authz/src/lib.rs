@@ -549,6 +549,8 @@ static mut CONFIG: Option<Config> = None;
 struct Authz;
 
 impl Guest for Authz {
+    plugin_sdk::identify!();
+
     fn init(config: String) -> Result<(), String> {
         let parsed = parse_config(&config);
         let result = parsed.as_ref().map(|_| ()).map_err(String::clone);

@@ -74,6 +74,8 @@ mod component {
     struct OAuth1;
 
     impl Guest for OAuth1 {
+        plugin_sdk::identify!();
+
         fn init(config: String) -> Result<(), String> {
             let policy = Policy::new(&config)?;
             *LOADED.0.borrow_mut() = Some(policy);

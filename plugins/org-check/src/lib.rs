@@ -54,6 +54,8 @@ pub fn decide(ctx: &Context) -> Decision {
 struct OrgCheck;
 
 impl Guest for OrgCheck {
+    plugin_sdk::identify!();
+
     fn init(config: String) -> Result<(), String> {
         check_config(&config)
     }
@@ -101,6 +103,15 @@ mod tests {
     #[test]
     fn empty_orgs_never_match() {
         assert!(matches!(decide(&ctx("", "")), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn identifies_with_its_package_name_and_version() {
+        let id = <OrgCheck as Guest>::identify();
+        assert_eq!(
+            (id.name.as_str(), id.version.as_str()),
+            ("org-check", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]

@@ -162,3 +162,34 @@ pub unsafe extern "C" fn cabi_realloc(
     }
     ptr
 }
+
+/// Implements the world's `identify` export inside a plugin's `impl Guest`
+/// block: the plugin names itself with its crate's package name and
+/// version, so the gateway can refuse a file that holds another plugin
+/// (`authz.wasm` copied over `org-check.wasm`). The package name is the
+/// plugin's name: the crate `org-check` is installed as `org-check.wasm`.
+///
+/// ```ignore
+/// impl Guest for MyPlugin {
+///     plugin_sdk::identify!();
+///     fn init(config: String) -> Result<(), String> { /* … */ }
+///     fn on_request(ctx: Context, req: Request) -> Decision { /* … */ }
+/// }
+/// ```
+///
+/// It expects `wit_bindgen::generate!` at the crate root (where it puts
+/// `PluginIdentity`) and `extern crate alloc`.
+// `crate` (not `$crate`) on purpose: `PluginIdentity` is generated in the
+// plugin's crate, not in this one.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! identify {
+    () => {
+        fn identify() -> crate::PluginIdentity {
+            crate::PluginIdentity {
+                name: ::alloc::string::String::from(env!("CARGO_PKG_NAME")),
+                version: ::alloc::string::String::from(env!("CARGO_PKG_VERSION")),
+            }
+        }
+    };
+}

@@ -222,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
         gateway.public_addr()
     );
     println!(
-        "Plugins reload when replaced: copy another .wasm over a file in {} and watch the gateway's stdout.\n",
+        "Plugins reload when replaced: copy a new build of a plugin over its file in {} and watch the gateway's stdout (a file holding another plugin is refused).\n",
         gateway.plugins_dir().display()
     );
     println!(

@@ -7,7 +7,14 @@
 //! status NNN. `count` allows and sets `x-faulty-served` to the number of
 //! requests its sandbox has served, this one included; under it a path
 //! containing `/trap` traps and one containing `/grow` first grows memory
-//! by 2 MiB, so a test can watch sandboxes being reused and retired.
+//! by 2 MiB, so a test can watch sandboxes being reused and retired, and
+//! one containing `/hog` asks for 64 MiB, accepts the refusal and allows
+//! (a plugin that survives the memory limit).
+//!
+//! Built twice: as `faulty` and, with the feature `next` (the crate
+//! `faulty-next`), as a later version of the same plugin (it identifies as
+//! `faulty` 0.1.1) whose `allow` mode denies, so a test can replace one
+//! with the other and watch the decisions change.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
@@ -34,6 +41,17 @@ fn mode() -> String {
 struct Faulty;
 
 impl Guest for Faulty {
+    #[cfg(not(feature = "next"))]
+    plugin_sdk::identify!();
+
+    #[cfg(feature = "next")]
+    fn identify() -> PluginIdentity {
+        PluginIdentity {
+            name: String::from("faulty"),
+            version: String::from(env!("CARGO_PKG_VERSION")),
+        }
+    }
+
     fn init(config: String) -> Result<(), String> {
         let config = String::from(config.trim());
         if config == "init-error" {
@@ -55,6 +73,20 @@ impl Guest for Faulty {
                 };
                 if req.path_with_query.contains("/trap") {
                     panic!("trap");
+                }
+                if req.path_with_query.contains("/hog") {
+                    let mut hoard: Vec<u8> = Vec::new();
+                    let refused = hoard.try_reserve_exact(64 << 20).is_err();
+                    core::hint::black_box(&hoard);
+                    return Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
+                        name: String::from("x-faulty-hog"),
+                        value: if refused {
+                            &b"refused"[..]
+                        } else {
+                            &b"granted"[..]
+                        }
+                        .to_vec(),
+                    })]);
                 }
                 if req.path_with_query.contains("/grow") {
                     let block: Vec<u8> = alloc::vec![1u8; 2 << 20];
@@ -80,10 +112,12 @@ impl Guest for Faulty {
                     hoard.push(core::hint::black_box(block));
                 }
             }
-            "allow" => Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
-                name: String::from("x-faulty"),
-                value: b"allow".to_vec(),
-            })]),
+            "allow" if !cfg!(feature = "next") => {
+                Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
+                    name: String::from("x-faulty"),
+                    value: b"allow".to_vec(),
+                })])
+            }
             other => {
                 let status = other
                     .strip_prefix("deny-")

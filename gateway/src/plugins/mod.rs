@@ -1,6 +1,11 @@
 //! The policy plugin host: WebAssembly components implementing
-//! `wit/policy.wit` (`tunnel:policy@0.1.0`), run by wasmtime.
+//! `wit/policy.wit` (`tunnel:policy@0.2.0`), run by wasmtime.
 //!
+//! - A file is read only from a folder, and only as a file, that group and
+//!   others cannot write; its SHA-256 must match `plugins.sha256` when
+//!   pinned ([`file`]). Its component must say, through `identify`, that it
+//!   is the plugin its file name says: `authz.wasm` copied over
+//!   `org-check.wasm` is refused, at load and at reload.
 //! - Each plugin file is compiled once into an [`InstancePre`]-backed
 //!   `PolicyPre`. A sandbox (a [`Store`] and an instance from the pooling
 //!   allocator) is initialised once with `init(config)` and then serves up
@@ -19,6 +24,12 @@
 //!   compiled and initialised with every configuration that uses it before
 //!   it replaces the running version; a file that fails keeps the previous
 //!   version serving and is reported.
+//! - The replay set plugins reach through `insert-if-absent` is scoped by
+//!   route and tunnel and shared fairly between organizations ([`replay`]).
+
+mod checks;
+mod file;
+pub mod replay;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +39,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig,
@@ -37,6 +47,7 @@ use wasmtime::{
 
 use crate::config::{GatewayConfig, PluginRef, PluginsSection};
 use crate::events::emit;
+use checks::{check_denial, check_edits};
 
 /// Bindings generated from `wit/policy.wit`, once for the whole gateway.
 pub mod bindings {
@@ -53,36 +64,19 @@ pub use bindings::tunnel::policy::types::{
     Request as PolicyRequest,
 };
 use bindings::PolicyPre;
+pub use replay::{ReplaySet, Scope};
 
-/// Headers a denial may not carry: the gateway frames the response.
-const FORBIDDEN_DENIAL_HEADERS: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "trailer",
-];
+/// The WIT package this gateway hosts (`wit/policy.wit`).
+pub const WIT_PACKAGE: &str = "tunnel:policy@0.2.0";
 
-/// Largest denial body a plugin may return.
-const MAX_DENIAL_BODY: usize = 64 << 10;
-/// Most headers in a denial, and their total size.
-const MAX_DENIAL_HEADERS: usize = 16;
-const MAX_DENIAL_HEADER_BYTES: usize = 8 << 10;
-/// Most header edits one plugin may return, and the largest value.
-const MAX_EDITS: usize = 64;
-const MAX_EDIT_VALUE: usize = 8 << 10;
 /// Longest denial reason kept for the logs.
 const MAX_REASON_CHARS: usize = 512;
 /// Most `log` calls one sandbox may make; more are dropped.
 const MAX_LOG_LINES: u32 = 8;
 /// Longest logged plugin message.
 const MAX_LOG_CHARS: usize = 1024;
-/// Longest replay-set key and TTL (twice OAuth 1.0a's longest window). A
-/// longer TTL is refused rather than shortened: shortening would let a key
-/// be reused while its owner still considers it live.
-const MAX_REPLAY_KEY: usize = 512;
-const MAX_REPLAY_TTL_SECS: u32 = 48 * 3600;
+/// Longest plugin name or version kept from `identify`.
+const MAX_IDENTITY_CHARS: usize = 128;
 
 /// Why a plugin could not decide. Each denies the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,65 +163,15 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// A TTL set shared by every sandbox of one plugin (`insert-if-absent`).
-pub struct ReplaySet {
-    map: Mutex<ReplayInner>,
-    capacity: usize,
-}
-
-struct ReplayInner {
-    entries: HashMap<Box<str>, Instant>,
-    last_purge: Instant,
-}
-
-impl ReplaySet {
-    /// An empty set holding at most `capacity` live keys.
-    pub fn new(capacity: usize) -> Self {
-        ReplaySet {
-            map: Mutex::new(ReplayInner {
-                entries: HashMap::new(),
-                last_purge: Instant::now(),
-            }),
-            capacity,
-        }
-    }
-
-    /// True when `key` was absent (or expired) and is now held for `ttl`.
-    /// Fails closed (false) on an oversized key, a zero TTL, or a set full
-    /// of live keys.
-    pub fn insert_if_absent(&self, key: &str, ttl_secs: u32) -> bool {
-        if key.len() > MAX_REPLAY_KEY || ttl_secs == 0 || ttl_secs > MAX_REPLAY_TTL_SECS {
-            return false;
-        }
-        let now = Instant::now();
-        let expires = now + Duration::from_secs(ttl_secs.into());
-        let mut inner = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = inner.entries.get(key) {
-            if *e > now {
-                return false;
-            }
-        } else if inner.entries.len() >= self.capacity {
-            // Purging scans the whole set: at most once a second.
-            if now.duration_since(inner.last_purge) < Duration::from_secs(1) {
-                return false;
-            }
-            inner.last_purge = now;
-            inner.entries.retain(|_, e| *e > now);
-            if inner.entries.len() >= self.capacity {
-                return false;
-            }
-        }
-        inner.entries.insert(key.into(), expires);
-        true
-    }
-}
-
 /// The host state of one sandbox (one plugin instance with one route's
 /// configuration), reset at the start of every request it serves.
 pub struct Sandbox {
     plugin: Arc<str>,
     trace_id: String,
     replay: Arc<ReplaySet>,
+    /// The request being judged, for the replay set's scope; empty route
+    /// outside a request (`init`), where inserts are refused.
+    scope: Scope,
     max_memory: usize,
     max_table: usize,
     memory_hit: bool,
@@ -293,7 +237,7 @@ impl wit_host::Host for Sandbox {
     }
 
     fn insert_if_absent(&mut self, key: String, ttl_secs: u32) -> bool {
-        self.replay.insert_if_absent(&key, ttl_secs)
+        self.replay.insert_if_absent(&self.scope, &key, ttl_secs)
     }
 }
 
@@ -303,6 +247,8 @@ impl bindings::tunnel::policy::types::Host for Sandbox {}
 struct Version {
     pre: PolicyPre<Sandbox>,
     sha256: String,
+    /// What its `identify` said: name (the slot's) and version.
+    version: String,
 }
 
 /// What identifies a file version cheaply between polls. The inode and
@@ -537,12 +483,22 @@ impl Plugins {
                 let seen = stamp(&path)
                     .with_context(|| format!("plugin `{name}`: reading {}", path.display()))?;
                 let name: Arc<str> = name.into();
-                let replay = Arc::new(ReplaySet::new(host.limits.max_replay_keys));
+                let replay = Arc::new(ReplaySet::new(
+                    name.clone(),
+                    host.limits.max_replay_keys,
+                    host.limits.replay_share_per_org,
+                ));
                 let version = rt
                     .block_on(host.prepare(&name, &path, &configs, &replay))
                     .with_context(|| format!("plugin `{name}` ({})", path.display()))?;
-                tracing::info!(plugin = %name, sha256 = %version.sha256, "plugin loaded");
-                emit(json!({"event": "plugin_loaded", "plugin": &*name, "sha256": version.sha256}));
+                tracing::info!(
+                    plugin = %name, version = %version.version, sha256 = %version.sha256,
+                    pinned = host.limits.sha256.contains_key(&*name), "plugin loaded"
+                );
+                emit(json!({
+                    "event": "plugin_loaded", "plugin": &*name,
+                    "version": version.version, "sha256": version.sha256,
+                }));
                 host.slots.insert(
                     name.to_string(),
                     Arc::new(Slot {
@@ -554,6 +510,14 @@ impl Plugins {
                         replay,
                         seen: Mutex::new(seen),
                     }),
+                );
+            }
+        }
+        for pinned in host.limits.sha256.keys() {
+            if !host.slots.contains_key(pinned) {
+                tracing::warn!(
+                    plugin = %pinned,
+                    "plugins.sha256 pins a plugin that no route uses"
                 );
             }
         }
@@ -596,8 +560,9 @@ impl Plugins {
         self.slots.get(name)
     }
 
-    /// Reads, compiles and checks one file: it must be a component that
-    /// exports `policy`, imports nothing but `tunnel:policy/host`, and
+    /// Reads, compiles and checks one file: it must be private and match
+    /// its pin ([`file::read`]), be a component that exports `policy`,
+    /// imports nothing but `tunnel:policy/host`, identifies as `name`, and
     /// whose `init` accepts every configuration in `configs`.
     async fn prepare(
         &self,
@@ -606,33 +571,49 @@ impl Plugins {
         configs: &[String],
         replay: &Arc<ReplaySet>,
     ) -> anyhow::Result<Version> {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(std::fs::File::open(path)?, self.limits.max_file_bytes + 1),
-            &mut bytes,
-        )?;
-        anyhow::ensure!(
-            bytes.len() as u64 <= self.limits.max_file_bytes,
-            "file is over plugins.max_file_bytes ({} bytes)",
-            self.limits.max_file_bytes
-        );
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let pin = self.limits.sha256.get(&**name).map(String::as_str);
+        let file::PluginFile { bytes, sha256 } = file::read(path, self.limits.max_file_bytes, pin)?;
         let component = Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
             .context("not a valid WebAssembly component")?;
         let mut linker: Linker<Sandbox> = Linker::new(&self.engine);
         bindings::Policy::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(anyhow::Error::from)
-            .context(
-                "the component needs imports the gateway does not give plugins \
-             (only tunnel:policy/host: no WASI, no files, no network)",
-            )?;
+        let pre = match linker.instantiate_pre(&component) {
+            Ok(pre) => pre,
+            Err(e) => {
+                let engine = &self.engine;
+                let ours = component
+                    .component_type()
+                    .imports(engine)
+                    .map(|(n, _)| n.to_string())
+                    .find(|n| n.starts_with("tunnel:policy/"));
+                let e = anyhow::Error::from(e);
+                return Err(match ours {
+                    Some(import) => e.context(format!(
+                        "the component imports `{import}`: built against another version of \
+                         the WIT than this gateway's {WIT_PACKAGE}; rebuild it with the \
+                         current plugins/sdk"
+                    )),
+                    None => e.context(
+                        "the component needs imports the gateway does not give plugins \
+                         (only tunnel:policy/host: no WASI, no files, no network)",
+                    ),
+                });
+            }
+        };
         let pre = PolicyPre::new(pre)
             .map_err(anyhow::Error::from)
-            .context("the component does not export the tunnel:policy `policy` world")?;
-        let version = Version { pre, sha256 };
+            .context(format!(
+                "the component does not export the `policy` world of {WIT_PACKAGE} \
+             (init, on-request, identify): built against an older WIT? Rebuild it \
+             with the current plugins/sdk"
+            ))?;
+        let version = self.identify(name, &pre, replay).await?;
+        let version = Version {
+            pre,
+            sha256,
+            version,
+        };
         for config in configs {
             let mut store = self.store(name, replay, Instant::now() + self.timeout);
             let policy = version
@@ -652,6 +633,36 @@ impl Plugins {
         Ok(version)
     }
 
+    /// Asks a compiled file who it is; refuses one that is not the plugin
+    /// `name`. Returns its version.
+    async fn identify(
+        &self,
+        name: &Arc<str>,
+        pre: &PolicyPre<Sandbox>,
+        replay: &Arc<ReplaySet>,
+    ) -> anyhow::Result<String> {
+        let mut store = self.store(name, replay, Instant::now() + self.timeout);
+        let policy = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::Error::new(self.classify(e, &store)))?;
+        let id = policy
+            .call_identify(&mut store)
+            .await
+            .map_err(|e| anyhow::Error::new(self.classify(e, &store)).context("identify"))?;
+        let (claimed, version) = (
+            clip(id.name, MAX_IDENTITY_CHARS),
+            clip(id.version, MAX_IDENTITY_CHARS),
+        );
+        anyhow::ensure!(
+            claimed == **name,
+            "the file holds the plugin {claimed:?} (version {version:?}), not {:?}: \
+             a file <name>.wasm must hold the plugin <name>",
+            &**name
+        );
+        Ok(version)
+    }
+
     fn store(
         &self,
         plugin: &Arc<str>,
@@ -664,6 +675,7 @@ impl Plugins {
                 plugin: plugin.clone(),
                 trace_id: String::new(),
                 replay: replay.clone(),
+                scope: Scope::default(),
                 max_memory: self.limits.max_memory_bytes,
                 max_table: self.limits.max_table_elements,
                 memory_hit: false,
@@ -745,7 +757,10 @@ impl Plugins {
     /// Keeps `warm` for the entry's next request, unless it has served its
     /// count, grew, or the idle pools are full.
     fn put_idle(&self, entry: &ChainEntry, warm: Warm) {
-        if warm.served >= self.limits.max_requests_per_sandbox || warm.store.data().grew {
+        let data = warm.store.data();
+        // A plugin that met the memory limit and carried on is in a state
+        // of its own making (a half-built structure): not reused.
+        if warm.served >= self.limits.max_requests_per_sandbox || data.grew || data.memory_hit {
             return;
         }
         let mut idle = entry.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -784,6 +799,18 @@ impl Plugins {
         data.trace_id.clear();
         data.trace_id.push_str(&ctx.trace_id);
         data.logs_left = MAX_LOG_LINES;
+        // A limit hit in an earlier request (which the plugin survived) says
+        // nothing about this one's failure.
+        data.memory_hit = false;
+        let scope = &mut data.scope;
+        for (to, from) in [
+            (&mut scope.route, &ctx.route),
+            (&mut scope.tunnel_id, &ctx.tunnel_id),
+            (&mut scope.caller_org, &ctx.caller_org),
+        ] {
+            to.clear();
+            to.push_str(from);
+        }
         warm.store.set_epoch_deadline(1);
         match warm.policy.call_on_request(&mut warm.store, ctx, req).await {
             Ok(d) => {
@@ -941,11 +968,16 @@ impl Plugins {
         {
             Ok(v) if v.sha256 == slot.version().sha256 => {}
             Ok(v) => {
-                let sha = v.sha256.clone();
+                let (sha, version) = (v.sha256.clone(), v.version.clone());
                 *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
                 crate::metrics::plugin_reloaded(&slot.name, "loaded");
-                tracing::info!(plugin = %slot.name, sha256 = %sha, "plugin reloaded");
-                emit(json!({"event": "plugin_loaded", "plugin": &*slot.name, "sha256": sha}));
+                tracing::info!(
+                    plugin = %slot.name, version = %version, sha256 = %sha, "plugin reloaded"
+                );
+                emit(json!({
+                    "event": "plugin_loaded", "plugin": &*slot.name,
+                    "version": version, "sha256": sha,
+                }));
             }
             Err(e) => {
                 // A busy pool or a slow init under load says nothing about
@@ -973,174 +1005,5 @@ impl Plugins {
                 }));
             }
         }
-    }
-}
-
-fn header_name_ok(name: &str) -> bool {
-    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
-        && name.bytes().all(|b| !b.is_ascii_uppercase())
-}
-
-fn check_edits(edits: &[HeaderEdit]) -> Result<(), Failure> {
-    if edits.len() > MAX_EDITS {
-        return Err(Failure::Invalid(format!(
-            "{} header edits, over {MAX_EDITS}",
-            edits.len()
-        )));
-    }
-    for e in edits {
-        let (name, value) = match e {
-            HeaderEdit::Set(h) | HeaderEdit::Append(h) => (h.name.as_str(), Some(&h.value)),
-            HeaderEdit::Remove(n) => (n.as_str(), None),
-        };
-        if !header_name_ok(name) {
-            return Err(Failure::Invalid(format!(
-                "header edit names `{name}`, not a lower-case header name"
-            )));
-        }
-        if crate::http_checks::gateway_managed(name) {
-            return Err(Failure::Invalid(format!(
-                "header `{name}` is managed by the gateway and may not be edited"
-            )));
-        }
-        if let Some(v) = value {
-            if v.len() > MAX_EDIT_VALUE || http::HeaderValue::from_bytes(v).is_err() {
-                return Err(Failure::Invalid(format!(
-                    "header edit of `{name}` has an invalid value"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_denial(d: &Denial) -> Result<(), Failure> {
-    if !(400..=599).contains(&d.status) {
-        return Err(Failure::Invalid(format!(
-            "denial status {} is not 400-599",
-            d.status
-        )));
-    }
-    if d.body.len() > MAX_DENIAL_BODY {
-        return Err(Failure::Invalid(format!(
-            "denial body of {} bytes is over {MAX_DENIAL_BODY}",
-            d.body.len()
-        )));
-    }
-    let total: usize = d.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-    if d.headers.len() > MAX_DENIAL_HEADERS || total > MAX_DENIAL_HEADER_BYTES {
-        return Err(Failure::Invalid(format!(
-            "denial has {} headers of {total} bytes, over {MAX_DENIAL_HEADERS} or {MAX_DENIAL_HEADER_BYTES}",
-            d.headers.len()
-        )));
-    }
-    for h in &d.headers {
-        if !header_name_ok(&h.name)
-            || FORBIDDEN_DENIAL_HEADERS.contains(&h.name.as_str())
-            || http::HeaderValue::from_bytes(&h.value).is_err()
-        {
-            return Err(Failure::Invalid(format!(
-                "denial header `{}` is invalid or managed by the gateway",
-                h.name
-            )));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replay_set_refuses_a_key_until_it_expires() {
-        let s = ReplaySet::new(10);
-        assert!(s.insert_if_absent("a", 60));
-        assert!(!s.insert_if_absent("a", 60));
-        assert!(s.insert_if_absent("b", 60));
-    }
-
-    #[test]
-    fn replay_set_fails_closed() {
-        let s = ReplaySet::new(2);
-        assert!(!s.insert_if_absent("k", 0), "zero ttl");
-        assert!(!s.insert_if_absent(&"x".repeat(MAX_REPLAY_KEY + 1), 5));
-        assert!(
-            !s.insert_if_absent("k", MAX_REPLAY_TTL_SECS + 1),
-            "a TTL over the maximum is refused, not shortened"
-        );
-        assert!(s.insert_if_absent("1", MAX_REPLAY_TTL_SECS));
-        assert!(s.insert_if_absent("2", 60));
-        assert!(!s.insert_if_absent("3", 60), "full of live keys");
-    }
-
-    #[test]
-    fn edits_of_gateway_headers_are_invalid() {
-        let set = |n: &str| {
-            HeaderEdit::Set(WitHeader {
-                name: n.into(),
-                value: b"v".to_vec(),
-            })
-        };
-        assert!(check_edits(&[set("x-user")]).is_ok());
-        for bad in [
-            "host",
-            "content-length",
-            "x-forwarded-for",
-            "x-forwarded-port",
-            "x-real-ip",
-            "expect",
-            "X-Upper",
-            "bad name",
-        ] {
-            assert!(check_edits(&[set(bad)]).is_err(), "{bad}");
-        }
-        assert!(check_edits(&[HeaderEdit::Remove("transfer-encoding".into())]).is_err());
-        let nl = HeaderEdit::Append(WitHeader {
-            name: "x-a".into(),
-            value: b"a\r\nb".to_vec(),
-        });
-        assert!(check_edits(&[nl]).is_err());
-    }
-
-    #[test]
-    fn denials_are_checked() {
-        let d = |status, name: &str| Denial {
-            status,
-            headers: vec![WitHeader {
-                name: name.into(),
-                value: b"v".to_vec(),
-            }],
-            body: vec![],
-            reason: String::new(),
-        };
-        assert!(check_denial(&d(401, "www-authenticate")).is_ok());
-        assert!(check_denial(&d(200, "x")).is_err());
-        assert!(check_denial(&d(403, "content-length")).is_err());
-        assert!(check_denial(&d(403, "WWW-Authenticate")).is_err());
-        let mut crlf = d(401, "www-authenticate");
-        crlf.headers[0].value = b"OAuth\r\nset-cookie: x=1".to_vec();
-        assert!(check_denial(&crlf).is_err(), "no header injection");
-        let mut many = d(401, "x-a");
-        many.headers = (0..=MAX_DENIAL_HEADERS)
-            .map(|i| WitHeader {
-                name: format!("x-{i}"),
-                value: b"v".to_vec(),
-            })
-            .collect();
-        assert!(check_denial(&many).is_err(), "bounded header count");
-    }
-
-    #[test]
-    fn edits_are_bounded() {
-        let many: Vec<_> = (0..=MAX_EDITS)
-            .map(|i| HeaderEdit::Remove(format!("x-{i}")))
-            .collect();
-        assert!(check_edits(&many).is_err());
-        let big = HeaderEdit::Set(WitHeader {
-            name: "x-big".into(),
-            value: vec![b'a'; MAX_EDIT_VALUE + 1],
-        });
-        assert!(check_edits(&[big]).is_err());
     }
 }

@@ -1,0 +1,89 @@
+//! Reading a plugin file for load or reload, with the checks that come
+//! before any of its bytes are compiled: the folder and the file are not
+//! writable by group or others (a local user who could rewrite them could
+//! replace a route's policy), the size is bounded, and the digest matches
+//! the pin in `plugins.sha256` when there is one.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+/// The bytes of a plugin file and their SHA-256 (lower-case hex).
+pub struct PluginFile {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+/// Reads `path` (in the plugin folder) after checking the folder's and the
+/// file's permissions; refuses a file over `max_bytes` or whose digest is
+/// not `pin`.
+pub fn read(path: &Path, max_bytes: u64, pin: Option<&str>) -> anyhow::Result<PluginFile> {
+    use protocol::private_file::refuse_writable_by_others;
+    if let Some(dir) = path.parent() {
+        let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        refuse_writable_by_others(dir, &meta).context("the plugin folder is not private")?;
+    }
+    let file = std::fs::File::open(path)?;
+    // The opened file's own metadata: what is checked is what is read.
+    refuse_writable_by_others(path, &file.metadata()?).context("the plugin file is not private")?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= max_bytes,
+        "file is over plugins.max_file_bytes ({max_bytes} bytes)"
+    );
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    if let Some(pin) = pin {
+        anyhow::ensure!(
+            sha256.eq_ignore_ascii_case(pin),
+            "its SHA-256 is {sha256}, not the {} pinned in plugins.sha256",
+            pin.to_ascii_lowercase()
+        );
+    }
+    Ok(PluginFile { bytes, sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn refuses_shared_writes_oversize_and_a_wrong_pin() {
+        let dir = std::env::temp_dir().join(format!("plugin-file-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.wasm");
+        std::fs::write(&f, b"abc").unwrap();
+        mode(&dir, 0o755);
+        mode(&f, 0o644);
+        let digest = hex::encode(Sha256::digest(b"abc"));
+        let ok = read(&f, 3, Some(&digest.to_ascii_uppercase())).unwrap();
+        assert_eq!(
+            (ok.bytes.as_slice(), ok.sha256.as_str()),
+            (&b"abc"[..], &*digest)
+        );
+
+        let e = format!("{:#}", read(&f, 3, Some(&"0".repeat(64))).err().unwrap());
+        assert!(e.contains(&digest) && e.contains("pinned"), "{e}");
+        let e = format!("{:#}", read(&f, 2, None).err().unwrap());
+        assert!(e.contains("max_file_bytes"), "{e}");
+
+        mode(&f, 0o664);
+        let e = format!("{:#}", read(&f, 3, None).err().unwrap());
+        assert!(
+            e.contains("0664") && e.contains(&f.display().to_string()),
+            "{e}"
+        );
+        mode(&f, 0o600);
+        mode(&dir, 0o777);
+        let e = format!("{:#}", read(&f, 3, None).err().unwrap());
+        assert!(e.contains("plugin folder") && e.contains("0777"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
