@@ -3,6 +3,8 @@
 //! A tour, in the order a request meets them:
 //!
 //! - [`config`]: the TOML configuration and its validation;
+//! - [`public_listener`]: the callers' listener around pingora's proxy:
+//!   connection caps, TLS, and deadlines for heads, idle and slow callers;
 //! - [`proxy`]: the pingora `ProxyHttp` phases of the public listener
 //!   (checks, routing via [`routes`], caller credential, agent choice,
 //!   header rewriting via [`http_checks`], error statuses);
@@ -30,6 +32,7 @@ pub mod http_checks;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;
+pub mod public_listener;
 pub mod registry;
 pub mod routes;
 pub mod serve;

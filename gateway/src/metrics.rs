@@ -94,6 +94,9 @@ pub struct Metrics {
     pub plugin_failures: Family<FailureLabels, Counter>,
     pub plugin_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
     pub plugin_reloads: Family<ReloadLabels, Counter>,
+    /// Caller connections the gateway closed itself, by reason
+    /// (`public_listener`).
+    pub public_connections_closed: Family<ReasonLabels, Counter>,
     pub export: ExportCounters,
 }
 
@@ -112,6 +115,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     plugin_failures: Family::default(),
     plugin_seconds: Family::new_with_constructor(plugin_seconds),
     plugin_reloads: Family::default(),
+    public_connections_closed: Family::default(),
     export: ExportCounters::default(),
 });
 
@@ -183,6 +187,13 @@ pub fn registry() -> Registry {
         "plugin_reloads",
         "Plugin files reloaded (loaded) or refused (rejected)",
         m.plugin_reloads.clone(),
+    );
+    r.register(
+        "public_connections_closed",
+        "Caller connections the gateway closed itself: over a connection cap \
+         (max_connections, max_connections_per_source) or too slow \
+         (tls_handshake_timeout, header_read_timeout, header_too_large)",
+        m.public_connections_closed.clone(),
     );
     m.export.register(&mut r);
     r
