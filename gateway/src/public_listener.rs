@@ -79,12 +79,19 @@ const H2_PREFACE_LEN: usize = 24;
 /// The limits of [`PublicApp`], from `[public]`.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Connections open at once, in total.
     pub max_connections: usize,
+    /// Connections open at once from one source.
     pub max_connections_per_source: usize,
+    /// Time for a whole request head (and, on a new connection, TLS).
     pub header_read_timeout: Duration,
+    /// Idle time between requests on a keep-alive connection.
     pub keepalive: Duration,
+    /// Time between reads of a request body or an upgraded connection.
     pub read_timeout: Duration,
+    /// Time one write to the caller may take.
     pub write_timeout: Duration,
+    /// Bytes of an unfinished head before it is refused with 431.
     pub max_head_bytes: usize,
 }
 
