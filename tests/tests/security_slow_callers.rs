@@ -340,10 +340,11 @@ async fn past_the_global_cap_connections_are_closed_until_slots_free_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_tls_handshake_or_http2_preface_is_cut_off_at_the_header_deadline() {
+async fn a_stalled_tls_handshake_or_http2_preface_or_an_idle_http2_connection_is_cut_off() {
     let opts = GatewayOptions::new()
         .public_tls()
-        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT_SECS", "2");
+        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT_SECS", "2")
+        .env("GATEWAY__PUBLIC__KEEPALIVE_SECS", "3");
     let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
     let addr = t.gateway.public_addr();
 
@@ -370,9 +371,10 @@ async fn a_stalled_tls_handshake_or_http2_preface_is_cut_off_at_the_header_deadl
     .with_root_certificates(t.gateway.pki().root_store())
     .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = Arc::new(config);
     let since = Instant::now();
     let tcp = connect_from(ATTACKER, addr).await;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("TLS handshake");
@@ -390,6 +392,29 @@ async fn a_stalled_tls_handshake_or_http2_preface_is_cut_off_at_the_header_deadl
         "closed after {closed:?}"
     );
 
+    // Sends the preface and its SETTINGS, then no request: an idle HTTP/2
+    // connection, closed after keepalive_secs.
+    let tcp = connect_from(ATTACKER, addr).await;
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let idle_since = Instant::now();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await {
+            Err(_) => panic!("an idle HTTP/2 connection held 15 s"),
+            Ok(Ok(0)) | Ok(Err(_)) => break idle_since.elapsed(),
+            Ok(Ok(_)) => {} // SETTINGS, its ACK, WINDOW_UPDATE
+        }
+    };
+    assert!(
+        closed >= Duration::from_millis(2500),
+        "closed after {closed:?}"
+    );
+
     for http2 in [false, true] {
         let reply = t
             .gateway
@@ -399,4 +424,33 @@ async fn a_stalled_tls_handshake_or_http2_preface_is_cut_off_at_the_header_deadl
             .await;
         assert_eq!(reply.status, 200, "HTTPS (h2: {http2}): {reply:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_reading_its_response_is_cut_off_at_the_write_timeout() {
+    let opts = GatewayOptions::new().env("GATEWAY__PUBLIC__WRITE_TIMEOUT_SECS", "2");
+    let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
+    let size: usize = 64 << 20;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ATTACKER}:0").parse().unwrap()).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut reader = sock.connect(t.gateway.public_addr()).await.unwrap();
+    let head = format!(
+        "GET /bytes/{size} HTTP/1.1\r\nHost: wiki.test\r\nProxy-Authorization: Bearer {}\r\n\r\n",
+        t.token
+    );
+    reader.write_all(head.as_bytes()).await.unwrap();
+    // Reads nothing for three write timeouts, while others are served.
+    let stop = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < stop {
+        served(&t).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Then reads what the gateway had sent before giving up, and no more.
+    let (got, closed) = until_closed(&mut reader, Instant::now(), Duration::from_secs(20)).await;
+    assert!(closed.is_some(), "the connection is still open");
+    assert!(
+        got.len() < size,
+        "all {size} bytes arrived to a caller that stopped reading"
+    );
 }
