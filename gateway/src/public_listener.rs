@@ -33,48 +33,39 @@
 //! loop is replaced by the one here, and the HTTP/2 accept loop runs until
 //! the connection closes.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora_core::protocols::tls::TlsRef;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::listening::Service;
 use pingora_proxy::{HttpProxy, ProxyHttp};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::config::PublicSection;
 use crate::metrics::{ReasonLabels, METRICS};
 
+mod caps;
+mod head;
+mod preface;
+
+pub use caps::{Connections, Refused, Slot};
+use head::{answer, read_head, Head, Wait};
+pub use preface::PrefaceDeadline;
+
 /// Room for the request line on top of `max_header_bytes` (which counts
 /// header fields only) before an unfinished head is refused with 431.
 const REQUEST_LINE_ALLOWANCE: usize = 16 << 10;
-/// Same as pingora's HTTP/1 parser, so both judge a head alike.
-const MAX_HEADERS: usize = 256;
-/// How long the gateway's own short answers (408, 431) may take to write:
-/// a caller that does not read them is not waited for.
-const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The HTTP/2 client connection preface (RFC 9113 §3.4).
-const H2_PREFACE_LEN: usize = 24;
 
 /// The limits of [`PublicApp`], from `[public]`.
 #[derive(Clone, Debug)]
@@ -159,115 +150,6 @@ fn closed(reason: &'static str) {
         .public_connections_closed
         .get_or_create(&ReasonLabels { reason })
         .inc();
-}
-
-/// The caller's share of the per-source cap: an IPv4 address (IPv4-mapped
-/// IPv6 included), or the /64 of an IPv6 address.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
-
-/// Open connections, in total and per source.
-#[derive(Debug)]
-pub struct Connections {
-    max_total: usize,
-    max_per_source: usize,
-    state: Mutex<Counts>,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    total: usize,
-    /// Only sources with open connections: at most `max_total` entries.
-    per_source: HashMap<IpAddr, usize>,
-}
-
-/// Why a connection got no slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `public.max_connections` are open.
-    Total,
-    /// Its source has `public.max_connections_per_source` open.
-    Source,
-}
-
-impl Refused {
-    fn reason(self) -> &'static str {
-        match self {
-            Refused::Total => "max_connections",
-            Refused::Source => "max_connections_per_source",
-        }
-    }
-}
-
-/// One open connection's place under the caps; given back when dropped.
-#[derive(Debug)]
-pub struct Slot {
-    conns: Arc<Connections>,
-    source: Option<IpAddr>,
-}
-
-impl Connections {
-    /// Caps of `max_total` connections, `max_per_source` from one source.
-    pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
-        Arc::new(Connections {
-            max_total,
-            max_per_source,
-            state: Mutex::new(Counts::default()),
-        })
-    }
-
-    /// A slot for a connection from `peer` (`None`: not an IP peer, counted
-    /// in the total only).
-    pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<Slot, Refused> {
-        let source = peer.map(source_key);
-        let mut s = self.state.lock().expect("connection counts lock");
-        if s.total >= self.max_total {
-            return Err(Refused::Total);
-        }
-        if let Some(src) = source {
-            let n = s.per_source.entry(src).or_insert(0);
-            if *n >= self.max_per_source {
-                return Err(Refused::Source);
-            }
-            *n += 1;
-        }
-        s.total += 1;
-        Ok(Slot {
-            conns: self.clone(),
-            source,
-        })
-    }
-
-    /// Connections open now (total, and from `peer`'s source).
-    pub fn open(&self, peer: Option<IpAddr>) -> (usize, usize) {
-        let s = self.state.lock().expect("connection counts lock");
-        let from = peer
-            .and_then(|p| s.per_source.get(&source_key(p)).copied())
-            .unwrap_or(0);
-        (s.total, from)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut s = self.conns.state.lock().expect("connection counts lock");
-        s.total -= 1;
-        if let Some(src) = self.source {
-            if let Some(n) = s.per_source.get_mut(&src) {
-                *n -= 1;
-                if *n == 0 {
-                    s.per_source.remove(&src);
-                }
-            }
-        }
-    }
 }
 
 /// The public listener's application: caps, TLS and deadlines around
@@ -437,304 +319,5 @@ where
             }
             wait = Wait::Idle(Instant::now() + l.keepalive);
         }
-    }
-}
-
-/// How long to wait for a request head.
-#[derive(Clone, Copy, Debug)]
-enum Wait {
-    /// A new connection's first request: all of it by this instant.
-    First(Instant),
-    /// A later request: its first byte by this instant (the keep-alive
-    /// idle time), the rest within `header_read_timeout` of that byte.
-    Idle(Instant),
-}
-
-/// What came of waiting for a request head.
-#[derive(Debug)]
-enum Head {
-    /// A complete head (or one pingora will refuse as malformed), with any
-    /// bytes that followed it.
-    Ready(BytesMut),
-    /// The caller closed, went idle past keep-alive, or the gateway is
-    /// shutting down: close without a word.
-    Gone,
-    /// The head did not arrive whole in time (`started`: some of it did).
-    Late { started: bool },
-    /// The unfinished head is over the size limit.
-    TooLarge,
-}
-
-/// Whether `buf` holds a whole request head, judged as pingora's parser
-/// will judge it.
-fn head_complete(buf: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf) {
-        Ok(httparse::Status::Complete(_)) => true,
-        Ok(httparse::Status::Partial) => false,
-        // pingora escapes an illegal request target when the request line
-        // looks like one and parses again: wait for the end of the header
-        // section before handing such a head over. Otherwise it answers 400.
-        Err(httparse::Error::Token | httparse::Error::Version) => {
-            !looks_like_request_line(buf) || buf.windows(4).any(|w| w == b"\r\n\r\n")
-        }
-        // Malformed for good: pingora answers 400.
-        Err(_) => true,
-    }
-}
-
-/// Whether pingora would try to escape this request line: its pattern
-/// `^\w+ (?P<uri>.+) HTTP/\d` (in `escape_illegal_request_line`), matched
-/// on the first line.
-fn looks_like_request_line(buf: &[u8]) -> bool {
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let method = line
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-        .count();
-    if method == 0 || line.get(method) != Some(&b' ') {
-        return false;
-    }
-    let rest = &line[method + 1..];
-    (1..rest.len()).any(|i| {
-        rest[i..].starts_with(b" HTTP/") && rest.get(i + 6).is_some_and(u8::is_ascii_digit)
-    })
-}
-
-/// Resolves when the gateway starts shutting down.
-async fn shutting_down(shutdown: &ShutdownWatch) {
-    let mut sd = shutdown.clone();
-    if sd.wait_for(|down| *down).await.is_err() {
-        // The server is gone; the connection task ends with it.
-        std::future::pending::<()>().await;
-    }
-}
-
-async fn read_head(stream: &mut Stream, wait: Wait, l: &Limits, shutdown: &ShutdownWatch) -> Head {
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut deadline = match wait {
-        Wait::First(d) | Wait::Idle(d) => d,
-    };
-    loop {
-        if buf.len() > l.max_head_bytes {
-            return Head::TooLarge;
-        }
-        if buf.capacity() == buf.len() {
-            buf.reserve(4096);
-        }
-        let read = tokio::select! {
-            biased;
-            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
-            _ = shutting_down(shutdown), if buf.is_empty() => return Head::Gone,
-        };
-        let was_empty = buf.is_empty();
-        match read {
-            // Nothing of the next request within keep-alive: an ordinary
-            // keep-alive close. Anything else late is a slow head.
-            Err(_) if was_empty && matches!(wait, Wait::Idle(_)) => return Head::Gone,
-            Err(_) => {
-                return Head::Late {
-                    started: !was_empty,
-                }
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => return Head::Gone,
-            Ok(Ok(_)) => {}
-        }
-        if was_empty && matches!(wait, Wait::Idle(_)) {
-            // The next request has begun: now its head has to arrive whole.
-            deadline = Instant::now() + l.header_read_timeout;
-        }
-        if head_complete(&buf) {
-            return Head::Ready(buf);
-        }
-    }
-}
-
-/// Writes a short final answer and closes.
-async fn answer(stream: &mut Stream, status: &str, text: &str) {
-    let body = format!("{text}\n");
-    let msg = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(ANSWER_WRITE_TIMEOUT, async {
-        stream.write_all(msg.as_bytes()).await?;
-        stream.flush().await?;
-        AsyncWriteExt::shutdown(stream).await
-    })
-    .await;
-}
-
-/// An HTTP/2 connection's stream that fails reads once `deadline` passes
-/// before the client preface has arrived; after it, a plain pass-through.
-/// pingora's HTTP/2 handshake waits for the preface without a timeout.
-#[derive(Debug)]
-pub struct PrefaceDeadline {
-    inner: Stream,
-    /// Preface bytes still expected; 0 once the deadline no longer applies.
-    pending: usize,
-    sleep: Pin<Box<Sleep>>,
-}
-
-impl PrefaceDeadline {
-    fn new(inner: Stream, deadline: Instant) -> Self {
-        PrefaceDeadline {
-            inner,
-            pending: H2_PREFACE_LEN,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-        }
-    }
-}
-
-impl AsyncRead for PrefaceDeadline {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.pending == 0 {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                let got = buf.filled().len() - before;
-                self.pending = self.pending.saturating_sub(got);
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                ready!(self.sleep.as_mut().poll(cx));
-                closed("header_read_timeout");
-                Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "HTTP/2 client preface not received in time",
-                )))
-            }
-        }
-    }
-}
-
-impl AsyncWrite for PrefaceDeadline {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-#[async_trait]
-impl Shutdown for PrefaceDeadline {
-    async fn shutdown(&mut self) {
-        Shutdown::shutdown(&mut *self.inner).await
-    }
-}
-
-impl UniqueID for PrefaceDeadline {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for PrefaceDeadline {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for PrefaceDeadline {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for PrefaceDeadline {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for PrefaceDeadline {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-}
-
-impl Peek for PrefaceDeadline {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caps_hold_per_source_and_in_total_and_free_on_drop() {
-        let c = Connections::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = c.admit(Some(a)).unwrap();
-        let _a2 = c.admit(Some(a)).unwrap();
-        assert_eq!(c.admit(Some(a)).unwrap_err(), Refused::Source);
-        let _b1 = c.admit(Some(b)).unwrap();
-        assert_eq!(c.admit(Some(b)).unwrap_err(), Refused::Total);
-        drop(a1);
-        assert_eq!(c.open(Some(a)), (2, 1));
-        let _a3 = c.admit(Some(a)).unwrap();
-        assert_eq!(c.open(None), (3, 0));
-    }
-
-    #[test]
-    fn an_ipv6_host_counts_as_its_slash_64() {
-        let k = |s: &str| source_key(s.parse().unwrap());
-        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
-        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
-        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
-    }
-
-    #[test]
-    fn a_head_is_complete_when_pingora_would_parse_it() {
-        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
-        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"));
-        // Leading empty lines do not end a head.
-        assert!(!head_complete(b"\r\n\r\nGET / HTTP/1.1\r\n"));
-        // An illegal target pingora escapes: only once the section ends.
-        assert!(!head_complete(b"GET /a b HTTP/1.1\r\nHost: a\r\n"));
-        assert!(head_complete(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"));
-        // Not a request line pingora would escape: handed over for its 400.
-        assert!(head_complete(b"GET /\r\n"));
-        assert!(head_complete(b"\x00\x01 / HTTP/1.1\r\n"));
-        assert!(looks_like_request_line(b"GET /a b HTTP/1.1\r\n"));
-        assert!(!looks_like_request_line(b"GET  HTTP/1.1\r\n"));
-        // A malformed header is handed over at once, for pingora's 400.
-        assert!(head_complete(b"GET / HTTP/1.1\r\nBad Name: x\r\n"));
     }
 }
