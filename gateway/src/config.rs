@@ -184,9 +184,67 @@ pub struct PublicSection {
     /// reads); longer gets 504.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_secs: u64,
-    /// Seconds an idle caller keep-alive connection is kept.
+    /// Seconds an idle keep-alive connection is kept: a caller's, waiting
+    /// for its next request (then closed without a word), and one into a
+    /// tunnel, waiting for reuse. 1 to 3600.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// Most caller connections open at once, TLS handshakes included; past
+    /// it a new connection is closed as soon as it is accepted.
+    #[serde(default = "default_max_public_connections")]
+    pub max_connections: usize,
+    /// Most caller connections open at once from one source (an IPv4
+    /// address, or an IPv6 /64); past it a new connection from that source
+    /// is closed as soon as it is accepted. At most `max_connections`.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Seconds a caller has to send a whole request head: a new connection
+    /// from its accept (TLS handshake included), a keep-alive connection
+    /// from the first byte of its next request. Late gets 408 and the
+    /// connection closes. 1 to 3600.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a caller may leave a request body (or an upgraded
+    /// connection) without sending a byte; then the connection closes.
+    /// 1 to 3600.
+    #[serde(default = "default_public_io_timeout")]
+    pub read_timeout_secs: u64,
+    /// Seconds one write to a caller may wait for the caller to read; then
+    /// the connection closes (a caller that reads a response very slowly
+    /// holds it no longer). 1 to 3600.
+    #[serde(default = "default_public_io_timeout")]
+    pub write_timeout_secs: u64,
+}
+
+impl PublicSection {
+    /// The connection caps and deadlines of the callers' listener.
+    fn validate_budgets(&self) -> Result<(), ConfigError> {
+        for (field, secs) in [
+            ("public.keepalive_secs", self.keepalive_secs),
+            (
+                "public.header_read_timeout_secs",
+                self.header_read_timeout_secs,
+            ),
+            ("public.read_timeout_secs", self.read_timeout_secs),
+            ("public.write_timeout_secs", self.write_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return Err(invalid(field, "must be between 1 and 3600"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("public.max_connections", "must be at least 1"));
+        }
+        if self.max_connections_per_source == 0
+            || self.max_connections_per_source > self.max_connections
+        {
+            return Err(invalid(
+                "public.max_connections_per_source",
+                "must be between 1 and public.max_connections",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The agents' listener: TLS 1.3 only, WebSocket on [`protocol::AGENT_PATH`].
@@ -350,6 +408,18 @@ fn default_upstream_timeout() -> u64 {
 fn default_keepalive() -> u64 {
     60
 }
+fn default_max_public_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_source() -> usize {
+    256
+}
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_public_io_timeout() -> u64 {
+    60
+}
 fn default_handshake_timeout() -> u64 {
     10
 }
@@ -433,6 +503,7 @@ impl GatewayConfig {
         if self.public.max_header_bytes < 1024 {
             return Err(invalid("public.max_header_bytes", "must be at least 1024"));
         }
+        self.public.validate_budgets()?;
         if self.public.upstream_timeout_secs == 0 {
             return Err(invalid(
                 "public.upstream_timeout_secs",
@@ -706,6 +777,33 @@ allow_without_plugins = true
             load_str(base()).unwrap().plugins.max_requests_per_sandbox,
             10_000
         );
+    }
+
+    #[test]
+    fn public_budgets_have_strict_defaults_and_name_the_bad_field() {
+        let p = load_str(base()).unwrap().public;
+        assert_eq!(p.max_connections, 10_000);
+        assert_eq!(p.max_connections_per_source, 256);
+        assert_eq!(p.header_read_timeout_secs, 10);
+        assert_eq!(p.keepalive_secs, 60);
+        assert_eq!(p.read_timeout_secs, 60);
+        assert_eq!(p.write_timeout_secs, 60);
+        for (field, value) in [
+            ("max_connections", "0"),
+            ("max_connections_per_source", "0"),
+            ("max_connections_per_source", "10001"),
+            ("header_read_timeout_secs", "0"),
+            ("keepalive_secs", "0"),
+            ("read_timeout_secs", "3601"),
+            ("write_timeout_secs", "0"),
+        ] {
+            let bad = base().replace("[agents]", &format!("{field} = {value}\n[agents]"));
+            let e = load_str(&bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("public.{field}")),
+                "{field}={value}: {e}"
+            );
+        }
     }
 
     #[test]

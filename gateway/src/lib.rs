@@ -5,6 +5,8 @@
 //! - [`config`]: the TOML configuration and its validation;
 //! - [`judgement`]: the one judgement of a request's path and Host that
 //!   routing, the checks and the plugins share;
+//! - [`public_listener`]: the callers' listener around pingora's proxy:
+//!   connection caps, TLS, and deadlines for heads, idle and slow callers;
 //! - [`proxy`]: the pingora `ProxyHttp` phases of the public listener
 //!   (checks, routing via [`routes`], caller credential, agent choice,
 //!   header rewriting via [`http_checks`], error statuses);
@@ -35,6 +37,7 @@ pub mod judgement;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;
+pub mod public_listener;
 pub mod registry;
 pub mod routes;
 pub mod serve;

@@ -104,6 +104,9 @@ pub struct Metrics {
     pub plugin_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
     pub plugin_reloads: Family<ReloadLabels, Counter>,
     pub plugin_replay_refusals: Family<ReplayRefusalLabels, Counter>,
+    /// Caller connections the gateway closed itself, by reason
+    /// (`public_listener`).
+    pub public_connections_closed: Family<ReasonLabels, Counter>,
     pub export: ExportCounters,
 }
 
@@ -123,6 +126,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     plugin_seconds: Family::new_with_constructor(plugin_seconds),
     plugin_reloads: Family::default(),
     plugin_replay_refusals: Family::default(),
+    public_connections_closed: Family::default(),
     export: ExportCounters::default(),
 });
 
@@ -199,6 +203,13 @@ pub fn registry() -> Registry {
         "plugin_replay_refusals",
         "Replay-set inserts refused because the set (set) or the caller organization's share (org_share) was full",
         m.plugin_replay_refusals.clone(),
+    );
+    r.register(
+        "public_connections_closed",
+        "Caller connections the gateway closed itself: over a connection cap \
+         (max_connections, max_connections_per_source) or too slow \
+         (tls_handshake_timeout, header_read_timeout, header_too_large)",
+        m.public_connections_closed.clone(),
     );
     m.export.register(&mut r);
     r

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -208,24 +206,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         .spawn_reloader()
         .context("starting the plugin reloader")?;
     let proxy = TunnelProxy::new(&cfg, registry.clone(), bridge.clone(), plugins);
-    let mut public =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "public");
-    let mut sock = TcpSocketOptions::default();
-    sock.so_reuseport = Some(true);
-    let addr = public_addr.to_string();
-    match (&cfg.public.tls_cert, &cfg.public.tls_key) {
-        (Some(cert), Some(key)) => {
-            // Fail here with the file name rather than panic inside pingora.
-            crate::tls::load_certs(cert).context("public.tls_cert")?;
-            crate::tls::load_key(key).context("public.tls_key")?;
-            let mut tls =
-                TlsSettings::intermediate(&cert.display().to_string(), &key.display().to_string())
-                    .map_err(|e| anyhow::anyhow!("public TLS: {e}"))?;
-            tls.enable_h2();
-            public.add_tls_with_settings(&addr, Some(sock), tls);
-        }
-        _ => public.add_tcp_with_settings(&addr, sock),
-    }
+    let public = crate::public_listener::service(
+        &server.configuration,
+        proxy,
+        &cfg.public,
+        &public_addr.to_string(),
+    )?;
     server.add_service(public);
 
     // The agent connections and the bridge share one runtime: every
