@@ -50,7 +50,12 @@ fn messageish() -> impl Strategy<Value = String> {
             }
             s.push('}');
             if truncate {
-                s.truncate(s.len() / 2);
+                // Cut at a character boundary: the text stays valid UTF-8.
+                let mut at = s.len() / 2;
+                while !s.is_char_boundary(at) {
+                    at -= 1;
+                }
+                s.truncate(at);
             }
             s
         })
