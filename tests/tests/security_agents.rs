@@ -186,3 +186,31 @@ async fn one_tunnels_key_holder_cannot_take_every_agent_slot() {
         "an agent over the cap must never be told its key is wrong"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_tells_an_agent_to_retry_later_instead_of_dropping_it() {
+    let gateway = Gateway::start(
+        GatewayOptions::new()
+            .route("wiki.test", "wiki")
+            .agents_setting("max_connections", "1"),
+    )
+    .await;
+    let wiki_tunnel = gateway.create_tunnel("acme", "wiki").await;
+    let jira_tunnel = gateway.create_tunnel("globex", "jira").await;
+    let wiki = upstream::echo("wiki").await;
+    let jira = upstream::echo("jira").await;
+    let _first = Agent::connect(&gateway, &wiki_tunnel, wiki.addr(), AgentOptions::new()).await;
+
+    // Before, the gateway welcomed the agent and then hung up on it; now it
+    // says why before closing, and the agent keeps trying.
+    let second = Agent::start(&gateway, &jira_tunnel, jira.addr(), AgentOptions::new()).await;
+    let failed = second.wait_event("connect_failed", PATIENCE).await;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("retry later") && reason.contains("max_connections"),
+        "{failed}"
+    );
+    assert!(refused(&gateway, "max_connections").await >= 1.0);
+    let caller = gateway.caller(&gateway.create_caller("acme").await);
+    assert_eq!(caller.get("wiki.test", "/hello").send().await.status, 200);
+}
