@@ -43,6 +43,10 @@ pub enum DialError {
     /// The gateway refused the key (or the tunnel): retrying will not help.
     #[error("gateway rejected this agent: {0}")]
     Rejected(String),
+    /// The key was accepted but the gateway cannot take this agent now (a
+    /// limit is reached): retry with backoff.
+    #[error("gateway asked this agent to retry later: {0}")]
+    TryLater(String),
 }
 
 impl DialError {
@@ -56,6 +60,7 @@ impl DialError {
             DialError::Closed => "closed",
             DialError::Timeout(_) => "timeout",
             DialError::Rejected(_) => "rejected",
+            DialError::TryLater(_) => "try_later",
         }
     }
 }
@@ -195,6 +200,7 @@ async fn dial_inner(
     match recv(&mut ws).await {
         Ok(Message::Welcome { tunnel_name, .. }) => Ok((ws, Welcome { tunnel_name })),
         Ok(Message::Rejected { reason }) => Err(DialError::Rejected(reason)),
+        Ok(Message::TryLater { reason }) => Err(DialError::TryLater(reason)),
         Ok(other) => Err(handshake::HandshakeError::Unexpected {
             expected: "welcome",
             got: other.kind(),

@@ -2,6 +2,14 @@
 //! key-proof handshake, then an HTTP/2 client over the WebSocket whose
 //! `CONNECT` streams carry caller connections. One task per agent
 //! connection owns it until it closes, drains or the gateway stops.
+//!
+//! Budgets, so that no one party can keep the others' agents out:
+//! unauthenticated connections share `max_pending_handshakes`, of which one
+//! source may hold `max_pending_handshakes_per_source`, and each has
+//! `tls_timeout_secs` to finish TLS; authenticated ones share
+//! `max_connections`, of which one tunnel may hold `max_agents_per_tunnel`.
+//! An agent refused for a full budget after a good proof is told `TryLater`
+//! and retries with backoff; it never sees `Rejected`, which is final.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,7 +35,8 @@ use tokio_tungstenite::WebSocketStream;
 use crate::config::AgentsSection;
 use crate::connector::open_stream;
 use crate::events::emit;
-use crate::registry::{AgentConn, Registry};
+use crate::per_source::{PerSource, SourceSlot};
+use crate::registry::{AgentConn, AgentSlot, Registry};
 use crate::store::TunnelInfo;
 
 type AgentWs = WebSocketStream<TlsStream<TcpStream>>;
@@ -44,6 +53,8 @@ pub struct AgentListener {
 struct Shared {
     acceptor: TlsAcceptor,
     handshakes: Arc<Semaphore>,
+    /// Pending handshakes per source address.
+    sources: PerSource,
     connections: Arc<Semaphore>,
     registry: Arc<Registry>,
     cfg: AgentsSection,
@@ -55,6 +66,8 @@ struct Shared {
 enum HsError {
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    #[error("TLS not finished within {0:?}")]
+    TlsTimeout(Duration),
     #[error("websocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("protocol: {0}")]
@@ -65,6 +78,21 @@ enum HsError {
     Store,
     #[error("rejected agent `{agent}` for tunnel `{tunnel_id}`")]
     Rejected { tunnel_id: String, agent: String },
+    /// Authenticated, but a budget is full; the agent was told `TryLater`.
+    #[error("agent `{agent}` of tunnel `{tunnel}` told to retry later: {why}")]
+    Full {
+        tunnel: String,
+        agent: String,
+        /// The metric label: `tunnel_full` or `max_connections`.
+        reason: &'static str,
+        why: String,
+    },
+}
+
+/// What an admitted agent connection holds for as long as it lives.
+struct Admission {
+    _tunnel_slot: AgentSlot,
+    _connection: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl AgentListener {
@@ -81,6 +109,7 @@ impl AgentListener {
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(tls),
                 handshakes: Arc::new(Semaphore::new(cfg.max_pending_handshakes)),
+                sources: PerSource::new(cfg.max_pending_handshakes_per_source),
                 connections: Arc::new(Semaphore::new(cfg.max_connections)),
                 registry,
                 cfg,
@@ -108,6 +137,13 @@ impl BackgroundService for AgentListener {
                 _ = shutdown.changed() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        // One source first: a host over its share is
+                        // refused before it can touch the shared budget.
+                        let Some(source_slot) = self.shared.sources.try_acquire(peer.ip()) else {
+                            crate::metrics::handshake_rejected("per_source");
+                            tracing::debug!(%peer, "agent connection refused: agents.max_pending_handshakes_per_source reached");
+                            continue;
+                        };
                         // Unauthenticated connections get their own, smaller
                         // budget so slow handshakes cannot crowd out agents.
                         let Ok(permit) = self.shared.handshakes.clone().try_acquire_owned() else {
@@ -117,7 +153,7 @@ impl BackgroundService for AgentListener {
                         };
                         let shared = self.shared.clone();
                         let sd = shutdown.clone();
-                        tokio::spawn(serve_agent(shared, tcp, peer, sd, permit));
+                        tokio::spawn(serve_agent(shared, tcp, peer, sd, (permit, source_slot)));
                     }
                     Err(e) => {
                         // Out of descriptors or similar: back off instead of spinning.
@@ -135,41 +171,60 @@ async fn serve_agent(
     tcp: TcpStream,
     peer: SocketAddr,
     shutdown: ShutdownWatch,
-    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+    pending: (tokio::sync::OwnedSemaphorePermit, SourceSlot),
 ) {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
-    let (ws, tunnel, agent_name) = match tokio::time::timeout(timeout, handshake(&shared, tcp))
-        .await
-    {
-        Ok(Ok(done)) => done,
-        Ok(Err(HsError::Rejected { tunnel_id, agent })) => {
+    let (ws, tunnel, agent_name, _admission) =
+        match tokio::time::timeout(timeout, handshake(&shared, tcp)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return handshake_failed(peer, e),
+            Err(_) => {
+                crate::metrics::handshake_rejected("timeout");
+                tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
+                return;
+            }
+        };
+    drop(pending);
+    if let Err(e) = run_tunnel(&shared, ws, tunnel, agent_name, shutdown).await {
+        tracing::info!(%peer, "agent connection ended: {e}");
+    }
+}
+
+/// Counts and reports a handshake that did not admit an agent.
+fn handshake_failed(peer: SocketAddr, e: HsError) {
+    match e {
+        HsError::Rejected { tunnel_id, agent } => {
             crate::metrics::handshake_rejected("key");
             tracing::warn!(%peer, %tunnel_id, %agent, "agent rejected: {REJECTED_REASON}");
             emit(
                 json!({"event": "agent_rejected", "reason": REJECTED_REASON, "peer": peer.to_string()}),
             );
-            return;
         }
-        Ok(Err(e)) => {
+        HsError::Full {
+            tunnel,
+            agent,
+            reason,
+            why,
+        } => {
+            crate::metrics::handshake_rejected(reason);
+            tracing::warn!(%peer, %tunnel, %agent, "agent told to retry later: {why}");
+            emit(json!({
+                "event": "agent_refused",
+                "reason": reason,
+                "tunnel_name": tunnel,
+                "agent": agent,
+                "peer": peer.to_string(),
+            }));
+        }
+        HsError::TlsTimeout(limit) => {
+            crate::metrics::handshake_rejected("tls_timeout");
+            tracing::info!(%peer, "agent connection closed: TLS not finished within {limit:?}");
+        }
+        e => {
             crate::metrics::handshake_rejected("protocol");
             tracing::info!(%peer, "agent handshake failed: {e}");
-            return;
         }
-        Err(_) => {
-            crate::metrics::handshake_rejected("timeout");
-            tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
-            return;
-        }
-    };
-    drop(handshake_permit);
-    let Ok(_permit) = shared.connections.clone().try_acquire_owned() else {
-        crate::metrics::handshake_rejected("max_connections");
-        tracing::warn!(%peer, "agent connection closed: agents.max_connections reached");
-        return;
-    };
-    if let Err(e) = run_tunnel(&shared, ws, tunnel, agent_name, shutdown).await {
-        tracing::info!(%peer, "agent connection ended: {e}");
     }
 }
 
@@ -198,8 +253,14 @@ async fn send(ws: &mut AgentWs, m: &Message) -> Result<(), HsError> {
 async fn handshake(
     shared: &Shared,
     tcp: TcpStream,
-) -> Result<(AgentWs, TunnelInfo, String), HsError> {
-    let tls = shared.acceptor.accept(tcp).await.map_err(HsError::Tls)?;
+) -> Result<(AgentWs, TunnelInfo, String, Admission), HsError> {
+    // A peer that sends nothing (or trickles its ClientHello) holds a
+    // pending slot for this long, not for the whole handshake timeout.
+    let tls_limit = Duration::from_secs(shared.cfg.tls_timeout_secs);
+    let tls = tokio::time::timeout(tls_limit, shared.acceptor.accept(tcp))
+        .await
+        .map_err(|_| HsError::TlsTimeout(tls_limit))?
+        .map_err(HsError::Tls)?;
     let mut exporter = [0u8; handshake::NONCE_LEN];
     tls.get_ref()
         .1
@@ -274,6 +335,25 @@ async fn handshake(
     tokio::time::sleep_until(verdict_at).await;
     match (ok, info) {
         (true, Some(info)) => {
+            let admission = match admit(shared, &info) {
+                Ok(a) => a,
+                Err((reason, why)) => {
+                    let _ = send(
+                        &mut ws,
+                        &Message::TryLater {
+                            reason: why.clone(),
+                        },
+                    )
+                    .await;
+                    let _ = ws.close(None).await;
+                    return Err(HsError::Full {
+                        tunnel: info.name,
+                        agent,
+                        reason,
+                        why,
+                    });
+                }
+            };
             send(
                 &mut ws,
                 &Message::Welcome {
@@ -281,7 +361,7 @@ async fn handshake(
                 },
             )
             .await?;
-            Ok((ws, info, agent))
+            Ok((ws, info, agent, admission))
         }
         _ => {
             let _ = send(
@@ -295,6 +375,40 @@ async fn handshake(
             Err(HsError::Rejected { tunnel_id, agent })
         }
     }
+}
+
+/// Takes a place for an authenticated agent in its tunnel's and the
+/// gateway's budgets, or says which is full (metric label, and the reason
+/// the agent is told). Checked only after a good proof, so the answer
+/// tells nothing to whoever does not hold the key.
+fn admit(shared: &Shared, tunnel: &TunnelInfo) -> Result<Admission, (&'static str, String)> {
+    let max = shared.cfg.max_agents_per_tunnel;
+    let slot = shared
+        .registry
+        .reserve_agent_slot(&tunnel.id, max)
+        .ok_or_else(|| {
+            (
+                "tunnel_full",
+                format!(
+                    "tunnel `{}` already has {max} agents connected (agents.max_agents_per_tunnel)",
+                    tunnel.name
+                ),
+            )
+        })?;
+    let permit = shared
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            (
+                "max_connections",
+                "the gateway has its most agent connections (agents.max_connections)".to_string(),
+            )
+        })?;
+    Ok(Admission {
+        _tunnel_slot: slot,
+        _connection: permit,
+    })
 }
 
 fn agent_event(event: &str, agent: &AgentConn) -> serde_json::Value {

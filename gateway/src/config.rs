@@ -272,6 +272,51 @@ pub struct AgentsSection {
     /// Most connections still in TLS, upgrade or handshake at once.
     #[serde(default = "default_max_pending")]
     pub max_pending_handshakes: usize,
+    /// Most of those pending handshakes from one source (an IPv4 address,
+    /// or an IPv6 /64): one host cannot take the whole budget above and keep
+    /// every other organization's agents out. Past it, the connection is
+    /// closed at once.
+    #[serde(default = "default_max_pending_per_source")]
+    pub max_pending_handshakes_per_source: usize,
+    /// Seconds a new connection has to complete TLS. Much shorter than
+    /// `handshake_timeout_secs` (which still bounds the whole handshake), so
+    /// a connection that says nothing holds a pending slot only briefly.
+    #[serde(default = "default_tls_timeout")]
+    pub tls_timeout_secs: u64,
+    /// Most authenticated agent connections of one tunnel: the holder of one
+    /// tunnel's key cannot take all of `max_connections`. The agent over the
+    /// cap is told so and retries with backoff.
+    #[serde(default = "default_max_agents_per_tunnel")]
+    pub max_agents_per_tunnel: usize,
+}
+
+impl AgentsSection {
+    /// Checks the agent listener's limits, naming the bad field.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_pending_handshakes_per_source == 0 {
+            return Err(invalid(
+                "agents.max_pending_handshakes_per_source",
+                "must be at least 1",
+            ));
+        }
+        if self.tls_timeout_secs == 0 {
+            return Err(invalid("agents.tls_timeout_secs", "must be at least 1"));
+        }
+        // A zero handshake timeout is reported by its own check.
+        if self.handshake_timeout_secs > 0 && self.tls_timeout_secs > self.handshake_timeout_secs {
+            return Err(invalid(
+                "agents.tls_timeout_secs",
+                "must be at most agents.handshake_timeout_secs",
+            ));
+        }
+        if self.max_agents_per_tunnel == 0 {
+            return Err(invalid(
+                "agents.max_agents_per_tunnel",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Tunnel and caller storage.
@@ -435,6 +480,15 @@ fn default_max_agents() -> usize {
 fn default_max_pending() -> usize {
     256
 }
+fn default_max_pending_per_source() -> usize {
+    8
+}
+fn default_tls_timeout() -> u64 {
+    3
+}
+fn default_max_agents_per_tunnel() -> usize {
+    16
+}
 fn default_refresh() -> u64 {
     5
 }
@@ -491,6 +545,7 @@ impl GatewayConfig {
         self.admin.address(DEFAULT_ADMIN_LISTEN)?;
         parse_listen("public.listen", &self.public.listen)?;
         parse_listen("agents.listen", &self.agents.listen)?;
+        self.agents.validate()?;
         if self.public.tls_cert.is_some() != self.public.tls_key.is_some() {
             return Err(invalid(
                 "public.tls_cert",
@@ -845,5 +900,26 @@ allow_without_plugins = true
             serde_json::from_str(&c.routes[0].plugins[1].config_text()).unwrap();
         assert_eq!(v["window"], 600);
         assert_eq!(v["methods"][0], "RSA-SHA1");
+    }
+
+    #[test]
+    fn agent_listener_budgets_have_strict_defaults_and_are_checked() {
+        let c = load_str(base()).unwrap();
+        assert_eq!(c.agents.max_pending_handshakes_per_source, 8);
+        assert_eq!(c.agents.tls_timeout_secs, 3);
+        assert_eq!(c.agents.max_agents_per_tunnel, 16);
+        for (setting, field) in [
+            (
+                "max_pending_handshakes_per_source = 0",
+                "agents.max_pending_handshakes_per_source",
+            ),
+            ("tls_timeout_secs = 0", "agents.tls_timeout_secs"),
+            ("tls_timeout_secs = 11", "agents.tls_timeout_secs"),
+            ("max_agents_per_tunnel = 0", "agents.max_agents_per_tunnel"),
+        ] {
+            let bad = base().replace("[agents]", &format!("[agents]\n{setting}"));
+            let e = load_str(&bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{setting}: {e}");
+        }
     }
 }

@@ -9,7 +9,8 @@
 //!   connection caps, TLS, and deadlines for heads, idle and slow callers;
 //! - [`proxy`]: the pingora `ProxyHttp` phases of the public listener
 //!   (checks, routing via [`routes`], caller credential, agent choice,
-//!   header rewriting via [`http_checks`], error statuses);
+//!   header rewriting via [`http_checks`], error statuses; [`retry`]
+//!   decides which failed requests are sent again);
 //! - [`connector`]: the custom L4 connector that turns "connect upstream"
 //!   into "open an HTTP/2 CONNECT stream inside an agent's tunnel";
 //! - [`bridge`]: the Unix socket that splices pingora's pooled
@@ -23,7 +24,8 @@
 //! - [`store`]: SQLite storage, tunnel keys encrypted under the KEK;
 //! - [`serve`] and [`cli`]: wiring and commands; [`events`] the JSON event
 //!   lines on stdout; [`tls`] certificate loading; [`metrics`] the
-//!   Prometheus metrics of the admin listener.
+//!   Prometheus metrics of the admin listener; [`per_source`] what one
+//!   network source holds at once.
 
 pub mod agent_listener;
 pub mod auth_limit;
@@ -35,10 +37,12 @@ pub mod events;
 pub mod http_checks;
 pub mod judgement;
 pub mod metrics;
+pub mod per_source;
 pub mod plugins;
 pub mod proxy;
 pub mod public_listener;
 pub mod registry;
+pub mod retry;
 pub mod routes;
 pub mod serve;
 pub mod store;

@@ -36,7 +36,8 @@ pub struct TunnelLabels {
     pub tunnel: String,
 }
 
-/// Why an agent's handshake was refused.
+/// A reason: why an agent's handshake was refused, or why a request was
+/// retried or lost.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -99,6 +100,8 @@ pub struct Metrics {
     pub agent_connects: Family<TunnelLabels, Counter>,
     pub agent_disconnects: Family<TunnelLabels, Counter>,
     pub handshakes_rejected: Family<ReasonLabels, Counter>,
+    pub request_retries: Family<ReasonLabels, Counter>,
+    pub requests_lost: Family<ReasonLabels, Counter>,
     pub plugin_decisions: Family<DecisionLabels, Counter>,
     pub plugin_failures: Family<FailureLabels, Counter>,
     pub plugin_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
@@ -121,6 +124,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     agent_connects: Family::default(),
     agent_disconnects: Family::default(),
     handshakes_rejected: Family::default(),
+    request_retries: Family::default(),
+    requests_lost: Family::default(),
     plugin_decisions: Family::default(),
     plugin_failures: Family::default(),
     plugin_seconds: Family::new_with_constructor(plugin_seconds),
@@ -180,6 +185,16 @@ pub fn registry() -> Registry {
         m.handshakes_rejected.clone(),
     );
     r.register(
+        "request_retries",
+        "Requests sent again on a new tunnel stream, by reason (stale, agent_lost, connect)",
+        m.request_retries.clone(),
+    );
+    r.register(
+        "requests_lost",
+        "Requests whose tunnel stream broke after they were sent and that were not sent again (502), by reason",
+        m.requests_lost.clone(),
+    );
+    r.register(
         "plugin_decisions",
         "Policy plugin decisions (allow, deny)",
         m.plugin_decisions.clone(),
@@ -219,6 +234,22 @@ pub fn registry() -> Registry {
 pub fn handshake_rejected(reason: &'static str) {
     METRICS
         .handshakes_rejected
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Counts a request sent again for `reason`.
+pub fn request_retried(reason: &'static str) {
+    METRICS
+        .request_retries
+        .get_or_create(&ReasonLabels { reason })
+        .inc();
+}
+
+/// Counts a request lost with its tunnel stream and not sent again.
+pub fn request_lost(reason: &'static str) {
+    METRICS
+        .requests_lost
         .get_or_create(&ReasonLabels { reason })
         .inc();
 }

@@ -39,6 +39,7 @@ use crate::plugins::{
     ChainEntry, HeaderEdit, Plugins, PolicyContext, PolicyRequest, Verdict, WitHeader,
 };
 use crate::registry::{InflightGuard, Registry};
+use crate::retry::{self, Attempt, Decision, NotRetried, RetryReason};
 use crate::routes::Routes;
 use crate::store::{CallerInfo, TunnelInfo};
 
@@ -126,6 +127,22 @@ pub struct Ctx {
     stream_span: tracing::Span,
     /// The request's trace, exported or not: what goes on in `traceparent`.
     trace: Option<TraceCtx>,
+    /// The agent connection a retry must not pick again: the request's
+    /// stream to it broke or could not be opened.
+    avoid_agent: Option<u64>,
+    /// The agent this request was lost on after reaching it (see
+    /// [`crate::retry`]), for the caller's 502.
+    lost: Option<Lost>,
+    /// Retries so far, by kind (see [`crate::retry`] for the bounds).
+    stale_retries: u32,
+    lost_retries: u32,
+}
+
+/// A request whose tunnel stream broke after the request was written.
+struct Lost {
+    agent: String,
+    /// Why it was not sent again; `None` when a retry was started.
+    not_retried: Option<NotRetried>,
 }
 
 /// Writes a complete short response from the gateway itself.
@@ -619,6 +636,10 @@ impl ProxyHttp for TunnelProxy {
             span: tracing::Span::none(),
             stream_span: tracing::Span::none(),
             trace: None,
+            avoid_agent: None,
+            lost: None,
+            stale_retries: 0,
+            lost_retries: 0,
         }
     }
 
@@ -705,7 +726,7 @@ impl ProxyHttp for TunnelProxy {
         if traced {
             attr(&select, "tunnel.name", tunnel.name.clone());
         }
-        let guard = match self.registry.pick(&tunnel.id) {
+        let guard = match self.registry.pick_except(&tunnel.id, ctx.avoid_agent) {
             Ok(g) => g,
             Err(_) => {
                 ctx.no_agent = true;
@@ -750,13 +771,75 @@ impl ProxyHttp for TunnelProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // The agent connection vanished before the stream opened: nothing
-        // was sent, so another agent may take the request.
+        // was sent, so another agent may take the request (pingora's
+        // `max_retries` bounds how often).
         if *e.etype() == ErrorType::ConnectError {
             e.set_retry(true);
+            ctx.avoid_agent = ctx.guard.as_ref().map(|g| g.agent().conn_id);
+            crate::metrics::request_retried(RetryReason::Connect.label());
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        // Replaces pingora's default, which retries any idempotent request
+        // whose reused stream closed before the response, even after the
+        // agent received it. `retry::decide` holds our rules.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let agent = ctx.guard.as_ref().map(|g| g.agent().clone());
+        let other_agent = match (&ctx.tunnel, &agent) {
+            (Some(t), Some(a)) => self.registry.has_other_agent(&t.id, a.conn_id),
+            _ => false,
+        };
+        let decision = retry::decide(&Attempt {
+            error: &e,
+            method: &session.req_header().method,
+            response_started: session.response_written().is_some(),
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+            stale_retries: ctx.stale_retries,
+            lost_retries: ctx.lost_retries,
+            other_agent,
+        });
+        let agent_name = agent.as_ref().map_or("?", |a| a.agent_name.as_str());
+        let tunnel = ctx.tunnel.as_ref().map_or("?", |t| t.name.as_str());
+        match decision {
+            Decision::Retry(reason) => {
+                match reason {
+                    RetryReason::AgentLost => {
+                        ctx.lost_retries += 1;
+                        ctx.avoid_agent = agent.as_ref().map(|a| a.conn_id);
+                        ctx.lost = Some(Lost {
+                            agent: agent_name.to_string(),
+                            not_retried: None,
+                        });
+                    }
+                    _ => ctx.stale_retries += 1,
+                }
+                tracing::info!(%tunnel, agent = agent_name, reason = reason.label(), trace_id = %ctx.trace_id, "tunnel stream broke before a response; sending the request again");
+                crate::metrics::request_retried(reason.label());
+                e.set_retry(true);
+            }
+            Decision::Lost(why) => {
+                tracing::warn!(%tunnel, agent = agent_name, reason = why.label(), trace_id = %ctx.trace_id, "tunnel stream broke after the request was sent; not sending it again");
+                crate::metrics::request_lost(why.label());
+                ctx.lost = Some(Lost {
+                    agent: agent_name.to_string(),
+                    not_retried: Some(why),
+                });
+                e.set_retry(false);
+            }
+            Decision::Other => e.set_retry(false),
         }
         e
     }
@@ -828,7 +911,24 @@ impl ProxyHttp for TunnelProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let tunnel = ctx.tunnel.as_ref().map_or("?", |t| t.name.as_str());
+        let method = session.req_header().method.clone();
+        // A request lost with its agent is 502, never the 503 of a tunnel
+        // without agents, even when the retry found no agent left.
+        let lost = ctx.lost.as_ref().and_then(|l| {
+            let why = match (l.not_retried, e.etype()) {
+                (Some(n), _) => n.explain(method.as_str()),
+                (None, ErrorType::HTTPStatus(503)) if ctx.no_agent => {
+                    NotRetried::NoOtherAgent.explain(method.as_str())
+                }
+                _ => return None,
+            };
+            Some(format!(
+                "agent `{}` of tunnel `{tunnel}` was lost after the request reached it; {why}",
+                l.agent
+            ))
+        });
         let (code, msg): (u16, String) = match (e.etype(), e.esource()) {
+            _ if lost.is_some() => (502, lost.unwrap_or_default()),
             (ErrorType::HTTPStatus(503), _) if ctx.no_agent => (
                 503,
                 format!("no agent is connected for tunnel `{tunnel}`; retry shortly"),

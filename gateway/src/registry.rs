@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -71,9 +71,35 @@ impl AgentConn {
         }
     }
 
+    /// Whether new requests may go to this agent: not draining, and its
+    /// connection still up.
+    fn is_serving(&self) -> bool {
+        !self.is_draining() && !self.sender.is_closed()
+    }
+
     /// A sender for opening a new stream on this agent's connection.
     pub fn sender(&self) -> SendRequest<Empty<Bytes>> {
         self.sender.clone()
+    }
+}
+
+/// One agent connection counted against its tunnel's
+/// `agents.max_agents_per_tunnel`, released when dropped.
+#[derive(Debug)]
+pub struct AgentSlot {
+    slots: Arc<Mutex<HashMap<String, usize>>>,
+    tunnel_id: String,
+}
+
+impl Drop for AgentSlot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().expect("lock");
+        if let Some(n) = slots.get_mut(&self.tunnel_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                slots.remove(&self.tunnel_id);
+            }
+        }
     }
 }
 
@@ -118,6 +144,9 @@ pub struct Registry {
     /// Rereads of the store so far.
     rereads: AtomicU64,
     agents: RwLock<HashMap<String, Vec<Arc<AgentConn>>>>,
+    /// Agent connections per tunnel id, counted from the handshake's
+    /// verdict (before `agents` knows them) to their end.
+    agent_slots: Arc<Mutex<HashMap<String, usize>>>,
     next_conn: AtomicU64,
 }
 
@@ -141,6 +170,7 @@ impl Registry {
             reread: tokio::sync::Mutex::new(()),
             rereads: AtomicU64::new(0),
             agents: RwLock::default(),
+            agent_slots: Arc::default(),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -290,16 +320,51 @@ impl Registry {
     /// Picks the serving agent of a tunnel with the fewest requests in
     /// flight, skipping draining ones, and counts the request against it.
     pub fn pick(&self, tunnel_id: &str) -> Result<InflightGuard, PickError> {
+        self.pick_except(tunnel_id, None)
+    }
+
+    /// Like [`Registry::pick`], never choosing the connection `except` (the
+    /// agent a retried request was lost on).
+    pub fn pick_except(
+        &self,
+        tunnel_id: &str,
+        except: Option<u64>,
+    ) -> Result<InflightGuard, PickError> {
         let map = self.agents.read().expect("lock");
         let best = map
             .get(tunnel_id)
             .into_iter()
             .flatten()
-            .filter(|a| !a.is_draining() && !a.sender.is_closed())
+            .filter(|a| Some(a.conn_id) != except && a.is_serving())
             .min_by_key(|a| a.inflight())
             .cloned();
         drop(map);
         best.map(InflightGuard::new).ok_or(PickError::NoAgent)
+    }
+
+    /// Whether a tunnel has a serving agent other than the connection
+    /// `except`: a lost request is retried only when one is there to take it.
+    pub fn has_other_agent(&self, tunnel_id: &str, except: u64) -> bool {
+        self.agents
+            .read()
+            .expect("lock")
+            .get(tunnel_id)
+            .is_some_and(|list| list.iter().any(|a| a.conn_id != except && a.is_serving()))
+    }
+
+    /// Counts one more agent connection of `tunnel_id`, unless it already
+    /// has `max`. The count lasts as long as the returned slot.
+    pub fn reserve_agent_slot(&self, tunnel_id: &str, max: usize) -> Option<AgentSlot> {
+        let mut slots = self.agent_slots.lock().expect("lock");
+        let n = slots.entry(tunnel_id.to_string()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AgentSlot {
+            slots: self.agent_slots.clone(),
+            tunnel_id: tunnel_id.to_string(),
+        })
     }
 }
 
@@ -402,6 +467,38 @@ mod tests {
         let other = if holder.conn_id == a.conn_id { &b } else { &a };
         reg.remove_agent(other);
         assert_eq!(reg.pick("tun_1").unwrap_err(), PickError::NoAgent);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retry_never_picks_the_agent_it_was_lost_on() {
+        let (reg, dir) = registry().await;
+        let a = reg.add_agent(tunnel(), "a".into(), sender().await);
+        assert!(!reg.has_other_agent("tun_1", a.conn_id));
+        assert_eq!(
+            reg.pick_except("tun_1", Some(a.conn_id)).unwrap_err(),
+            PickError::NoAgent
+        );
+        let b = reg.add_agent(tunnel(), "b".into(), sender().await);
+        assert!(reg.has_other_agent("tun_1", a.conn_id));
+        // `a` is idle and `b` busy, yet the retry goes to `b`.
+        let _busy = reg.pick_except("tun_1", Some(a.conn_id)).unwrap();
+        let g = reg.pick_except("tun_1", Some(a.conn_id)).unwrap();
+        assert_eq!(g.agent().conn_id, b.conn_id);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn agent_slots_cap_each_tunnel_apart() {
+        let (reg, dir) = registry().await;
+        let first = reg.reserve_agent_slot("tun_1", 2).unwrap();
+        let _second = reg.reserve_agent_slot("tun_1", 2).unwrap();
+        assert!(reg.reserve_agent_slot("tun_1", 2).is_none());
+        // Another tunnel has its own count.
+        let _other = reg.reserve_agent_slot("tun_2", 2).unwrap();
+        // A connection that ends frees its slot.
+        drop(first);
+        assert!(reg.reserve_agent_slot("tun_1", 2).is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

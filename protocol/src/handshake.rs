@@ -5,8 +5,14 @@
 //!   ── Hello {version, tunnel_id, agent} ──▶
 //!   ◀──────────── Challenge {nonce} ───────
 //!   ── Proof {mac} ────────────────────────▶   mac = HMAC-SHA256(key, transcript)
-//!   ◀──────── Welcome {..} | Rejected ─────
+//!   ◀── Welcome {..} | Rejected | TryLater ─
 //! ```
+//!
+//! `Rejected` is final (the key or the tunnel is wrong: retrying cannot
+//! help); `TryLater` says the proof was good but the gateway cannot take
+//! this agent now (the tunnel has its most agents, the gateway is full), so
+//! the agent retries with backoff. An agent older than `TryLater` fails to
+//! decode it and also retries, never exits.
 //!
 //! The transcript binds the proof to the tunnel id, the agent name, the
 //! gateway's fresh challenge and the TLS exporter value of this very
@@ -57,6 +63,10 @@ pub enum Message {
     Welcome { tunnel_name: String },
     /// Gateway → agent: refused; the connection closes after this.
     Rejected { reason: String },
+    /// Gateway → agent: authenticated, but not taken now (a limit is
+    /// reached); the connection closes after this and the agent retries
+    /// with backoff.
+    TryLater { reason: String },
 }
 
 /// A handshake message could not be decoded, or the peer broke the protocol.
@@ -127,6 +137,7 @@ impl Message {
             Message::Proof { .. } => "proof",
             Message::Welcome { .. } => "welcome",
             Message::Rejected { .. } => "rejected",
+            Message::TryLater { .. } => "try_later",
         }
     }
 }
@@ -233,7 +244,24 @@ mod tests {
             Message::Rejected {
                 reason: REJECTED_REASON.into(),
             },
+            Message::TryLater {
+                reason: "tunnel `wiki` already has 16 agents connected".into(),
+            },
         ]
+    }
+
+    #[test]
+    fn try_later_has_a_stable_wire_form() {
+        // Agents and gateways of different releases meet on the wire: the
+        // tag and field names are the contract.
+        let m = Message::TryLater {
+            reason: "full".into(),
+        };
+        assert_eq!(m.encode(), r#"{"type":"try_later","reason":"full"}"#);
+        assert_eq!(
+            Message::decode(r#"{"type":"try_later","reason":"full"}"#).unwrap(),
+            m
+        );
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub struct GatewayOptions {
     extra_config: String,
     plugin_settings: Vec<(String, String)>,
     plugin_files: Vec<(String, Vec<u8>)>,
+    agents_settings: Vec<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -196,6 +197,13 @@ impl GatewayOptions {
     /// Sets `key = value` (TOML) in the `[plugins]` section.
     pub fn plugin_setting(mut self, key: &str, value: &str) -> Self {
         self.plugin_settings
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets `key = value` (TOML) in the `[agents]` section.
+    pub fn agents_setting(mut self, key: &str, value: &str) -> Self {
+        self.agents_settings
             .push((key.to_string(), value.to_string()));
         self
     }
@@ -633,6 +641,9 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
     );
     let (interval, timeout) = opts.heartbeat_secs.unwrap_or((5, 15));
     c += &format!("heartbeat_interval_secs = {interval}\nheartbeat_timeout_secs = {timeout}\n");
+    for (key, value) in &opts.agents_settings {
+        c += &format!("{key} = {value}\n");
+    }
     c += &format!(
         "\n[store]\npath = {}\nkek_file = {}\n",
         path_str(&dir.join("gateway.db")),

@@ -606,6 +606,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(n) = args.gateway_threads {
         opts = opts.env("GATEWAY__SERVER__THREADS", &n.to_string());
     }
+    // The idle-agents group connects a thousand agents of one tunnel from
+    // one address, 32 handshakes at a time: above both default budgets.
+    opts = opts
+        .agents_setting("max_agents_per_tunnel", "2000")
+        .agents_setting("max_pending_handshakes_per_source", "64");
     let gateway = Gateway::start(opts).await;
     let tunnel = gateway.create_tunnel("bench-org", "bench").await;
     let token = gateway.create_caller("bench-org").await;
