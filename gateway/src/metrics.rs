@@ -186,7 +186,7 @@ pub fn registry() -> Registry {
     );
     r.register(
         "request_retries",
-        "Requests sent again on a new tunnel stream, by reason (stale, agent_lost, connect)",
+        "Requests sent again on a new tunnel stream, by reason (stale, agent_lost, stream_closed, connect)",
         m.request_retries.clone(),
     );
     r.register(

@@ -810,12 +810,20 @@ impl ProxyHttp for TunnelProxy {
             stale_retries: ctx.stale_retries,
             lost_retries: ctx.lost_retries,
             other_agent,
+            same_agent_serving: agent.as_ref().is_some_and(|a| a.is_serving()),
         });
         let agent_name = agent.as_ref().map_or("?", |a| a.agent_name.as_str());
         let tunnel = ctx.tunnel.as_ref().map_or("?", |t| t.name.as_str());
         match decision {
             Decision::Retry(reason) => {
                 match reason {
+                    RetryReason::StreamClosed => {
+                        ctx.lost_retries += 1;
+                        ctx.lost = Some(Lost {
+                            agent: agent_name.to_string(),
+                            not_retried: None,
+                        });
+                    }
                     RetryReason::AgentLost => {
                         ctx.lost_retries += 1;
                         ctx.avoid_agent = agent.as_ref().map(|a| a.conn_id);

@@ -73,7 +73,7 @@ impl AgentConn {
 
     /// Whether new requests may go to this agent: not draining, and its
     /// connection still up.
-    fn is_serving(&self) -> bool {
+    pub fn is_serving(&self) -> bool {
         !self.is_draining() && !self.sender.is_closed()
     }
 

@@ -14,7 +14,10 @@
 //! - **lost**: the stream broke after the head was written and before any
 //!   response byte reached the caller. Only a *safe* method (GET, HEAD,
 //!   OPTIONS, TRACE) whose body is still held whole is sent again, once,
-//!   to another agent of the tunnel, and only when there is one.
+//!   to another agent of the tunnel when there is one. When there is none
+//!   but the same agent's tunnel connection is still up, only the stream
+//!   closed (its local service ended a kept-alive connection as the request
+//!   arrived, an ordinary race): the request goes once more to that agent.
 //!   Everything else ends in 502 naming the agent.
 //!
 //! PUT and DELETE are idempotent in RFC 9110 and nginx retries them, but
@@ -41,6 +44,9 @@ pub enum RetryReason {
     Stale,
     /// The stream broke after the request was written; safe method only.
     AgentLost,
+    /// Only the stream closed (its agent is still connected); safe method
+    /// only, to the same agent.
+    StreamClosed,
     /// The tunnel stream could not be opened (nothing was sent).
     Connect,
 }
@@ -51,6 +57,7 @@ impl RetryReason {
         match self {
             RetryReason::Stale => "stale",
             RetryReason::AgentLost => "agent_lost",
+            RetryReason::StreamClosed => "stream_closed",
             RetryReason::Connect => "connect",
         }
     }
@@ -124,6 +131,8 @@ pub struct Attempt<'a> {
     pub lost_retries: u32,
     /// Another serving agent of the tunnel exists.
     pub other_agent: bool,
+    /// The failed attempt's own agent is still connected and serving.
+    pub same_agent_serving: bool,
 }
 
 /// Decides whether to retry; see the module doc for the rules.
@@ -150,14 +159,15 @@ pub fn decide(a: &Attempt<'_>) -> Decision {
         Some(NotRetried::BodyNotKept)
     } else if a.lost_retries >= MAX_LOST_RETRIES {
         Some(NotRetried::RetriedOnce)
-    } else if !a.other_agent {
+    } else if !a.other_agent && !a.same_agent_serving {
         Some(NotRetried::NoOtherAgent)
     } else {
         None
     };
     match why_not {
         Some(n) => Decision::Lost(n),
-        None => Decision::Retry(RetryReason::AgentLost),
+        None if a.other_agent => Decision::Retry(RetryReason::AgentLost),
+        None => Decision::Retry(RetryReason::StreamClosed),
     }
 }
 
@@ -218,6 +228,7 @@ mod tests {
             stale_retries: 0,
             lost_retries: 0,
             other_agent: true,
+            same_agent_serving: false,
         }
     }
 
@@ -250,9 +261,24 @@ mod tests {
         assert_eq!(decide(&again), Decision::Lost(NotRetried::RetriedOnce));
         let alone = Attempt {
             other_agent: false,
+            same_agent_serving: false,
             ..a
         };
         assert_eq!(decide(&alone), Decision::Lost(NotRetried::NoOtherAgent));
+        // Alone, but still connected: only the stream closed.
+        let stream_only = Attempt {
+            same_agent_serving: true,
+            ..alone
+        };
+        assert_eq!(
+            decide(&stream_only),
+            Decision::Retry(RetryReason::StreamClosed)
+        );
+        let post = Attempt {
+            method: &Method::POST,
+            ..stream_only
+        };
+        assert_eq!(decide(&post), Decision::Lost(NotRetried::UnsafeMethod));
     }
 
     #[test]
