@@ -28,14 +28,16 @@
 //!   network source holds at once.
 
 pub mod agent_listener;
+/// Framing checks and header rewriting (crate `gateway-judge`).
+pub use gateway_judge::http_checks;
+/// The one judgement of path and Host (crate `gateway-judge`).
+pub use gateway_judge::judgement;
 pub mod auth_limit;
 pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod events;
-pub mod http_checks;
-pub mod judgement;
 pub mod metrics;
 pub mod per_source;
 pub mod plugins;
