@@ -406,9 +406,8 @@ pub struct Route {
     /// accumulate.
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
-    /// Lets this route run with no plugins. Without plugins the gateway
-    /// still requires the caller's organization to own the tunnel; with
-    /// plugins, the chain decides (list `org-check` in it).
+    /// Lets this route run with no plugins. The gateway still requires
+    /// the caller's organization to own the tunnel (unless `cross_org`).
     #[serde(default)]
     pub allow_without_plugins: bool,
     /// Shows plugins up to this many bytes of a form-encoded

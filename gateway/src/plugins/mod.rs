@@ -451,14 +451,25 @@ impl Plugins {
             }
         }
 
-        for r in &cfg.routes {
-            if !r.plugins.is_empty() && !r.plugins.iter().any(|p| p.name == "org-check") {
-                tracing::warn!(
-                    route = %r.name,
-                    "this route's plugin chain has no org-check: callers of any \
-                     organization reach its tunnel unless a plugin refuses them"
-                );
-            }
+        // The host keeps organizations apart itself; only an explicit
+        // opt-out leaves that to the chain, which is worth a warning.
+        let opted_out = cfg
+            .routes
+            .iter()
+            .filter(|r| r.cross_org)
+            .map(|r| (r.name.as_str(), &r.plugins))
+            .chain(
+                cfg.routing
+                    .cross_org
+                    .then_some(("*wildcard*", &cfg.routing.plugins)),
+            );
+        for (route, chain) in opted_out {
+            tracing::warn!(
+                route,
+                org_check = chain.iter().any(|p| p.name == "org-check"),
+                "cross_org = true: callers of any organization reach this route's tunnel \
+                 unless its plugin chain refuses them"
+            );
         }
         let mut host = Plugins {
             engine,
