@@ -3,6 +3,7 @@
 //! tunnel id as associated data so a key file copied to another tunnel's
 //! config does not decrypt.
 
+use protocol::private_file::read_private;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -61,19 +62,6 @@ fn write_private(path: &Path, data: &[u8], create_new: bool) -> std::io::Result<
         std::fs::rename(&target, path)?;
     }
     Ok(())
-}
-
-/// Reads a KEK file, refusing one that group or others may write (whoever
-/// can replace the KEK can have the next `agent key set` seal the tunnel key
-/// under a key they know).
-fn read_private(path: &Path) -> std::io::Result<Zeroizing<String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    protocol::private_file::refuse_writable_by_others(path, &f.metadata()?)
-        .map_err(std::io::Error::other)?;
-    let mut text = Zeroizing::new(String::new());
-    f.read_to_string(&mut text)?;
-    Ok(text)
 }
 
 impl Kek {

@@ -11,6 +11,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+// IPv4 addresses (IPv4-mapped ones too) as they are; IPv6 by their /64.
+use crate::per_source::source_of as key;
+
 /// The counting window.
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -58,18 +61,6 @@ impl FailureBudget {
             *entry = (now, 0);
         }
         entry.1 = entry.1.saturating_add(1);
-    }
-}
-
-/// IPv4 addresses as they are; IPv6 by their /64.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let mut o = v6.octets();
-            o[8..].fill(0);
-            IpAddr::from(o)
-        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! encrypted under a key-encryption key (AES-256-GCM, tunnel id and org as
 //! associated data) and caller tokens stored only as SHA-256 hashes.
 
+use protocol::private_file::read_private;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -33,19 +34,6 @@ pub enum StoreError {
         field: &'static str,
         reason: &'static str,
     },
-}
-
-/// Reads a KEK file, refusing one that group or others may write (whoever
-/// can replace the KEK can make the gateway seal new tunnel keys under a
-/// key they know).
-fn read_private(path: &Path) -> std::io::Result<Zeroizing<String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    protocol::private_file::refuse_writable_by_others(path, &f.metadata()?)
-        .map_err(std::io::Error::other)?;
-    let mut text = Zeroizing::new(String::new());
-    f.read_to_string(&mut text)?;
-    Ok(text)
 }
 
 /// The key-encryption key. `Debug` never shows it.

@@ -35,6 +35,19 @@ pub fn refuse_writable_by_others(
     Ok(())
 }
 
+/// Reads a secret file (a key-encryption key), refusing one that group or
+/// others may write: whoever can replace it can have new keys sealed under
+/// a key they know. The check is made on the opened file, so it covers
+/// what is read; the text is wiped from memory when dropped.
+pub fn read_private(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    refuse_writable_by_others(path, &f.metadata()?).map_err(std::io::Error::other)?;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

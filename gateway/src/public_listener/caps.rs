@@ -4,17 +4,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// The caller's share of the per-source cap: an IPv4 address (IPv4-mapped
-/// IPv6 included), or the /64 of an IPv6 address.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
+// The caller's share of the per-source cap: an IPv4 address (IPv4-mapped
+// IPv6 included), or the /64 of an IPv6 address.
+use crate::per_source::source_of as source_key;
 
 /// Open connections, in total and per source.
 #[derive(Debug)]
