@@ -316,7 +316,9 @@ pub fn judge_host(raw: &str) -> Result<JudgedHost, HostError> {
         let ok = name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !ok || name.contains("..") || name.starts_with('.') {
+        // One trailing dot (the root) was dropped above; another, or an
+        // empty label anywhere, is no host name.
+        if !ok || name.contains("..") || name.starts_with('.') || name.ends_with('.') {
             return Err(HostError::BadCharacter);
         }
         (name.to_ascii_lowercase(), port)
