@@ -23,6 +23,8 @@
 //! - [`setup`]: the opening most stories share (one tunnel, one agent).
 //! - [`scrape`]: reads the admin listeners (`/metrics`, `/healthz`,
 //!   `/readyz`) of either process.
+//! - [`admin`]: the operator: the admin API client, the lifecycle
+//!   commands of the CLI, and a request loop counting failures.
 //! - [`pattern`]: the deterministic byte pattern streamed in the large
 //!   transfer tests, and its SHA-256.
 //! - [`otlp`]: a real OTLP trace collector (gRPC and HTTP/protobuf) that
@@ -31,6 +33,7 @@
 //! Every wait has a deadline and every child process is killed when its
 //! handle is dropped, so a broken binary fails a test instead of hanging it.
 
+pub mod admin;
 pub mod agent;
 pub mod body;
 pub mod caller;
@@ -48,6 +51,7 @@ pub mod wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use admin::{AdminApi, ApiReply, Operator, RequestLoop};
 pub use agent::{Agent, AgentOptions};
 pub use caller::{Caller, Reply};
 pub use events::EventLog;
