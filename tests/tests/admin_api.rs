@@ -95,6 +95,8 @@ async fn bad_input_is_answered_400_naming_the_field_and_conflicts_409() {
         .await
         .expect(201, "create");
 
+    // Every case is tried before failing, so one run shows them all.
+    let mut unnamed = Vec::new();
     for (path, body, field) in [
         (
             "/v1/tunnels",
@@ -104,8 +106,18 @@ async fn bad_input_is_answered_400_naming_the_field_and_conflicts_409() {
         ("/v1/tunnels", json!({"name": "ci"}), "org"),
         ("/v1/tunnels", json!({"org": 5, "name": "ci"}), "org"),
         (
+            "/v1/tunnels",
+            json!({"org": "acme", "name": "ci", "colour": "red"}),
+            "colour",
+        ),
+        (
             "/v1/callers",
             json!({"org": "acme", "expires_in_secs": "soon"}),
+            "expires_in_secs",
+        ),
+        (
+            "/v1/callers",
+            json!({"org": "acme", "expires_in_secs": 0}),
             "expires_in_secs",
         ),
         (
@@ -120,12 +132,19 @@ async fn bad_input_is_answered_400_naming_the_field_and_conflicts_409() {
         ),
     ] {
         let r = api.post(path, body.clone()).await;
-        assert_eq!(r.status, 400, "POST {path} {body}: {r:?}");
-        assert!(
-            r.error().contains(field),
-            "POST {path} {body}: the error should name {field}: {r:?}"
-        );
+        if r.status != 400 || !r.error().contains(field) {
+            unnamed.push(format!(
+                "POST {path} {body}: wanted 400 naming {field}, got {} {}",
+                r.status,
+                r.text.trim()
+            ));
+        }
     }
+    assert!(
+        unnamed.is_empty(),
+        "bad input not answered 400 naming the field:\n{}",
+        unnamed.join("\n")
+    );
     let garbage = api
         .request(Method::POST, "/v1/tunnels", Some(b"{not json".to_vec()))
         .await;
@@ -396,12 +415,13 @@ async fn the_openapi_document_is_served_and_matches_the_routes() {
 
     let unknown = api.get("/v1/nope").await;
     assert_eq!(unknown.status, 404, "{unknown:?}");
-    let no_path = unknown.error();
+    assert!(!unknown.error().is_empty(), "{unknown:?}");
     for (method, path) in &documented {
         let target = concrete(path);
         let method: Method = method.parse().unwrap();
         let body = (method == Method::POST).then(|| b"{}".to_vec());
         let r = api.request(method.clone(), &target, body).await;
+        let no_path = unknown.error().replace("/v1/nope", &target);
         assert_ne!(
             r.status, 405,
             "{method} {target} (documented) answered 405: {r:?}"

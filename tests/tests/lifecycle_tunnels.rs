@@ -424,8 +424,8 @@ async fn agents_are_listed_and_one_is_drained_while_the_other_serves() {
         assert_eq!(list.len(), 2, "{list:?}");
         for name in ["node-a", "node-b"] {
             let e = entry(list, name);
-            assert_eq!(e["tunnel_name"], "wiki", "{e}");
-            assert_eq!(e["tunnel"], t.tunnel.id.as_str(), "{e}");
+            assert_eq!(e["tunnel"], "wiki", "{e}");
+            assert_eq!(e["tunnel_id"], t.tunnel.id.as_str(), "{e}");
             assert!(e["version"].as_str().is_some_and(|v| !v.is_empty()), "{e}");
             assert!(
                 e["remote_addr"]
