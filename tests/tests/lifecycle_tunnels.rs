@@ -249,10 +249,12 @@ async fn a_deleted_tunnel_drops_its_agents_answers_404_and_refuses_its_key() {
     let b = Agent::connect(gateway, &t.tunnel, t.node_b.addr(), AgentOptions::new()).await;
     let caller = gateway.caller(&gateway.create_caller("acme").await);
     assert_eq!(caller.get("wiki.test", "/").send().await.status, 200);
-    assert_eq!(
-        caller.get("wiki.tunnels.test", "/").send().await.status,
-        200
-    );
+    // A second tunnel without a route, reached as `docs.<base_domain>`.
+    let docs = gateway.create_tunnel("acme", "docs").await;
+    let docs_service = upstream::echo("docs").await;
+    let c = Agent::connect(gateway, &docs, docs_service.addr(), AgentOptions::new()).await;
+    let by_name = caller.get("docs.tunnels.test", "/").send().await;
+    assert_eq!(by_name.echo().server, "docs");
 
     let mark = gateway.events().mark();
     let deleted = gateway.cli_json(&["tunnel", "delete", "wiki"]).await;
@@ -275,14 +277,31 @@ async fn a_deleted_tunnel_drops_its_agents_answers_404_and_refuses_its_key() {
         "explicit route to a deleted tunnel: {routed:?}"
     );
     assert!(
-        routed.text().contains("no such tunnel"),
-        "{}",
+        routed.text().contains("tunnel") && routed.text().contains("wiki"),
+        "the 404 should say which tunnel is missing: {}",
         routed.text()
     );
-    let by_name = caller.get("wiki.tunnels.test", "/").send().await;
+
+    // The same through the API, for the tunnel reached by its name.
+    let api = gateway.api(&gateway.admin_token("write").await);
+    let mark = gateway.events().mark();
+    let gone_docs = api
+        .delete("/v1/tunnels/docs")
+        .await
+        .expect(200, "DELETE /v1/tunnels/docs");
+    assert_eq!(gone_docs.json["agents_disconnected"], 1, "{gone_docs:?}");
+    let (gone, _) = disconnected(gateway, mark, c.name()).await;
+    assert!(reason(&gone).contains("tunnel deleted"), "{gone}");
+    let by_name = caller.get("docs.tunnels.test", "/").send().await;
     assert_eq!(
         by_name.status, 404,
         "wildcard name of a deleted tunnel: {by_name:?}"
+    );
+    let never = caller.get("never-was.tunnels.test", "/").send().await;
+    assert_eq!(
+        by_name.text().replace("docs", "NAME"),
+        never.text().replace("never-was", "NAME"),
+        "a deleted tunnel answers as an unknown one"
     );
 
     // Its agents come back with the old key and are refused; so is a new one.
@@ -291,7 +310,9 @@ async fn a_deleted_tunnel_drops_its_agents_answers_404_and_refuses_its_key() {
     assert_refused(gateway, &t.tunnel, "key of a deleted tunnel").await;
     let listed = gateway.list_tunnels().await;
     assert!(
-        listed.iter().all(|x| x["name"] != "wiki"),
+        listed
+            .iter()
+            .all(|x| x["name"] != "wiki" && x["name"] != "docs"),
         "deleted tunnel still listed: {listed:?}"
     );
     find_audit(&gateway.audit_list().await, "tunnel.delete", "wiki");
