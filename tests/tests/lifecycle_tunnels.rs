@@ -369,6 +369,18 @@ async fn the_store_is_rekeyed_while_requests_flow_and_the_old_kek_can_go() {
     let agent = Agent::connect(&t.gateway, &t.tunnel, t.node_a.addr(), AgentOptions::new()).await;
     assert_eq!(caller.get("wiki.test", "/").send().await.status, 200);
 
+    // A second rekey before the operator removed the old KEK is refused:
+    // it would overwrite the only copy of a key something may still need.
+    let again = t.gateway.try_cli(&["store", "rekey"]).await;
+    assert!(
+        !again.status.success(),
+        "rekey over a kept kek.old: {again:?}"
+    );
+    assert!(
+        again.stderr.contains("kek.old"),
+        "the refusal should name the file to remove: {again:?}"
+    );
+
     // Without the old KEK, a restarted gateway still admits the agent.
     std::fs::remove_file(&kept).unwrap();
     t.gateway.restart().await;
