@@ -113,6 +113,14 @@ async fn a_key_rotated_with_an_overlap_loses_no_request_and_retires_the_old_key_
         "previous key valid until {until}, now {now_unix}, overlap 4 s"
     );
 
+    let listed = gateway.list_tunnels().await;
+    let wiki = listed
+        .iter()
+        .find(|x| x["name"] == "wiki")
+        .expect("wiki listed");
+    assert_eq!(wiki["key_generation"], 1, "{wiki}");
+    assert_eq!(wiki["previous_key_valid_until"], until, "{wiki}");
+
     // The new node comes up with the new key during the overlap and is
     // preferred from then on.
     let agent_b = Agent::connect(
@@ -478,6 +486,8 @@ async fn agents_are_listed_and_one_is_drained_while_the_other_serves() {
             assert_eq!(e["key"], "current", "{e}");
         }
     }
+    let shown = gateway.cli_json(&["tunnel", "show", "wiki"]).await;
+    assert_eq!(shown["agents"].as_array().map(Vec::len), Some(2), "{shown}");
     for i in 0..6 {
         assert_eq!(
             caller
@@ -569,5 +579,43 @@ async fn agents_are_listed_and_one_is_drained_while_the_other_serves() {
     assert!(
         stopped.stderr.contains("not running"),
         "agent list should say the gateway is not running: {stopped:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_during_a_rotation_overlap_keeps_both_keys_working() {
+    let mut t = gateway_with_tunnel(GatewayOptions::new()).await;
+    let (new, _) = t.gateway.rotate_key("wiki", "10m").await;
+    let rekeyed = t.gateway.cli_json(&["store", "rekey"]).await;
+    assert_eq!(rekeyed["tunnels_rekeyed"], 1, "{rekeyed}");
+    std::fs::remove_file(t.gateway.kek_file().with_file_name("kek.old")).unwrap();
+    t.gateway.restart().await;
+
+    // Both the previous key (still in its overlap) and the current one
+    // were resealed under the new KEK.
+    let old_agent = Agent::connect(
+        &t.gateway,
+        &t.tunnel,
+        t.node_a.addr(),
+        AgentOptions::new().name("old-key"),
+    )
+    .await;
+    let new_agent = Agent::connect(
+        &t.gateway,
+        &new,
+        t.node_b.addr(),
+        AgentOptions::new().name("new-key"),
+    )
+    .await;
+    let agents = t.gateway.agent_list().await;
+    assert_eq!(
+        entry(&agents, old_agent.name())["key"],
+        "previous",
+        "{agents:?}"
+    );
+    assert_eq!(
+        entry(&agents, new_agent.name())["key"],
+        "current",
+        "{agents:?}"
     );
 }
