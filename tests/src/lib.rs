@@ -25,6 +25,8 @@
 //!   `/readyz`) of either process.
 //! - [`admin`]: the operator: the admin API client, the lifecycle
 //!   commands of the CLI, and a request loop counting failures.
+//! - [`lifecycle`]: what the lifecycle stories share (two local services,
+//!   agents that must be refused, disconnect events).
 //! - [`pattern`]: the deterministic byte pattern streamed in the large
 //!   transfer tests, and its SHA-256.
 //! - [`otlp`]: a real OTLP trace collector (gRPC and HTTP/protobuf) that
@@ -39,6 +41,7 @@ pub mod body;
 pub mod caller;
 pub mod events;
 pub mod gateway;
+pub mod lifecycle;
 pub mod otlp;
 pub mod pattern;
 pub mod pki;
