@@ -447,3 +447,62 @@ async fn the_openapi_document_is_served_and_matches_the_routes() {
         assert_eq!(r.status, 404, "undocumented {method} {path}: {r:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_running_gateway_by_a_private_file_and_manages_without_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut gateway = Gateway::start(GatewayOptions::new()).await;
+    let runtime = gateway.config_path().with_file_name("gateway.db.admin");
+    let mode = std::fs::metadata(&runtime)
+        .unwrap_or_else(|e| panic!("{} while the gateway runs: {e}", runtime.display()))
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "runtime file mode {mode:o}: others may read the credential"
+    );
+    let first: Value = serde_json::from_str(&std::fs::read_to_string(&runtime).unwrap()).unwrap();
+    let credential = first["token"]
+        .as_str()
+        .expect("a local credential")
+        .to_string();
+
+    // Killed without a word, the gateway leaves the file behind: the CLI
+    // works on the store directly, and knows no agent is connected.
+    gateway.kill();
+    let made = gateway
+        .try_cli(&["caller", "create", "--org", "acme", "--json"])
+        .await;
+    assert!(
+        made.status.success(),
+        "caller create after a crash: {made:?}"
+    );
+    let stopped = gateway.try_cli(&["agent", "list"]).await;
+    assert!(!stopped.status.success(), "{stopped:?}");
+    assert!(stopped.stderr.contains("not running"), "{stopped:?}");
+
+    // A restart replaces it (new credential); a clean exit removes it.
+    gateway.restart().await;
+    let second: Value = serde_json::from_str(&std::fs::read_to_string(&runtime).unwrap()).unwrap();
+    assert_ne!(
+        second["token"], first["token"],
+        "the credential is per process"
+    );
+    assert_eq!(
+        second["admin"],
+        gateway.admin().to_string().as_str(),
+        "{second}"
+    );
+    let old = gateway.api(&credential).get("/v1/tunnels").await;
+    assert_eq!(
+        old.status, 401,
+        "a dead process's credential still works: {old:?}"
+    );
+    gateway.terminate().await;
+    assert!(!runtime.exists(), "runtime file left after a clean exit");
+    assert!(
+        !gateway.everything_it_wrote().contains(&credential),
+        "the local credential appears in the gateway's output"
+    );
+}
