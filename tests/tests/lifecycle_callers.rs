@@ -24,10 +24,18 @@ async fn a_caller_revoked_while_sending_is_refused_on_its_next_request() {
     let leaked_caller = gateway.caller(&token(&leaked));
 
     let load = RequestLoop::start(&leaked_caller, "wiki.test", "/leaked", 2);
+    // A connection the caller keeps open across the revoke.
+    let mut kept = leaked_caller.keep_alive().await;
+    assert_eq!(kept.get("wiki.test", "/kept").await.status, 200);
     load.wait_more(6).await;
     let asked = Instant::now();
     let revoked = gateway.cli_json(&["caller", "revoke", &id(&leaked)]).await;
     let answered = Instant::now();
+    let on_kept = kept.get("wiki.test", "/kept-after").await;
+    assert_eq!(
+        on_kept.status, 401,
+        "a connection authenticated before the revoke is still served: {on_kept:?}"
+    );
     load.wait_more(6).await;
     let outcomes = load.stop().await;
 
