@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tests::admin::{failures, find_audit, Operator, RequestLoop};
-use tests::lifecycle::{assert_refused, disconnected, reason, TwoNodes};
+use tests::lifecycle::{agent_entry, assert_refused, disconnected, reason, TwoNodes};
 use tests::upstream;
 use tests::{Agent, AgentOptions, GatewayOptions, PATIENCE};
 
@@ -273,4 +273,54 @@ async fn a_deleted_tunnel_drops_its_agents_answers_404_and_refuses_its_key() {
         again.stderr.contains("wiki"),
         "the error should name the tunnel: {again:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rotation_retires_the_key_of_two_rotations_ago_at_once() {
+    let t = TwoNodes::start(GatewayOptions::new()).await;
+    let gateway = &t.gateway;
+    let first = Agent::connect(
+        gateway,
+        &t.tunnel,
+        t.node_a.addr(),
+        AgentOptions::new().name("gen-0"),
+    )
+    .await;
+    let (gen1, _) = gateway.rotate_key("wiki", "10m").await;
+    let second = Agent::connect(
+        gateway,
+        &gen1,
+        t.node_b.addr(),
+        AgentOptions::new().name("gen-1"),
+    )
+    .await;
+    let agents = gateway.agent_list().await;
+    assert_eq!(
+        agent_entry(&agents, "gen-0")["key"],
+        "previous",
+        "{agents:?}"
+    );
+
+    // Only one previous key is kept: generation 0 goes now, 1 stays.
+    let mark = gateway.events().mark();
+    let (gen2, printed) = gateway.rotate_key("wiki", "10m").await;
+    let answered = Instant::now();
+    assert_eq!(printed["key_generation"], 2, "{printed}");
+    let (gone, gone_at) = disconnected(gateway, mark, first.name()).await;
+    assert!(reason(&gone).contains("key rotated"), "{gone}");
+    assert!(
+        gone_at <= answered + Duration::from_secs(1),
+        "the generation-0 agent went {:?} after the second rotation",
+        gone_at.saturating_duration_since(answered)
+    );
+    assert_refused(gateway, &t.tunnel, "generation-0 key after two rotations").await;
+    let agents = gateway.agent_list().await;
+    assert_eq!(
+        agent_entry(&agents, "gen-1")["key"],
+        "previous",
+        "{agents:?}"
+    );
+    assert!(agents.iter().all(|a| a["agent"] != "gen-0"), "{agents:?}");
+    let _third = Agent::connect(gateway, &gen2, t.node_a.addr(), AgentOptions::new()).await;
+    drop(second);
 }
