@@ -19,6 +19,10 @@ pub(crate) struct Proc {
     child: Child,
     stderr_path: PathBuf,
     exit: Option<ExitStatus>,
+    /// The thread feeding stdout to the event log: joined by
+    /// [`Proc::kill`], so that its "closed" mark cannot land after a
+    /// restarted process's start (and fail the wait for its `ready`).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -52,7 +56,7 @@ impl Proc {
         events.started();
         let stdout = child.stdout.take().expect("piped stdout");
         let log = events.clone();
-        std::thread::Builder::new()
+        let reader = std::thread::Builder::new()
             .name(format!("{name}-stdout"))
             .spawn(move || {
                 for line in BufReader::new(stdout).lines() {
@@ -69,6 +73,7 @@ impl Proc {
             child,
             stderr_path: stderr_path.to_path_buf(),
             exit: None,
+            reader: Some(reader),
         }
     }
 
@@ -93,12 +98,18 @@ impl Proc {
 
     /// SIGKILL and reap: when this returns, the process's sockets are closed.
     pub(crate) fn kill(&mut self) -> ExitStatus {
-        if let Some(status) = self.exit {
-            return status;
-        }
-        let _ = self.child.kill();
-        let status = self.child.wait().expect("reap killed child");
+        let status = match self.exit {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                self.child.wait().expect("reap killed child")
+            }
+        };
         self.exit = Some(status);
+        // The process is gone, so its stdout reaches its end at once.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
         status
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tests::admin::{find_audit, poll_until, Operator, RequestLoop};
 use tests::setup::WikiTunnel;
+use tests::{upstream, GatewayOptions};
 
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("caller id").to_string()
@@ -18,7 +19,10 @@ fn token(v: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_revoked_while_sending_is_refused_on_its_next_request() {
-    let t = WikiTunnel::start().await;
+    // The loop keeps sending the revoked token: without a larger budget
+    // for failed credentials its source would soon get 429 instead of 401.
+    let opts = GatewayOptions::new().extra_config("[callers]\nmax_failures_per_minute = 100000");
+    let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
     let gateway = &t.gateway;
     let leaked = gateway.create_named_caller("acme", "ci-bot", None).await;
     let leaked_caller = gateway.caller(&token(&leaked));
