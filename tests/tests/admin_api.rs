@@ -341,6 +341,12 @@ async fn every_change_is_audited_with_who_and_from_where_and_no_secret() {
     );
     assert!(cli.len() >= entries.len(), "CLI and API list the same log");
 
+    let logs = std::fs::read_to_string(gateway.config_path().with_file_name("gateway.log"))
+        .unwrap_or_default();
+    assert!(
+        logs.contains("agent connected"),
+        "the gateway's log file should have its lines (else the check below proves nothing)"
+    );
     let everything = format!(
         "{served}\n{}\n{}",
         serde_json::to_string(&cli).unwrap(),
