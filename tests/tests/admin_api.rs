@@ -44,6 +44,86 @@ async fn the_api_refuses_a_missing_wrong_read_only_or_revoked_token() {
         refused.error().contains("read-only"),
         "403 should say the token is read-only: {refused:?}"
     );
+    // Every other change is refused to it too, and none happens.
+    let seed = gateway.create_tunnel("acme", "seed").await;
+    let (seed_caller, _) = gateway.create_caller_with_id("acme").await;
+    let kek_before = std::fs::read(gateway.kek_file()).unwrap();
+    for (method, path, body) in [
+        (Method::DELETE, "/v1/tunnels/seed".to_string(), None),
+        (
+            Method::POST,
+            "/v1/tunnels/seed/rotate-key".into(),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/callers".into(),
+            Some(json!({"org": "acme"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/callers/{seed_caller}/revoke"),
+            Some(json!({})),
+        ),
+        (Method::POST, "/v1/agents/1/drain".into(), Some(json!({}))),
+        (
+            Method::POST,
+            "/v1/admin-tokens".into(),
+            Some(json!({"name": "x", "scope": "write"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/admin-tokens/{read_id}/revoke"),
+            Some(json!({})),
+        ),
+        (Method::POST, "/v1/store/rekey".into(), Some(json!({}))),
+    ] {
+        let body = body.map(|b| b.to_string().into_bytes());
+        let r = gateway
+            .api(&read)
+            .request(method.clone(), &path, body)
+            .await;
+        assert_eq!(r.status, 403, "read token: {method} {path}: {r:?}");
+    }
+    let tunnels = gateway.list_tunnels().await;
+    let seed_now = tunnels
+        .iter()
+        .find(|x| x["name"] == "seed")
+        .expect("seed kept");
+    assert_eq!(seed_now["key_generation"], 0, "{seed_now}");
+    assert_eq!(
+        std::fs::read(gateway.kek_file()).unwrap(),
+        kek_before,
+        "rekeyed by a read token"
+    );
+    let callers = gateway.cli_json(&["caller", "list"]).await;
+    assert!(
+        callers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "active"),
+        "{callers}"
+    );
+    assert!(!seed.key.is_empty());
+
+    // Without an overlap the rotation keeps the old key a day.
+    let rotated = gateway
+        .api(&write)
+        .post("/v1/tunnels/seed/rotate-key", json!({}))
+        .await
+        .expect(200, "rotate with the default overlap");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until = rotated.json["previous_key_valid_until"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        (now + 86_390..=now + 86_410).contains(&until),
+        "default overlap should be 24 h: {rotated:?}"
+    );
 
     let listed = gateway.cli_json(&["admin-token", "list"]).await;
     let text = listed.to_string();
