@@ -748,4 +748,75 @@ mod tests {
         assert!(reg.reserve_agent_slot("tun_1", 2).is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn rotation_prefers_new_key_agents_then_drops_old_ones_and_deletion_drops_all() {
+        let (reg, dir) = registry().await;
+        let (info, _) = reg.store.create_tunnel("acme", "wiki").await.unwrap();
+        reg.reread_now().await.unwrap();
+        let on = |name: &str, key_generation| NewAgent {
+            tunnel: info.clone(),
+            key_generation,
+            ..new_agent(name)
+        };
+        let old = reg.add_agent(on("old", 0), sender().await);
+        assert!(!old.is_stale());
+
+        // During the overlap the old-key agent stays, but only serves when
+        // no agent on the new key does.
+        let overlap = std::time::Duration::from_secs(3600);
+        reg.store.rotate_key("wiki", overlap).await.unwrap();
+        reg.reread_now().await.unwrap();
+        assert!(reg.enforce().is_empty());
+        assert!(old.is_stale());
+        assert_eq!(old.view().key, "previous");
+        let new = reg.add_agent(on("new", 1), sender().await);
+        let _busy = [reg.pick(&info.id).unwrap(), reg.pick(&info.id).unwrap()];
+        assert_eq!(new.inflight(), 2, "the new-key agent takes every request");
+        assert_eq!(old.inflight(), 0);
+
+        // A rotation without overlap: both older keys end at once, so both
+        // agents are disconnected.
+        reg.store
+            .rotate_key("wiki", std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        reg.reread_now().await.unwrap();
+        assert_eq!(reg.enforce(), vec![info.id.clone(), info.id.clone()]);
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(1), old.kicked())
+            .await
+            .unwrap();
+        assert!(reason.starts_with("key rotated"), "{reason}");
+
+        // Deleting the tunnel disconnects whoever is left.
+        let last = reg.add_agent(on("last", 2), sender().await);
+        reg.store.delete_tunnel("wiki").await.unwrap();
+        reg.reread_now().await.unwrap();
+        assert_eq!(reg.enforce(), vec![info.id.clone()]);
+        assert_eq!(last.kicked().await, "tunnel deleted");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_revoked_or_expired_caller_is_refused_once_the_tables_are_reread() {
+        let (reg, dir) = registry().await;
+        let (rec, token) = reg.store.create_caller_with("acme", None, None).await.unwrap();
+        let (_, short) = reg
+            .store
+            .create_caller_with("acme", None, Some(now_secs() + 1))
+            .await
+            .unwrap();
+        assert!(reg.caller(&token).await.unwrap().is_some());
+        assert!(reg.caller(&short).await.unwrap().is_some());
+        reg.store.revoke_caller(&rec.id).await.unwrap();
+        reg.reread_now().await.unwrap();
+        assert!(reg.caller(&token).await.unwrap().is_none());
+        // Expiry needs no reread: it is checked on every lookup.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while reg.caller(&short).await.unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "expired token still accepted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

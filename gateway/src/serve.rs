@@ -215,6 +215,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    if let Some(a) = admin_addr.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "admin listener on {a}, not loopback: it speaks plain HTTP, so admin tokens cross \
+             the network in the clear; keep it on a trusted network or behind a TLS proxy"
+        );
+    }
     let readiness = Arc::new(Readiness::default());
 
     let public_addr = parse_listen("public.listen", &cfg.public.listen)?;
