@@ -95,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     let admin = Arc::new(protocol::telemetry::admin::Admin {
                         registry: Arc::new(crate::metrics::registry()),
                         ready: Arc::new(move || r.check()),
+                        api: None,
                     });
                     tokio::spawn(admin.serve(tokio::net::TcpListener::from_std(listener)?));
                     tracing::info!(%addr, "admin listener up: /metrics /healthz /readyz");

@@ -172,6 +172,7 @@ async fn dial_inner(
             version: PROTOCOL_VERSION,
             tunnel_id: tunnel_id.clone(),
             agent: agent.clone(),
+            software: Some(env!("CARGO_PKG_VERSION").into()),
         }
         .encode(),
     ))

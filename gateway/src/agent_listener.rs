@@ -34,9 +34,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::config::AgentsSection;
 use crate::connector::open_stream;
+use crate::counted::Counted;
 use crate::events::emit;
 use crate::per_source::{PerSource, SourceSlot};
-use crate::registry::{AgentConn, AgentSlot, Registry};
+use crate::registry::{AgentConn, AgentSlot, ByteCounts, NewAgent, Registry};
 use crate::store::TunnelInfo;
 
 type AgentWs = WebSocketStream<TlsStream<TcpStream>>;
@@ -87,6 +88,16 @@ enum HsError {
         reason: &'static str,
         why: String,
     },
+}
+
+/// An agent that passed the handshake.
+struct Admitted {
+    ws: AgentWs,
+    tunnel: TunnelInfo,
+    agent: String,
+    software: Option<String>,
+    key_generation: i64,
+    _admission: Admission,
 }
 
 /// What an admitted agent connection holds for as long as it lives.
@@ -175,18 +186,17 @@ async fn serve_agent(
 ) {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
-    let (ws, tunnel, agent_name, _admission) =
-        match tokio::time::timeout(timeout, handshake(&shared, tcp)).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return handshake_failed(peer, e),
-            Err(_) => {
-                crate::metrics::handshake_rejected("timeout");
-                tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
-                return;
-            }
-        };
+    let admitted = match tokio::time::timeout(timeout, handshake(&shared, tcp)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return handshake_failed(peer, e),
+        Err(_) => {
+            crate::metrics::handshake_rejected("timeout");
+            tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
+            return;
+        }
+    };
     drop(pending);
-    if let Err(e) = run_tunnel(&shared, ws, tunnel, agent_name, shutdown).await {
+    if let Err(e) = run_tunnel(&shared, admitted, peer, shutdown).await {
         tracing::info!(%peer, "agent connection ended: {e}");
     }
 }
@@ -250,10 +260,7 @@ async fn send(ws: &mut AgentWs, m: &Message) -> Result<(), HsError> {
     Ok(())
 }
 
-async fn handshake(
-    shared: &Shared,
-    tcp: TcpStream,
-) -> Result<(AgentWs, TunnelInfo, String, Admission), HsError> {
+async fn handshake(shared: &Shared, tcp: TcpStream) -> Result<Admitted, HsError> {
     // A peer that sends nothing (or trickles its ClientHello) holds a
     // pending slot for this long, not for the whole handshake timeout.
     let tls_limit = Duration::from_secs(shared.cfg.tls_timeout_secs);
@@ -284,10 +291,13 @@ async fn handshake(
     )
     .await?;
 
-    let (tunnel_id, agent) = match recv(&mut ws).await? {
+    let (tunnel_id, agent, software) = match recv(&mut ws).await? {
         Message::Hello {
-            tunnel_id, agent, ..
-        } => (tunnel_id, agent),
+            tunnel_id,
+            agent,
+            software,
+            ..
+        } => (tunnel_id, agent, software),
         other => {
             return Err(handshake::HandshakeError::Unexpected {
                 expected: "hello",
@@ -320,9 +330,15 @@ async fn handshake(
     // decryption (present only for a known tunnel) do not show in timing.
     let verdict_at = tokio::time::Instant::now() + VERDICT_FLOOR;
     let found = shared.registry.tunnel_with_key(&tunnel_id).await;
-    let (key, info) = match found {
-        Ok(Some((info, key))) => (key, Some(info)),
-        Ok(None) => (TunnelKey::generate(), None),
+    let (keys, info) = match found {
+        Ok(Some(k)) => {
+            let info = k.info;
+            // During a rotation's overlap the previous key is accepted
+            // too; otherwise a random one stands in so the work is the same.
+            let previous = k.previous.unwrap_or_else(TunnelKey::generate);
+            ((k.current, previous, k.generation), Some(info))
+        }
+        Ok(None) => ((TunnelKey::generate(), TunnelKey::generate(), 0), None),
         Err(e) => {
             // Says nothing about the agent's key: close without `Rejected`
             // so the agent retries instead of giving up for good.
@@ -331,9 +347,18 @@ async fn handshake(
             return Err(HsError::Store);
         }
     };
-    let ok = handshake::verify_proof(&key, &tunnel_id, &agent, &challenge, &exporter, &mac);
+    let (current, previous, generation) = keys;
+    let on_current =
+        handshake::verify_proof(&current, &tunnel_id, &agent, &challenge, &exporter, &mac);
+    let on_previous =
+        handshake::verify_proof(&previous, &tunnel_id, &agent, &challenge, &exporter, &mac);
+    let key_generation = if on_current {
+        generation
+    } else {
+        generation - 1
+    };
     tokio::time::sleep_until(verdict_at).await;
-    match (ok, info) {
+    match (on_current || on_previous, info) {
         (true, Some(info)) => {
             let admission = match admit(shared, &info) {
                 Ok(a) => a,
@@ -361,7 +386,14 @@ async fn handshake(
                 },
             )
             .await?;
-            Ok((ws, info, agent, admission))
+            Ok(Admitted {
+                ws,
+                tunnel: info,
+                agent,
+                software: software.map(|s| s.chars().take(64).collect()),
+                key_generation,
+                _admission: admission,
+            })
         }
         _ => {
             let _ = send(
@@ -423,11 +455,19 @@ fn agent_event(event: &str, agent: &AgentConn) -> serde_json::Value {
 
 async fn run_tunnel(
     shared: &Shared,
-    ws: AgentWs,
-    tunnel: TunnelInfo,
-    agent_name: String,
+    admitted: Admitted,
+    peer: SocketAddr,
     mut shutdown: ShutdownWatch,
 ) -> anyhow::Result<()> {
+    let Admitted {
+        ws,
+        tunnel,
+        agent: agent_name,
+        software,
+        key_generation,
+        _admission,
+    } = admitted;
+    let bytes = Arc::new(ByteCounts::default());
     // hyper drives the HTTP/2 connection in a task of its own; cancelling
     // this token is how we close the connection (drained, shutdown).
     let closer = tokio_util::sync::CancellationToken::new();
@@ -446,7 +486,10 @@ async fn run_tunnel(
         .initial_connection_window_size(protocol::CONNECTION_WINDOW)
         .max_frame_size(64 << 10)
         .max_send_buf_size(1 << 20)
-        .handshake(TokioIo::new(WsByteStream::with_cancel(ws, closer.clone())))
+        .handshake(TokioIo::new(Counted::new(
+            WsByteStream::with_cancel(ws, closer.clone()),
+            bytes.clone(),
+        )))
         .await?;
     let mut conn_task = tokio::spawn(conn);
     let control = match tokio::time::timeout(
@@ -465,7 +508,23 @@ async fn run_tunnel(
             anyhow::bail!("control stream: timed out");
         }
     };
-    let agent = shared.registry.add_agent(tunnel, agent_name, sender);
+    // A tunnel created behind the gateway's back (the CLI on the store)
+    // must be in the tables before `enforce` looks the agent up there.
+    if let Err(e) = shared.registry.reread_if_changed().await {
+        conn_task.abort();
+        anyhow::bail!("store: {e}");
+    }
+    let agent = shared.registry.add_agent(
+        NewAgent {
+            tunnel,
+            agent_name,
+            key_generation,
+            remote: peer,
+            software,
+            bytes,
+        },
+        sender,
+    );
     tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, conn = agent.conn_id, "agent connected");
     emit(agent_event("agent_connected", &agent));
 
@@ -474,6 +533,7 @@ async fn run_tunnel(
     let mut control = BufReader::with_capacity(128, TokioIo::new(control));
     let mut line = Vec::with_capacity(64);
     let mut draining = false;
+    let mut by_operator = false;
     let mut stopping = false;
     let reason = loop {
         tokio::select! {
@@ -494,7 +554,19 @@ async fn run_tunnel(
                 Ok(None) => break "control stream closed".to_string(),
                 Err(e) => break format!("control stream: {e}"),
             },
-            _ = agent.wait_idle(), if draining => break "drained".to_string(),
+            _ = agent.wait_idle(), if draining => break if by_operator {
+                "drained by operator".to_string()
+            } else {
+                "drained".to_string()
+            },
+            reason = agent.kicked() => break reason,
+            _ = agent.drain_requested(), if !draining => {
+                draining = true;
+                by_operator = true;
+                agent.start_draining();
+                tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, inflight = agent.inflight(), "agent drained by operator");
+                emit(agent_event("agent_draining", &agent));
+            }
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
                 draining = true;

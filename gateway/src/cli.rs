@@ -1,13 +1,20 @@
-//! Command line: `serve`, `tunnel create|list`, `caller create`.
+//! Command line: `serve`, and the admin commands (`tunnel`, `caller`,
+//! `agent`, `admin-token`, `audit`, `store`). An admin command goes
+//! through the running gateway's admin API when one is running (so it
+//! learns of the change at once), else works on the store directly.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use serde_json::json;
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
 
+use crate::admin::client::{self, ClientError};
+use crate::admin::ops::{execute, Actor, Op, OpError};
+use crate::admin::runtime;
 use crate::config::GatewayConfig;
-use crate::store::Store;
+use crate::store::{AdminScope, Store};
 
 /// Application-tunnel gateway.
 #[derive(Debug, Parser)]
@@ -17,10 +24,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What every admin command takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Print the answer as JSON (the admin API's).
+    #[arg(long)]
+    json: bool,
+}
+
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway: public listener, agent listener, routes.
+    /// Run the gateway: public listener, agent listener, routes, admin API.
     Serve {
         /// Configuration file (TOML).
         #[arg(long)]
@@ -36,6 +54,26 @@ pub enum Command {
         #[command(subcommand)]
         command: CallerCommand,
     },
+    /// See and drain the agents connected to the running gateway.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Manage admin API tokens.
+    AdminToken {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Maintain the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
 }
 
 /// Tunnel commands.
@@ -43,25 +81,40 @@ pub enum Command {
 pub enum TunnelCommand {
     /// Create a tunnel and print its id and key (the only time the key is shown).
     Create {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
         /// Organization owning the tunnel.
         #[arg(long)]
         org: String,
         /// Tunnel name (a DNS label: routes and `<name>.<base_domain>` use it).
         #[arg(long)]
         name: String,
-        /// Print JSON `{"id","name","org","key"}`.
-        #[arg(long)]
-        json: bool,
     },
-    /// List tunnels.
+    /// List tunnels (never their keys).
     List {
-        #[arg(long)]
-        config: PathBuf,
-        /// Print a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show one tunnel and its connected agents.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// Delete a tunnel: its agents are disconnected at once and its key refused.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// Give a tunnel a new key (printed once); the old one keeps working for the overlap.
+    RotateKey {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// How long the old key stays accepted (`90s`, `15m`, `24h`, `7d`; `0` ends it now).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        overlap: Duration,
     },
 }
 
@@ -70,112 +123,400 @@ pub enum TunnelCommand {
 pub enum CallerCommand {
     /// Create a caller token for an organization (shown once; only its hash is stored).
     Create {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
         #[arg(long)]
         org: String,
-        /// Print JSON `{"org","token"}`.
+        /// A name to tell the caller apart in lists and the audit log.
         #[arg(long)]
-        json: bool,
+        name: Option<String>,
+        /// Lifetime of the token (`30d`, `12h`, ...); without it, it lasts until revoked.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List callers (never their tokens: a short prefix identifies each).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke a caller: its token is refused from the next request on.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        id: String,
     },
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<GatewayConfig> {
-    Ok(GatewayConfig::load(path)?)
+/// Agent commands (they need a running gateway).
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List connected agents.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Drain one agent: no new requests; disconnected once idle.
+    Drain {
+        #[command(flatten)]
+        common: Common,
+        /// Its connection id (`agent list`).
+        conn_id: u64,
+    },
 }
 
-fn admin<T>(
-    cfg: &GatewayConfig,
-    f: impl AsyncFnOnce(&Store) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+/// Admin-token commands.
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create an admin API token (shown once; only its hash is stored).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        name: String,
+        /// `read` (look only) or `write` (change too).
+        #[arg(long)]
+        scope: AdminScope,
+    },
+    /// List admin tokens (never the tokens).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke an admin token.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+    },
+}
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The newest entries, newest first.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// Store commands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Reseal every tunnel key under a new key-encryption key (the gateway may be serving).
+    Rekey {
+        #[command(flatten)]
+        common: Common,
+        /// Where to write the new KEK (required with `store.kek_env`; the
+        /// gateway must then be stopped).
+        #[arg(long)]
+        new_kek_file: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try `90s`, `15m`, `24h` or `7d`)"))
+}
+
+/// The user running the CLI, for the audit log.
+fn cli_user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let name = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok();
+    match (name, uid) {
+        (Some(n), Some(u)) => format!("{n}(uid {u})"),
+        (Some(n), None) => n,
+        (None, Some(u)) => format!("uid {u}"),
+        (None, None) => "unknown".into(),
+    }
+}
+
+/// Runs `op`: through the running gateway if there is one, else on the store.
+fn dispatch(cfg: &GatewayConfig, op: Op) -> anyhow::Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let user = cli_user();
+        let running = runtime::read(&cfg.store.path);
+        if let (
+            Some(_),
+            Op::Rekey {
+                new_kek_file: Some(_),
+            },
+        ) = (&running, &op)
+        {
+            anyhow::bail!(
+                "the gateway is running: a rekey with --new-kek-file (for store.kek_env) needs it \
+                 stopped, since it cannot read a new environment variable while it runs"
+            );
+        }
+        if let Some(running) = running {
+            match client::call(&running, &op, &user).await {
+                Ok(v) => return Ok(v),
+                Err(e @ ClientError::Unreachable(..)) if !matches!(op, Op::Rekey { .. }) => {
+                    eprintln!(
+                        "warning: {e}; working on the store directly (the gateway sees the \
+                         change within store.refresh_secs)"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if matches!(op, Op::ListAgents | Op::DrainAgent { .. }) {
+            return Err(OpError::NotRunning.into());
+        }
         let store = Store::open(&cfg.store)
             .await
             .with_context(|| format!("opening store {}", cfg.store.path.display()))?;
-        let out = f(&store).await;
+        let who = Actor {
+            actor: format!("cli:{user}"),
+            source: "local".into(),
+        };
+        let out = execute(op, store.clone(), None, who).await;
         store.close().await;
-        out
+        Ok(out?.body)
     })
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    // `serve` logs as its config says; the short commands plainly.
-    let _plain =
-        (!matches!(cli.command, Command::Serve { .. })).then(protocol::telemetry::init_plain);
-    match cli.command {
-        Command::Serve { config } => {
-            let cfg = load(&config)?;
-            let _telemetry = protocol::telemetry::init(
-                &cfg.log,
-                &cfg.telemetry,
-                "tunnel-gateway",
-                false,
-                &crate::metrics::METRICS.export,
-            )?;
-            crate::serve::serve(cfg)
-        }
-        Command::Tunnel {
-            command:
-                TunnelCommand::Create {
-                    config,
+    if let Command::Serve { config } = cli.command {
+        let cfg = GatewayConfig::load(&config)?;
+        let _telemetry = protocol::telemetry::init(
+            &cfg.log,
+            &cfg.telemetry,
+            "tunnel-gateway",
+            false,
+            &crate::metrics::METRICS.export,
+        )?;
+        return crate::serve::serve(cfg);
+    }
+    let _plain = protocol::telemetry::init_plain();
+    let (common, op, show): (Common, Op, fn(&Value)) = match cli.command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Tunnel { command } => match command {
+            TunnelCommand::Create { common, org, name } => {
+                (common, Op::CreateTunnel { org, name }, show_new_tunnel)
+            }
+            TunnelCommand::List { common } => (common, Op::ListTunnels, show_tunnels),
+            TunnelCommand::Show { common, name } => (common, Op::ShowTunnel { name }, show_pretty),
+            TunnelCommand::Delete { common, name } => {
+                (common, Op::DeleteTunnel { name }, show_deleted)
+            }
+            TunnelCommand::RotateKey {
+                common,
+                name,
+                overlap,
+            } => (
+                common,
+                Op::RotateKey {
+                    name,
+                    overlap_secs: Some(overlap.as_secs()),
+                },
+                show_rotated,
+            ),
+        },
+        Command::Caller { command } => match command {
+            CallerCommand::Create {
+                common,
+                org,
+                name,
+                expires,
+            } => (
+                common,
+                Op::CreateCaller {
                     org,
                     name,
-                    json,
+                    expires_in_secs: expires.map(|d| d.as_secs().max(1)),
                 },
-        } => {
-            let cfg = load(&config)?;
-            let (info, key) = admin(&cfg, async |s| Ok(s.create_tunnel(&org, &name).await?))?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"id": info.id, "name": info.name, "org": info.org, "key": key.reveal_text()})
-                );
-            } else {
-                println!("tunnel created");
-                println!("  id:   {}", info.id);
-                println!("  name: {}", info.name);
-                println!("  org:  {}", info.org);
-                println!("  key:  {}", key.reveal_text());
-                println!("The key is shown only now. On the agent host run:");
-                println!("  agent key set --config agent.toml   (and paste the key)");
+                show_new_caller,
+            ),
+            CallerCommand::List { common } => (common, Op::ListCallers, show_callers),
+            CallerCommand::Revoke { common, id } => (common, Op::RevokeCaller { id }, show_pretty),
+        },
+        Command::Agent { command } => match command {
+            AgentCommand::List { common } => (common, Op::ListAgents, show_agents),
+            AgentCommand::Drain { common, conn_id } => {
+                (common, Op::DrainAgent { conn_id }, show_pretty)
             }
-            Ok(())
-        }
-        Command::Tunnel {
-            command: TunnelCommand::List { config, json },
-        } => {
-            let cfg = load(&config)?;
-            let list = admin(&cfg, async |s| Ok(s.list_tunnels().await?))?;
-            if json {
-                println!("{}", serde_json::to_string(&list)?);
-            } else {
-                for t in list {
-                    println!("{}\t{}\t{}", t.id, t.name, t.org);
-                }
+        },
+        Command::AdminToken { command } => match command {
+            AdminTokenCommand::Create {
+                common,
+                name,
+                scope,
+            } => (
+                common,
+                Op::CreateAdminToken { name, scope },
+                show_new_admin_token,
+            ),
+            AdminTokenCommand::List { common } => (common, Op::ListAdminTokens, show_pretty),
+            AdminTokenCommand::Revoke { common, id } => {
+                (common, Op::RevokeAdminToken { id }, show_pretty)
             }
-            Ok(())
-        }
-        Command::Caller {
-            command: CallerCommand::Create { config, org, json },
-        } => {
-            let cfg = load(&config)?;
-            let (info, token) = admin(&cfg, async |s| Ok(s.create_caller(&org).await?))?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"id": info.id, "org": info.org, "token": token})
-                );
+        },
+        Command::Audit {
+            command: AuditCommand::List { common, limit },
+        } => (common, Op::ListAudit { limit: Some(limit) }, show_audit),
+        Command::Store {
+            command:
+                StoreCommand::Rekey {
+                    common,
+                    new_kek_file,
+                },
+        } => (common, Op::Rekey { new_kek_file }, show_pretty),
+    };
+    let cfg = GatewayConfig::load(&common.config)?;
+    let value = dispatch(&cfg, op)?;
+    if common.json {
+        use std::io::Write;
+        // A closed pipe (`| head`) is not an error of ours.
+        let _ = writeln!(std::io::stdout(), "{value}");
+    } else {
+        show(&value);
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn show_pretty(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn show_new_tunnel(v: &Value) {
+    println!("tunnel created");
+    println!("  id:   {}", s(&v["id"]));
+    println!("  name: {}", s(&v["name"]));
+    println!("  org:  {}", s(&v["org"]));
+    println!("  key:  {}", s(&v["key"]));
+    println!("The key is shown only now. On the agent host run:");
+    println!("  agent key set --config agent.toml   (and paste the key)");
+}
+
+fn show_tunnels(v: &Value) {
+    for t in v.as_array().into_iter().flatten() {
+        println!(
+            "{}\t{}\t{}\tkey generation {}\tagents {}",
+            s(&t["id"]),
+            s(&t["name"]),
+            s(&t["org"]),
+            s(&t["key_generation"]),
+            s(&t["agents"]),
+        );
+    }
+}
+
+fn show_deleted(v: &Value) {
+    println!(
+        "tunnel {} deleted; {} agent(s) disconnected",
+        s(&v["deleted"]),
+        s(&v["agents_disconnected"])
+    );
+}
+
+fn show_rotated(v: &Value) {
+    println!("tunnel {} has a new key", s(&v["name"]));
+    println!("  key:            {}", s(&v["key"]));
+    println!("  key generation: {}", s(&v["key_generation"]));
+    match v["previous_key_valid_until"].as_i64() {
+        Some(t) => println!(
+            "  the previous key is accepted until {} (unix {t})",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(t as u64)
+            )
+        ),
+        None => println!("  the previous key is no longer accepted"),
+    }
+    println!("The key is shown only now. On each agent host run `agent key set`.");
+}
+
+fn show_new_caller(v: &Value) {
+    println!("caller created for org {}", s(&v["org"]));
+    println!("  id:    {} (what authz rules name)", s(&v["id"]));
+    println!("  token: {}", s(&v["token"]));
+    if let Some(t) = v["expires_at"].as_i64() {
+        println!(
+            "  expires: {}",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(t as u64)
+            )
+        );
+    }
+    println!("Send it as `Proxy-Authorization: Bearer <token>`. It is shown only now.");
+}
+
+fn show_callers(v: &Value) {
+    for c in v.as_array().into_iter().flatten() {
+        println!(
+            "{}\t{}\t{}\tct_{}…\t{}",
+            s(&c["id"]),
+            s(&c["org"]),
+            s(&c["name"]),
+            s(&c["token_prefix"]),
+            s(&c["state"]),
+        );
+    }
+}
+
+fn show_agents(v: &Value) {
+    for a in v.as_array().into_iter().flatten() {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\tinflight {}\tin {} B\tout {} B{}{}",
+            s(&a["conn_id"]),
+            s(&a["tunnel"]),
+            s(&a["agent"]),
+            s(&a["version"]),
+            s(&a["remote_addr"]),
+            s(&a["inflight"]),
+            s(&a["bytes_in"]),
+            s(&a["bytes_out"]),
+            if a["draining"] == true {
+                "\tdraining"
             } else {
-                println!("caller created for org {}", info.org);
-                println!("  id:    {} (what authz rules name)", info.id);
-                println!("  token: {token}");
-                println!("Send it as `Proxy-Authorization: Bearer <token>`. It is shown only now.");
-            }
-            Ok(())
-        }
+                ""
+            },
+            if a["key"] == "previous" {
+                "\tprevious key"
+            } else {
+                ""
+            },
+        );
+    }
+}
+
+fn show_new_admin_token(v: &Value) {
+    println!("admin token created ({} scope)", s(&v["scope"]));
+    println!("  id:    {}", s(&v["id"]));
+    println!("  token: {}", s(&v["token"]));
+    println!("Send it as `Authorization: Bearer <token>` to the admin API. It is shown only now.");
+}
+
+fn show_audit(v: &Value) {
+    for e in v.as_array().into_iter().flatten() {
+        let at = e["at"].as_i64().unwrap_or(0).max(0) as u64;
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(at)),
+            s(&e["actor"]),
+            s(&e["source"]),
+            s(&e["action"]),
+            s(&e["object"]),
+            e["detail"]
+        );
     }
 }

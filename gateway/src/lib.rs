@@ -27,6 +27,7 @@
 //!   Prometheus metrics of the admin listener; [`per_source`] what one
 //!   network source holds at once.
 
+pub mod admin;
 pub mod agent_listener;
 /// Framing checks and header rewriting (crate `gateway-judge`).
 pub use gateway_judge::http_checks;
@@ -37,6 +38,7 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod counted;
 pub mod events;
 pub mod metrics;
 pub mod per_source;

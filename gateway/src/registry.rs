@@ -16,7 +16,33 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use tokio::sync::Notify;
 
-use crate::store::{token_hash, CallerInfo, Store, StoreError, StoreStamp, TunnelInfo};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{
+    now_secs, token_hash, AdminTokenInfo, CallerInfo, Store, StoreError, StoreStamp, TunnelInfo,
+    TunnelKeys,
+};
+
+/// What the agent listener knows of an agent it has just authenticated.
+#[derive(Debug)]
+pub struct NewAgent {
+    pub tunnel: TunnelInfo,
+    pub agent_name: String,
+    /// The generation of the key the agent proved it holds.
+    pub key_generation: i64,
+    pub remote: std::net::SocketAddr,
+    /// The agent's software version, as it said.
+    pub software: Option<String>,
+    /// Bytes received from and sent to the agent on its connection.
+    pub bytes: Arc<ByteCounts>,
+}
+
+/// Bytes through one agent connection, counted as they pass.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    pub from_agent: AtomicU64,
+    pub to_agent: AtomicU64,
+}
 
 /// One connected agent.
 pub struct AgentConn {
@@ -25,10 +51,42 @@ pub struct AgentConn {
     pub conn_id: u64,
     pub tunnel: TunnelInfo,
     pub agent_name: String,
+    pub key_generation: i64,
+    pub remote: std::net::SocketAddr,
+    pub software: Option<String>,
+    /// Unix seconds.
+    pub connected_at: i64,
+    pub bytes: Arc<ByteCounts>,
     sender: SendRequest<Empty<Bytes>>,
     inflight: AtomicUsize,
     draining: AtomicBool,
+    /// Authenticated with the previous key of a rotated tunnel: served
+    /// only when no agent on the current key is.
+    stale: AtomicBool,
     idle: Notify,
+    /// Cancelled to disconnect the agent from the gateway side.
+    kick: CancellationToken,
+    kick_reason: Mutex<Option<String>>,
+    /// Cancelled when an operator drains the agent.
+    drain: CancellationToken,
+}
+
+/// An agent as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentView {
+    pub conn_id: u64,
+    pub tunnel: String,
+    pub tunnel_id: String,
+    pub agent: String,
+    pub version: Option<String>,
+    pub remote_addr: String,
+    pub connected_at: i64,
+    pub inflight: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub draining: bool,
+    /// `current` or `previous` (of a rotated tunnel, during the overlap).
+    pub key: &'static str,
 }
 
 impl std::fmt::Debug for AgentConn {
@@ -80,6 +138,63 @@ impl AgentConn {
     /// A sender for opening a new stream on this agent's connection.
     pub fn sender(&self) -> SendRequest<Empty<Bytes>> {
         self.sender.clone()
+    }
+
+    /// Whether the agent holds only the previous key of its tunnel.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    /// Disconnects the agent; `reason` is what its disconnect event says.
+    pub fn kick(&self, reason: &str) {
+        let mut r = self.kick_reason.lock().expect("lock");
+        if r.is_none() {
+            *r = Some(reason.to_string());
+        }
+        drop(r);
+        self.kick.cancel();
+    }
+
+    /// Resolves with the reason once the agent is kicked.
+    pub async fn kicked(&self) -> String {
+        self.kick.cancelled().await;
+        self.kick_reason
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_else(|| "disconnected by the gateway".into())
+    }
+
+    /// Asks the agent's connection to drain (an operator's request).
+    pub fn request_drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Resolves once an operator asked the agent to drain.
+    pub async fn drain_requested(&self) {
+        self.drain.cancelled().await;
+    }
+
+    /// What the admin API shows of this agent.
+    pub fn view(&self) -> AgentView {
+        AgentView {
+            conn_id: self.conn_id,
+            tunnel: self.tunnel.name.clone(),
+            tunnel_id: self.tunnel.id.clone(),
+            agent: self.agent_name.clone(),
+            version: self.software.clone(),
+            remote_addr: self.remote.to_string(),
+            connected_at: self.connected_at,
+            inflight: self.inflight(),
+            bytes_in: self.bytes.from_agent.load(Ordering::Relaxed),
+            bytes_out: self.bytes.to_agent.load(Ordering::Relaxed),
+            draining: self.is_draining(),
+            key: if self.is_stale() {
+                "previous"
+            } else {
+                "current"
+            },
+        }
     }
 }
 
@@ -150,11 +265,16 @@ pub struct Registry {
     next_conn: AtomicU64,
 }
 
-/// The store's callers and tunnels as last read.
+/// The store's callers, admin tokens and tunnels as last read.
 #[derive(Default)]
 struct Tables {
-    callers: HashMap<[u8; 32], CallerInfo>,
+    /// Callers not revoked, with their expiry (unix seconds).
+    callers: HashMap<[u8; 32], (CallerInfo, Option<i64>)>,
+    admins: HashMap<[u8; 32], AdminTokenInfo>,
     tunnels: HashMap<String, TunnelInfo>,
+    /// By tunnel id: the current key's generation, and until when the
+    /// previous one is accepted.
+    keys: HashMap<String, (i64, Option<i64>)>,
     /// The store's files when they were read; `None` before the first read.
     stamp: Option<StoreStamp>,
 }
@@ -191,14 +311,46 @@ impl Registry {
         self.tables.read().expect("lock").clone()
     }
 
-    /// The organization of a caller token, if the token is known.
+    /// The caller of a token, if the token is known, not revoked and not
+    /// expired.
     pub async fn caller(&self, token: &str) -> Result<Option<CallerInfo>, StoreError> {
         let hash = token_hash(token);
-        if let Some(c) = self.tables().callers.get(&hash) {
-            return Ok(Some(c.clone()));
+        let live = |t: &Tables| {
+            t.callers
+                .get(&hash)
+                .filter(|(_, exp)| exp.is_none_or(|e| e > now_secs()))
+                .map(|(c, _)| c.clone())
+        };
+        // A known token is answered from memory, expired or not.
+        if self.tables().callers.contains_key(&hash) {
+            return Ok(live(&self.tables()));
         }
         self.reread_if_changed().await?;
-        Ok(self.tables().callers.get(&hash).cloned())
+        Ok(live(&self.tables()))
+    }
+
+    /// The admin token's record, if it is known and not revoked.
+    pub async fn admin_token(&self, token: &str) -> Result<Option<AdminTokenInfo>, StoreError> {
+        let hash = token_hash(token);
+        if let Some(a) = self.tables().admins.get(&hash) {
+            return Ok(Some(a.clone()));
+        }
+        self.reread_if_changed().await?;
+        Ok(self.tables().admins.get(&hash).cloned())
+    }
+
+    /// The store, for the admin operations.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs `f` on the store's runtime (where its pool lives).
+    pub async fn with_store<T, F>(&self, f: impl FnOnce(Store) -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.on_store(f).await
     }
 
     /// A tunnel by name.
@@ -212,7 +364,7 @@ impl Registry {
 
     /// Rereads the tables if the store's files changed since they were
     /// read. Costs two `stat` calls when nothing changed.
-    async fn reread_if_changed(&self) -> Result<(), StoreError> {
+    pub async fn reread_if_changed(&self) -> Result<(), StoreError> {
         if self.tables().stamp == Some(self.store.stamp()) {
             return Ok(());
         }
@@ -231,23 +383,42 @@ impl Registry {
         // next miss read again.
         let stamp = self.store.stamp();
         self.rereads.fetch_add(1, Ordering::Relaxed);
-        let (callers, tunnels) = self
-            .on_store(|s| async move { Ok((s.all_callers().await?, s.list_tunnels().await?)) })
+        let (callers, admins, tunnels) = self
+            .on_store(|s| async move {
+                Ok((
+                    s.active_callers().await?,
+                    s.active_admin_tokens().await?,
+                    s.tunnel_records().await?,
+                ))
+            })
             .await?;
         let tables = Tables {
-            callers: callers.into_iter().collect(),
-            tunnels: tunnels.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            callers: callers
+                .into_iter()
+                .map(|c| (c.hash, (c.info, c.expires_at)))
+                .collect(),
+            admins: admins.into_iter().collect(),
+            keys: tunnels
+                .iter()
+                .map(|t| {
+                    (
+                        t.info.id.clone(),
+                        (t.key_generation, t.previous_key_valid_until),
+                    )
+                })
+                .collect(),
+            tunnels: tunnels
+                .into_iter()
+                .map(|t| (t.info.name.clone(), t.info))
+                .collect(),
             stamp: Some(stamp),
         };
         *self.tables.write().expect("lock") = Arc::new(tables);
         Ok(())
     }
 
-    /// A tunnel and its key by id, for the agent handshake.
-    pub async fn tunnel_with_key(
-        &self,
-        id: &str,
-    ) -> Result<Option<(TunnelInfo, protocol::TunnelKey)>, StoreError> {
+    /// A tunnel and its keys by id, for the agent handshake.
+    pub async fn tunnel_with_key(&self, id: &str) -> Result<Option<TunnelKeys>, StoreError> {
         let id = id.to_string();
         self.on_store(move |s| async move { s.tunnel_with_key(&id).await })
             .await
@@ -261,21 +432,87 @@ impl Registry {
         }
     }
 
+    /// Disconnects every agent whose tunnel is gone or whose key is no
+    /// longer accepted, and marks those on a previous key still in its
+    /// overlap as stale. Runs after every change and once a second, so an
+    /// overlap's end takes effect within a second. Returns the tunnel ids
+    /// of the agents disconnected.
+    pub fn enforce(&self) -> Vec<String> {
+        let tables = self.tables();
+        if tables.stamp.is_none() {
+            return Vec::new();
+        }
+        let now = now_secs();
+        let mut kicked = Vec::new();
+        for agent in self.agents.read().expect("lock").values().flatten() {
+            let verdict = match tables.keys.get(&agent.tunnel.id) {
+                None => Some("tunnel deleted"),
+                Some((current, _)) if agent.key_generation >= *current => {
+                    agent.stale.store(false, Ordering::Release);
+                    None
+                }
+                Some((current, Some(until)))
+                    if agent.key_generation == current - 1 && *until > now =>
+                {
+                    agent.stale.store(true, Ordering::Release);
+                    None
+                }
+                Some(_) => Some("key rotated: this agent's key is no longer accepted"),
+            };
+            if let Some(reason) = verdict {
+                if !agent.kick.is_cancelled() {
+                    agent.kick(reason);
+                    kicked.push(agent.tunnel.id.clone());
+                }
+            }
+        }
+        kicked
+    }
+
+    /// Every connected agent, by tunnel name then connection.
+    pub fn agent_views(&self) -> Vec<AgentView> {
+        let mut v: Vec<AgentView> = self
+            .agents
+            .read()
+            .expect("lock")
+            .values()
+            .flatten()
+            .map(|a| a.view())
+            .collect();
+        v.sort_by(|a, b| (&a.tunnel, a.conn_id).cmp(&(&b.tunnel, b.conn_id)));
+        v
+    }
+
+    /// A connected agent by connection id.
+    pub fn agent(&self, conn_id: u64) -> Option<Arc<AgentConn>> {
+        self.agents
+            .read()
+            .expect("lock")
+            .values()
+            .flatten()
+            .find(|a| a.conn_id == conn_id)
+            .cloned()
+    }
+
     /// Adds a freshly authenticated agent connection.
-    pub fn add_agent(
-        &self,
-        tunnel: TunnelInfo,
-        agent_name: String,
-        sender: SendRequest<Empty<Bytes>>,
-    ) -> Arc<AgentConn> {
+    pub fn add_agent(&self, new: NewAgent, sender: SendRequest<Empty<Bytes>>) -> Arc<AgentConn> {
         let conn = Arc::new(AgentConn {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
-            tunnel,
-            agent_name,
+            tunnel: new.tunnel,
+            agent_name: new.agent_name,
+            key_generation: new.key_generation,
+            remote: new.remote,
+            software: new.software,
+            connected_at: now_secs(),
+            bytes: new.bytes,
             sender,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
             idle: Notify::new(),
+            kick: CancellationToken::new(),
+            kick_reason: Mutex::new(None),
+            drain: CancellationToken::new(),
         });
         let mut map = self.agents.write().expect("lock");
         let list = map.entry(conn.tunnel.id.clone()).or_default();
@@ -290,6 +527,9 @@ impl Registry {
                 tunnel: conn.tunnel.name.clone(),
             })
             .inc();
+        drop(map);
+        // Rotated or deleted while it shook hands? Marked or kicked now.
+        self.enforce();
         conn
     }
 
@@ -336,7 +576,7 @@ impl Registry {
             .into_iter()
             .flatten()
             .filter(|a| Some(a.conn_id) != except && a.is_serving())
-            .min_by_key(|a| a.inflight())
+            .min_by_key(|a| (a.is_stale(), a.inflight()))
             .cloned();
         drop(map);
         best.map(InflightGuard::new).ok_or(PickError::NoAgent)
@@ -401,11 +641,18 @@ mod tests {
         tx
     }
 
-    fn tunnel() -> TunnelInfo {
-        TunnelInfo {
-            id: "tun_1".into(),
-            name: "wiki".into(),
-            org: "acme".into(),
+    fn new_agent(name: &str) -> NewAgent {
+        NewAgent {
+            tunnel: TunnelInfo {
+                id: "tun_1".into(),
+                name: "wiki".into(),
+                org: "acme".into(),
+            },
+            agent_name: name.into(),
+            key_generation: 0,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            software: None,
+            bytes: Arc::default(),
         }
     }
 
@@ -432,8 +679,8 @@ mod tests {
     async fn picks_the_least_busy_serving_agent() {
         let (reg, dir) = registry().await;
         assert_eq!(reg.pick("tun_1").unwrap_err(), PickError::NoAgent);
-        let a = reg.add_agent(tunnel(), "a".into(), sender().await);
-        let b = reg.add_agent(tunnel(), "b".into(), sender().await);
+        let a = reg.add_agent(new_agent("a"), sender().await);
+        let b = reg.add_agent(new_agent("b"), sender().await);
         assert_ne!(a.conn_id, b.conn_id);
 
         let g1 = reg.pick("tun_1").unwrap();
@@ -473,13 +720,13 @@ mod tests {
     #[tokio::test]
     async fn a_retry_never_picks_the_agent_it_was_lost_on() {
         let (reg, dir) = registry().await;
-        let a = reg.add_agent(tunnel(), "a".into(), sender().await);
+        let a = reg.add_agent(new_agent("a"), sender().await);
         assert!(!reg.has_other_agent("tun_1", a.conn_id));
         assert_eq!(
             reg.pick_except("tun_1", Some(a.conn_id)).unwrap_err(),
             PickError::NoAgent
         );
-        let b = reg.add_agent(tunnel(), "b".into(), sender().await);
+        let b = reg.add_agent(new_agent("b"), sender().await);
         assert!(reg.has_other_agent("tun_1", a.conn_id));
         // `a` is idle and `b` busy, yet the retry goes to `b`.
         let _busy = reg.pick_except("tun_1", Some(a.conn_id)).unwrap();
@@ -499,6 +746,77 @@ mod tests {
         // A connection that ends frees its slot.
         drop(first);
         assert!(reg.reserve_agent_slot("tun_1", 2).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn rotation_prefers_new_key_agents_then_drops_old_ones_and_deletion_drops_all() {
+        let (reg, dir) = registry().await;
+        let (info, _) = reg.store.create_tunnel("acme", "wiki").await.unwrap();
+        reg.reread_now().await.unwrap();
+        let on = |name: &str, key_generation| NewAgent {
+            tunnel: info.clone(),
+            key_generation,
+            ..new_agent(name)
+        };
+        let old = reg.add_agent(on("old", 0), sender().await);
+        assert!(!old.is_stale());
+
+        // During the overlap the old-key agent stays, but only serves when
+        // no agent on the new key does.
+        let overlap = std::time::Duration::from_secs(3600);
+        reg.store.rotate_key("wiki", overlap).await.unwrap();
+        reg.reread_now().await.unwrap();
+        assert!(reg.enforce().is_empty());
+        assert!(old.is_stale());
+        assert_eq!(old.view().key, "previous");
+        let new = reg.add_agent(on("new", 1), sender().await);
+        let _busy = [reg.pick(&info.id).unwrap(), reg.pick(&info.id).unwrap()];
+        assert_eq!(new.inflight(), 2, "the new-key agent takes every request");
+        assert_eq!(old.inflight(), 0);
+
+        // A rotation without overlap: both older keys end at once, so both
+        // agents are disconnected.
+        reg.store
+            .rotate_key("wiki", std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        reg.reread_now().await.unwrap();
+        assert_eq!(reg.enforce(), vec![info.id.clone(), info.id.clone()]);
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(1), old.kicked())
+            .await
+            .unwrap();
+        assert!(reason.starts_with("key rotated"), "{reason}");
+
+        // Deleting the tunnel disconnects whoever is left.
+        let last = reg.add_agent(on("last", 2), sender().await);
+        reg.store.delete_tunnel("wiki").await.unwrap();
+        reg.reread_now().await.unwrap();
+        assert_eq!(reg.enforce(), vec![info.id.clone()]);
+        assert_eq!(last.kicked().await, "tunnel deleted");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_revoked_or_expired_caller_is_refused_once_the_tables_are_reread() {
+        let (reg, dir) = registry().await;
+        let (rec, token) = reg.store.create_caller_with("acme", None, None).await.unwrap();
+        let (_, short) = reg
+            .store
+            .create_caller_with("acme", None, Some(now_secs() + 1))
+            .await
+            .unwrap();
+        assert!(reg.caller(&token).await.unwrap().is_some());
+        assert!(reg.caller(&short).await.unwrap().is_some());
+        reg.store.revoke_caller(&rec.id).await.unwrap();
+        reg.reread_now().await.unwrap();
+        assert!(reg.caller(&token).await.unwrap().is_none());
+        // Expiry needs no reread: it is checked on every lookup.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while reg.caller(&short).await.unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "expired token still accepted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

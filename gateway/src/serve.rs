@@ -58,10 +58,24 @@ impl BackgroundService for TunnelServices {
                 }
             }
         };
+        // A rotation's overlap ends without any change to the store:
+        // checked every second, so old-key agents go within a second.
+        let enforce = async {
+            let mut sd = shutdown.clone();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { self.registry.enforce(); }
+                    _ = sd.changed() => break,
+                }
+            }
+        };
         tokio::join!(
             self.agents.start(shutdown.clone()),
             self.bridge.start(shutdown.clone()),
-            refresh
+            refresh,
+            enforce
         );
     }
 }
@@ -117,13 +131,16 @@ impl BackgroundService for AdminService {
     }
 }
 
-/// Announces readiness once the public listener accepts connections.
+/// Announces readiness once the public listener accepts connections, and
+/// writes the runtime file through which the CLI reaches the admin API.
 struct Ready {
     public: SocketAddr,
     agents: SocketAddr,
     admin: Option<SocketAddr>,
     reservation: Mutex<Option<socket2::Socket>>,
     readiness: Arc<Readiness>,
+    /// The store's path and the local CLI credential.
+    runtime: (std::path::PathBuf, String),
 }
 
 #[async_trait]
@@ -141,6 +158,17 @@ impl BackgroundService for Ready {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         drop(self.reservation.lock().expect("lock").take());
+        if let Some(admin) = self.admin {
+            let (store, token) = &self.runtime;
+            match crate::admin::runtime::write(store, admin, token) {
+                // Removed by `serve` once the server stops.
+                Ok(guard) => std::mem::forget(guard),
+                Err(e) => tracing::warn!(
+                    "could not write {}: the CLI will work on the store directly ({e})",
+                    crate::admin::runtime::path(store).display()
+                ),
+            }
+        }
         self.readiness.up.store(true, Ordering::Release);
         let admin = self.admin.map(|a| a.to_string());
         tracing::info!(public = %self.public, agents = %self.agents, admin = admin.as_deref().unwrap_or("off"), "gateway ready");
@@ -166,6 +194,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         .block_on(Store::open(&cfg.store))
         .with_context(|| format!("opening store {}", cfg.store.path.display()))?;
     let registry = Arc::new(Registry::new(store, store_rt.handle().clone()));
+    // The tables are read before anything is served: the admin API and
+    // `enforce` work on them from the first request.
+    store_rt
+        .block_on(registry.reread_now())
+        .context("reading tunnels and callers from the store")?;
+    let local_token = crate::admin::runtime::new_token();
 
     let agent_tls = crate::tls::agent_server_config(&cfg.agents.tls_cert, &cfg.agents.tls_key)
         .context("agents.tls_cert / agents.tls_key")?;
@@ -181,6 +215,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    if let Some(a) = admin_addr.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "admin listener on {a}, not loopback: it speaks plain HTTP, so admin tokens cross \
+             the network in the clear; keep it on a trusted network or behind a TLS proxy"
+        );
+    }
     let readiness = Arc::new(Readiness::default());
 
     let public_addr = parse_listen("public.listen", &cfg.public.listen)?;
@@ -228,7 +268,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
                 Duration::from_secs(grace),
             ),
             bridge: BridgeService(bridge),
-            registry,
+            registry: registry.clone(),
             refresh: Duration::from_secs(cfg.store.refresh_secs),
         },
     );
@@ -236,6 +276,15 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     server.add_service(agents);
     if let Some(listener) = admin_listener {
         let r = readiness.clone();
+        let api_state = Arc::new(crate::admin::api::ApiState {
+            registry: registry.clone(),
+            store_rt: store_rt.handle().clone(),
+            local_token: local_token.clone(),
+            failures: crate::auth_limit::FailureBudget::new(cfg.callers.max_failures_per_minute),
+        });
+        let api: protocol::telemetry::admin::Api = Arc::new(move |req, peer| {
+            Box::pin(crate::admin::api::handle(api_state.clone(), req, peer))
+        });
         server.add_service(background_service(
             "admin",
             AdminService {
@@ -243,6 +292,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
                 admin: Arc::new(protocol::telemetry::admin::Admin {
                     registry: Arc::new(crate::metrics::registry()),
                     ready: Arc::new(move || r.check()),
+                    api: Some(api),
                 }),
                 readiness: readiness.clone(),
             },
@@ -256,10 +306,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             admin: admin_addr,
             reservation: Mutex::new(Some(reservation)),
             readiness,
+            runtime: (cfg.store.path.clone(), local_token),
         },
     ));
 
     server.run(pingora_core::server::RunArgs::default());
+    let _ = std::fs::remove_file(crate::admin::runtime::path(&cfg.store.path));
     drop(store_rt);
     Ok(())
 }

@@ -54,6 +54,9 @@ pub enum Message {
         version: u32,
         tunnel_id: String,
         agent: String,
+        /// The agent's software version, for the gateway's agent list.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        software: Option<String>,
     },
     /// Gateway → agent: a fresh random challenge (base64).
     Challenge { nonce: String },
@@ -114,8 +117,12 @@ impl Message {
             version,
             tunnel_id,
             agent,
+            software,
         } = &msg
         {
+            if software.as_deref().is_some_and(|s| !valid_name(s)) {
+                return Err(HandshakeError::BadName("software"));
+            }
             if *version != PROTOCOL_VERSION {
                 return Err(HandshakeError::Version(*version));
             }
@@ -233,6 +240,7 @@ mod tests {
                 version: PROTOCOL_VERSION,
                 tunnel_id: "t1".into(),
                 agent: "node-1".into(),
+                software: Some("0.1.0".into()),
             },
             Message::Challenge {
                 nonce: b64(&[7; 32]),

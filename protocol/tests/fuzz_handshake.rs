@@ -66,7 +66,7 @@ proptest! {
     fn the_decoder_accepts_only_well_formed_messages(text in prop_oneof![messageish(), ".{0,200}"]) {
         if let Ok(msg) = Message::decode(&text) {
             prop_assert!(text.len() <= MAX_HANDSHAKE_MESSAGE);
-            if let Message::Hello { version, tunnel_id, agent } = &msg {
+            if let Message::Hello { version, tunnel_id, agent, .. } = &msg {
                 prop_assert_eq!(*version, PROTOCOL_VERSION);
                 prop_assert!(valid_name(tunnel_id) && valid_name(agent));
             }

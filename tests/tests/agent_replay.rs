@@ -69,6 +69,7 @@ impl Session {
             version: PROTOCOL_VERSION,
             tunnel_id: tunnel_id.into(),
             agent: agent.into(),
+            software: None,
         };
         self.send(hello).await;
         match self.receive().await {

@@ -1,5 +1,6 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`
-//! (the process answers) and `GET /readyz` (it can serve traffic).
+//! (the process answers) and `GET /readyz` (it can serve traffic), and,
+//! when the process has one, its admin API under `/v1/`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,12 +23,20 @@ const MAX_CONNECTIONS: usize = 32;
 /// Longest an admin connection lives.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
+/// An answer of the admin API.
+pub type ApiFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>;
+/// The admin API: every request under `/v1/`, with the peer's address.
+pub type Api = Arc<dyn Fn(Request<Incoming>, std::net::SocketAddr) -> ApiFuture + Send + Sync>;
+
 /// What the admin listener serves.
 pub struct Admin {
     /// The process's metrics.
     pub registry: Arc<Registry>,
     /// `/readyz`: `Err(reason)` answers 503 with the reason.
     pub ready: ReadyCheck,
+    /// The admin API under `/v1/`, if the process has one.
+    pub api: Option<Api>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -85,7 +94,7 @@ impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("admin listener: accept failed: {e}");
@@ -102,7 +111,14 @@ impl Admin {
                 let _permit = permit;
                 let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.answer(&req)) }
+                    async move {
+                        Ok::<_, Infallible>(match &admin.api {
+                            Some(api) if req.uri().path().starts_with("/v1/") => {
+                                api(req, peer).await
+                            }
+                            _ => admin.answer(&req),
+                        })
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -1,0 +1,89 @@
+//! The runtime file: while it serves, the gateway keeps `<store.path>.admin`
+//! (mode 0600) with its process id, its admin listener's address and a
+//! credential made for this process only. The CLI, run by someone who can
+//! read the store (and so could change it anyway), uses it to send its
+//! operations through the running gateway.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+
+/// What the runtime file holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Runtime {
+    pub pid: u32,
+    pub admin: SocketAddr,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("pid", &self.pid)
+            .field("admin", &self.admin)
+            .field("token", &"MASKED")
+            .finish()
+    }
+}
+
+/// Where the runtime file of the store at `store_path` is.
+pub fn path(store_path: &Path) -> PathBuf {
+    let mut p = store_path.as_os_str().to_owned();
+    p.push(".admin");
+    PathBuf::from(p)
+}
+
+/// A fresh local credential.
+pub fn new_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    format!("local_{}", URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Removes the runtime file when dropped (the gateway is stopping).
+#[derive(Debug)]
+pub struct RuntimeGuard(PathBuf);
+
+impl Drop for RuntimeGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes the runtime file (replacing one a crashed gateway left).
+pub fn write(store_path: &Path, admin: SocketAddr, token: &str) -> std::io::Result<RuntimeGuard> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let target = path(store_path);
+    let mut tmp = target.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let body = serde_json::to_vec(&Runtime {
+        pid: std::process::id(),
+        admin,
+        token: token.into(),
+    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &target)?;
+    Ok(RuntimeGuard(target))
+}
+
+/// The runtime file of a gateway that is still running, if any.
+pub fn read(store_path: &Path) -> Option<Runtime> {
+    let text = protocol::private_file::read_private(&path(store_path)).ok()?;
+    let rt: Runtime = serde_json::from_str(&text).ok()?;
+    // A file a killed gateway left behind names a process that is gone.
+    Path::new(&format!("/proc/{}", rt.pid))
+        .exists()
+        .then_some(rt)
+}

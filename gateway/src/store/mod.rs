@@ -1,0 +1,764 @@
+//! Tunnel, caller and admin-token storage: SQLite through `sqlx`.
+//!
+//! - Tunnel keys are sealed under a key-encryption key ([`kek`]); a
+//!   rotated tunnel keeps its previous key, sealed the same way, until its
+//!   overlap ends ([`Store::rotate_key`]). [`Store::rekey`] reseals every
+//!   key under a new KEK in one transaction.
+//! - Caller and admin tokens are stored only as SHA-256 hashes ([`accounts`]).
+//! - Every change is recorded in an audit table ([`audit`]).
+
+pub mod accounts;
+pub mod audit;
+pub mod kek;
+mod schema;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use protocol::TunnelKey;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+pub use accounts::{AdminScope, AdminTokenInfo, CallerInfo, CallerRecord};
+pub use audit::{AuditEntry, AuditRecord};
+pub use kek::Kek;
+
+use crate::config::StoreSection;
+
+/// A store failure, by origin.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("key-encryption key: {0}")]
+    Kek(String),
+    #[error("tunnel key of {0} does not decrypt under this key-encryption key (wrong KEK or tampered row)")]
+    Decrypt(String),
+    #[error("a tunnel named `{0}` already exists")]
+    DuplicateName(String),
+    #[error("no {kind} `{id}`")]
+    NotFound { kind: &'static str, id: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// What everyone may know about a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TunnelInfo {
+    pub id: String,
+    pub name: String,
+    pub org: String,
+}
+
+/// A tunnel as listed: what everyone may know, and where its key stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TunnelRecord {
+    #[serde(flatten)]
+    pub info: TunnelInfo,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// 0 at creation, one more per rotation.
+    pub key_generation: i64,
+    /// Until when (unix seconds) the key before the current one is still
+    /// accepted; `None` when there is none.
+    pub previous_key_valid_until: Option<i64>,
+}
+
+/// A tunnel's keys, for the agent handshake.
+#[derive(Debug)]
+pub struct TunnelKeys {
+    pub info: TunnelInfo,
+    pub generation: i64,
+    pub current: TunnelKey,
+    /// The key before the current one, while its overlap lasts.
+    pub previous: Option<TunnelKey>,
+}
+
+/// Hash under which a caller or admin token is stored and looked up.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A tunnel name is a DNS label, because `<name>.<base_domain>` must route.
+pub fn validate_tunnel_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            field: "name",
+            reason: "a tunnel name is 1-63 of a-z, 0-9 and '-', not starting or ending with '-'",
+        })
+    }
+}
+
+/// An organization name: 1-128 printable ASCII characters without spaces.
+pub fn validate_org(org: &str) -> Result<(), StoreError> {
+    if !org.is_empty() && org.len() <= 128 && org.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            field: "org",
+            reason: "an organization is 1-128 printable ASCII characters without spaces",
+        })
+    }
+}
+
+fn random_id(prefix: &str, bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("{prefix}{}", hex::encode(b))
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    /// The KEK keys are sealed under, first; after a rekey (or when an
+    /// interrupted one left `<kek_file>.new`), the other one too, so a key
+    /// read during the switch still opens.
+    keks: Arc<RwLock<Vec<Arc<Kek>>>>,
+    cfg: StoreSection,
+}
+
+/// What the database files looked like (length and modification time of
+/// the file and its write-ahead log): when it differs from the last one
+/// seen, another process changed the store.
+pub type StoreStamp = [(u64, std::time::SystemTime); 2];
+
+impl Store {
+    /// Opens (creating if missing) the database, brings its schema up to
+    /// date and loads the KEK.
+    pub async fn open(cfg: &StoreSection) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(&cfg.path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        schema::migrate(&pool).await?;
+        let tunnels: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tunnels")
+            .fetch_one(&pool)
+            .await?;
+        let mut keks = vec![Arc::new(Kek::load(cfg, tunnels == 0)?)];
+        if let Some(file) = &cfg.kek_file {
+            let pending = kek::pending_path(file);
+            if let Ok(k) = Kek::read(&pending) {
+                tracing::warn!(
+                    "{} exists: a rekey was interrupted; tunnel keys sealed under it still open. \
+                     Run `gateway store rekey` again to finish",
+                    pending.display()
+                );
+                keks.push(Arc::new(k));
+            }
+        }
+        Ok(Store {
+            pool,
+            keks: Arc::new(RwLock::new(keks)),
+            cfg: cfg.clone(),
+        })
+    }
+
+    fn kek(&self) -> Arc<Kek> {
+        self.keks.read().expect("lock")[0].clone()
+    }
+
+    fn open_key(
+        &self,
+        nonce: &[u8],
+        ct: &[u8],
+        info: &TunnelInfo,
+        generation: i64,
+    ) -> Result<TunnelKey, StoreError> {
+        let keks = self.keks.read().expect("lock").clone();
+        keks.iter()
+            .find_map(|k| k.open(nonce, ct, &info.id, &info.org, generation))
+            .map(|k| TunnelKey::from_bytes(*k))
+            .ok_or_else(|| StoreError::Decrypt(info.id.clone()))
+    }
+
+    /// Creates a tunnel with a fresh key. The key is returned once, here.
+    pub async fn create_tunnel(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<(TunnelInfo, TunnelKey), StoreError> {
+        validate_org(org)?;
+        validate_tunnel_name(name)?;
+        let id = random_id("tun_", 12);
+        let key = TunnelKey::generate();
+        let (nonce, ct) = self.kek().seal(key.expose(), &id, org, 0)?;
+        let res = sqlx::query(
+            "INSERT INTO tunnels (id, name, org, key_nonce, key_ct, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(org)
+        .bind(&nonce[..])
+        .bind(&ct)
+        .bind(now_secs())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::DuplicateName(name.into()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok((
+            TunnelInfo {
+                id,
+                name: name.into(),
+                org: org.into(),
+            },
+            key,
+        ))
+    }
+
+    /// All tunnels, by name.
+    pub async fn list_tunnels(&self) -> Result<Vec<TunnelInfo>, StoreError> {
+        Ok(self
+            .tunnel_records()
+            .await?
+            .into_iter()
+            .map(|r| r.info)
+            .collect())
+    }
+
+    /// All tunnels with their key state, by name.
+    pub async fn tunnel_records(&self) -> Result<Vec<TunnelRecord>, StoreError> {
+        let rows = sqlx::query(&format!("{TUNNEL_SELECT} ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(tunnel_record).collect())
+    }
+
+    /// A tunnel by name.
+    pub async fn tunnel_by_name(&self, name: &str) -> Result<Option<TunnelRecord>, StoreError> {
+        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(tunnel_record))
+    }
+
+    /// A tunnel and its decrypted keys, by id: the current one, and the
+    /// previous one while its overlap lasts.
+    pub async fn tunnel_with_key(&self, id: &str) -> Result<Option<TunnelKeys>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, name, org, key_nonce, key_ct, key_generation, \
+             prev_key_nonce, prev_key_ct, prev_key_until FROM tunnels WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let info = TunnelInfo {
+            id: row.get("id"),
+            name: row.get("name"),
+            org: row.get("org"),
+        };
+        let generation: i64 = row.get("key_generation");
+        let nonce: Vec<u8> = row.get("key_nonce");
+        let ct: Vec<u8> = row.get("key_ct");
+        let current = self.open_key(&nonce, &ct, &info, generation)?;
+        let until: Option<i64> = row.get("prev_key_until");
+        let previous = match (
+            until,
+            row.get::<Option<Vec<u8>>, _>("prev_key_nonce"),
+            row.get::<Option<Vec<u8>>, _>("prev_key_ct"),
+        ) {
+            (Some(until), Some(n), Some(c)) if until > now_secs() => {
+                Some(self.open_key(&n, &c, &info, generation - 1)?)
+            }
+            _ => None,
+        };
+        Ok(Some(TunnelKeys {
+            info,
+            generation,
+            current,
+            previous,
+        }))
+    }
+
+    /// Deletes a tunnel by name; its keys are gone with it.
+    pub async fn delete_tunnel(&self, name: &str) -> Result<TunnelRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found("tunnel", name))?;
+        sqlx::query("DELETE FROM tunnels WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(tunnel_record(&row))
+    }
+
+    /// Gives a tunnel a new key, returned once, here. The current key
+    /// stays accepted for `overlap` (none when zero); a key older than that
+    /// is dropped.
+    pub async fn rotate_key(
+        &self,
+        name: &str,
+        overlap: std::time::Duration,
+    ) -> Result<(TunnelRecord, TunnelKey), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, org, key_nonce, key_ct, key_generation FROM tunnels WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| not_found("tunnel", name))?;
+        let (id, org): (String, String) = (row.get("id"), row.get("org"));
+        let generation: i64 = row.get::<i64, _>("key_generation") + 1;
+        let key = TunnelKey::generate();
+        let (nonce, ct) = self.kek().seal(key.expose(), &id, &org, generation)?;
+        let secs = i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX / 2);
+        let (prev_nonce, prev_ct, until) = if secs > 0 {
+            (
+                Some(row.get::<Vec<u8>, _>("key_nonce")),
+                Some(row.get::<Vec<u8>, _>("key_ct")),
+                Some(now_secs().saturating_add(secs)),
+            )
+        } else {
+            (None, None, None)
+        };
+        sqlx::query(
+            "UPDATE tunnels SET key_nonce = ?, key_ct = ?, key_generation = ?, \
+             prev_key_nonce = ?, prev_key_ct = ?, prev_key_until = ? WHERE id = ?",
+        )
+        .bind(&nonce[..])
+        .bind(&ct)
+        .bind(generation)
+        .bind(prev_nonce)
+        .bind(prev_ct)
+        .bind(until)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE id = ?"))
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((tunnel_record(&row), key))
+    }
+
+    /// Reseals every tunnel key (current and previous) under `new`, in one
+    /// transaction, and uses `new` from then on; the old KEK still opens
+    /// keys read during the switch. Returns how many tunnels were resealed.
+    pub async fn rekey(&self, new: Kek) -> Result<usize, StoreError> {
+        let new = Arc::new(new);
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, name, org, key_nonce, key_ct, key_generation, prev_key_nonce, prev_key_ct \
+             FROM tunnels",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let info = TunnelInfo {
+                id: row.get("id"),
+                name: row.get("name"),
+                org: row.get("org"),
+            };
+            let generation: i64 = row.get("key_generation");
+            let key = self.open_key(
+                &row.get::<Vec<u8>, _>("key_nonce"),
+                &row.get::<Vec<u8>, _>("key_ct"),
+                &info,
+                generation,
+            )?;
+            let (n, c) = new.seal(key.expose(), &info.id, &info.org, generation)?;
+            let prev = match (
+                row.get::<Option<Vec<u8>>, _>("prev_key_nonce"),
+                row.get::<Option<Vec<u8>>, _>("prev_key_ct"),
+            ) {
+                (Some(pn), Some(pc)) => {
+                    let k = self.open_key(&pn, &pc, &info, generation - 1)?;
+                    let (n, c) = new.seal(k.expose(), &info.id, &info.org, generation - 1)?;
+                    Some((n.to_vec(), c))
+                }
+                _ => None,
+            };
+            let (pn, pc) = prev.unzip();
+            sqlx::query(
+                "UPDATE tunnels SET key_nonce = ?, key_ct = ?, prev_key_nonce = ?, prev_key_ct = ? \
+                 WHERE id = ?",
+            )
+            .bind(&n[..])
+            .bind(&c)
+            .bind(pn)
+            .bind(pc)
+            .bind(&info.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let mut keks = self.keks.write().expect("lock");
+        let old = keks[0].clone();
+        *keks = vec![new, old];
+        Ok(rows.len())
+    }
+
+    /// The store's configuration (where its KEK comes from).
+    pub fn config(&self) -> &StoreSection {
+        &self.cfg
+    }
+
+    /// How the database files look now (two `stat` calls, no query).
+    pub fn stamp(&self) -> StoreStamp {
+        let look = |p: &std::path::Path| {
+            std::fs::metadata(p).map_or((0, std::time::UNIX_EPOCH), |m| {
+                (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))
+            })
+        };
+        let mut wal = self.cfg.path.clone().into_os_string();
+        wal.push("-wal");
+        [look(&self.cfg.path), look(Path::new(&wal))]
+    }
+
+    /// Closes the pool, flushing the database.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+const TUNNEL_SELECT: &str =
+    "SELECT id, name, org, created_at, key_generation, prev_key_until FROM tunnels";
+
+fn tunnel_record(row: &sqlx::sqlite::SqliteRow) -> TunnelRecord {
+    let until: Option<i64> = row.get("prev_key_until");
+    TunnelRecord {
+        info: TunnelInfo {
+            id: row.get("id"),
+            name: row.get("name"),
+            org: row.get("org"),
+        },
+        created_at: row.get("created_at"),
+        key_generation: row.get("key_generation"),
+        previous_key_valid_until: until.filter(|u| *u > now_secs()),
+    }
+}
+
+fn not_found(kind: &'static str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        id: id.chars().take(128).collect(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+
+    fn cfg(dir: &Path) -> StoreSection {
+        StoreSection {
+            path: dir.join("g.db"),
+            kek_file: Some(dir.join("kek")),
+            kek_env: None,
+            refresh_secs: 5,
+        }
+    }
+
+    fn tmp() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("gwstore-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn tunnel_key_round_trips_encrypted() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        let (info, key) = s.create_tunnel("acme", "wiki").await.unwrap();
+        let back = s.tunnel_with_key(&info.id).await.unwrap().unwrap();
+        assert_eq!(back.info, info);
+        assert_eq!(back.current.expose(), key.expose());
+        assert!(back.previous.is_none());
+        // The key is not stored in the clear.
+        let raw = std::fs::read(d.join("g.db")).unwrap();
+        let wal = std::fs::read(d.join("g.db-wal")).unwrap_or_default();
+        for bytes in [raw, wal] {
+            assert!(!bytes.windows(32).any(|w| w == key.expose()));
+        }
+        assert!(matches!(
+            s.create_tunnel("acme", "wiki").await,
+            Err(StoreError::DuplicateName(_))
+        ));
+        assert!(s.tunnel_with_key("tun_missing").await.unwrap().is_none());
+        let kek_mode = std::fs::metadata(d.join("kek")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(kek_mode.permissions().mode() & 0o777, 0o600);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_row_moved_to_another_tunnel_does_not_decrypt() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        let (a, _) = s.create_tunnel("acme", "a").await.unwrap();
+        let (b, _) = s.create_tunnel("other", "b").await.unwrap();
+        sqlx::query("UPDATE tunnels SET key_nonce = (SELECT key_nonce FROM tunnels WHERE id = ?), key_ct = (SELECT key_ct FROM tunnels WHERE id = ?) WHERE id = ?")
+            .bind(&a.id).bind(&a.id).bind(&b.id)
+            .execute(&s.pool).await.unwrap();
+        assert!(matches!(
+            s.tunnel_with_key(&b.id).await,
+            Err(StoreError::Decrypt(_))
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_kek_file_writable_by_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tmp();
+        Store::open(&cfg(&d)).await.unwrap();
+        let kek = d.join("kek");
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = Store::open(&cfg(&d)).await.unwrap_err().to_string();
+        assert!(e.contains("writable by group or others"), "{e}");
+        assert!(
+            e.contains("0664") && e.contains(&kek.display().to_string()),
+            "{e}"
+        );
+        // Readable by others is the operator's choice; only write is refused.
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Store::open(&cfg(&d)).await.unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn wrong_kek_is_refused() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        let (a, _) = s.create_tunnel("acme", "a").await.unwrap();
+        s.close().await;
+        std::fs::write(d.join("kek"), STANDARD.encode([7u8; 32])).unwrap();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        assert!(matches!(
+            s.tunnel_with_key(&a.id).await,
+            Err(StoreError::Decrypt(_))
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn callers_are_kept_by_token_hash_and_revoked_ones_drop_out() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        let (c, token) = s.create_caller("acme").await.unwrap();
+        let active = s.active_callers().await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].hash, token_hash(&token));
+        assert_eq!(active[0].info, c);
+        let listed = s.list_callers().await.unwrap();
+        assert_eq!(listed[0].token_prefix.as_deref(), Some(&token[3..11]));
+        let revoked = s.revoke_caller(&c.id).await.unwrap();
+        assert_eq!(revoked.state, "revoked");
+        assert!(s.active_callers().await.unwrap().is_empty());
+        assert!(matches!(
+            s.revoke_caller("cal_missing").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        let raw = std::fs::read(d.join("g.db")).unwrap();
+        let wal = std::fs::read(d.join("g.db-wal")).unwrap_or_default();
+        for bytes in [raw, wal] {
+            assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_keeps_the_previous_one_for_its_overlap_only() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        let (info, k0) = s.create_tunnel("acme", "wiki").await.unwrap();
+        let (rec, k1) = s
+            .rotate_key("wiki", std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(rec.key_generation, 1);
+        assert!(rec.previous_key_valid_until.is_some());
+        let keys = s.tunnel_with_key(&info.id).await.unwrap().unwrap();
+        assert_eq!(keys.current.expose(), k1.expose());
+        assert_eq!(keys.previous.unwrap().expose(), k0.expose());
+        // A second rotation without overlap drops both older keys.
+        let (rec, k2) = s
+            .rotate_key("wiki", std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(rec.key_generation, 2);
+        assert_eq!(rec.previous_key_valid_until, None);
+        let keys = s.tunnel_with_key(&info.id).await.unwrap().unwrap();
+        assert_eq!(keys.current.expose(), k2.expose());
+        assert!(keys.previous.is_none());
+        assert!(matches!(
+            s.rotate_key("nope", std::time::Duration::ZERO).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        s.delete_tunnel("wiki").await.unwrap();
+        assert!(s.tunnel_with_key(&info.id).await.unwrap().is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn rekey_reseals_every_key_under_the_new_kek() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        let (a, ka) = s.create_tunnel("acme", "a").await.unwrap();
+        s.rotate_key("a", std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        let ka1 = s.tunnel_with_key(&a.id).await.unwrap().unwrap().current;
+        let (b, kb) = s.create_tunnel("acme", "b").await.unwrap();
+        let new = Kek::generate();
+        new.write_new(&d.join("kek2")).unwrap();
+        assert_eq!(s.rekey(new).await.unwrap(), 2);
+        s.close().await;
+        // Only the new KEK is needed from now on.
+        let s = Store::open(&StoreSection {
+            kek_file: Some(d.join("kek2")),
+            ..cfg(&d)
+        })
+        .await
+        .unwrap();
+        let keys = s.tunnel_with_key(&a.id).await.unwrap().unwrap();
+        assert_eq!(keys.current.expose(), ka1.expose());
+        assert_eq!(keys.previous.unwrap().expose(), ka.expose());
+        let keys = s.tunnel_with_key(&b.id).await.unwrap().unwrap();
+        assert_eq!(keys.current.expose(), kb.expose());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_versions_is_migrated_and_keeps_its_tunnels() {
+        let d = tmp();
+        let c = cfg(&d);
+        // The first release's tables, without a schema version.
+        {
+            let opts = SqliteConnectOptions::new()
+                .filename(&c.path)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            for stmt in schema_v1() {
+                sqlx::query(stmt).execute(&pool).await.unwrap();
+            }
+            let kek = Kek::load(&c, true).unwrap();
+            let key = TunnelKey::generate();
+            let (n, ct) = kek.seal(key.expose(), "tun_old", "acme", 0).unwrap();
+            sqlx::query("INSERT INTO tunnels VALUES ('tun_old', 'old', 'acme', ?, ?, 1)")
+                .bind(&n[..])
+                .bind(&ct)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let s = Store::open(&c).await.unwrap();
+        let keys = s.tunnel_with_key("tun_old").await.unwrap().unwrap();
+        assert_eq!(keys.generation, 0);
+        s.create_caller_with("acme", Some("ci bot"), None)
+            .await
+            .unwrap();
+        s.create_admin_token("ops", AdminScope::Read).await.unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn schema_v1() -> [&'static str; 2] {
+        [
+            "CREATE TABLE tunnels (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, org TEXT NOT NULL,              key_nonce BLOB NOT NULL, key_ct BLOB NOT NULL, created_at INTEGER NOT NULL)",
+            "CREATE TABLE callers (id TEXT PRIMARY KEY, org TEXT NOT NULL,              token_hash BLOB NOT NULL UNIQUE, created_at INTEGER NOT NULL)",
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_missing_kek_is_not_replaced_once_tunnels_exist() {
+        let d = tmp();
+        let s = Store::open(&cfg(&d)).await.unwrap();
+        s.create_tunnel("acme", "a").await.unwrap();
+        s.close().await;
+        std::fs::remove_file(d.join("kek")).unwrap();
+        let err = Store::open(&cfg(&d)).await.unwrap_err().to_string();
+        assert!(err.contains("already holds tunnels"), "{err}");
+        assert!(!d.join("kek").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn kek_from_environment() {
+        let d = tmp();
+        // A variable name of this test's own: the environment is process-wide.
+        let var = format!("GW_TEST_KEK_{}", rand::random::<u32>());
+        let cfg = StoreSection {
+            kek_file: None,
+            kek_env: Some(var.clone()),
+            ..cfg(&d)
+        };
+        let err = Store::open(&cfg).await.unwrap_err().to_string();
+        assert!(err.contains(&var) && err.contains("not set"), "{err}");
+        std::env::set_var(&var, "not base64!");
+        assert!(Store::open(&cfg).await.is_err());
+        std::env::set_var(&var, STANDARD.encode([5u8; 32]));
+        let s = Store::open(&cfg).await.unwrap();
+        let (info, key) = s.create_tunnel("acme", "env").await.unwrap();
+        assert_eq!(
+            s.tunnel_with_key(&info.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .current
+                .expose(),
+            key.expose()
+        );
+        assert!(
+            !d.join("kek").exists(),
+            "no KEK file is written when kek_env is used"
+        );
+        std::env::remove_var(&var);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_tunnel_name("wiki-1").is_ok());
+        for bad in ["", "Wiki", "a.b", "-a", "a-", &"a".repeat(64)] {
+            assert!(validate_tunnel_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_org("acme").is_ok());
+        assert!(validate_org("a b").is_err());
+        assert!(validate_org("").is_err());
+    }
+}
