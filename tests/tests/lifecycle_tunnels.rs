@@ -324,3 +324,35 @@ async fn a_second_rotation_retires_the_key_of_two_rotations_ago_at_once() {
     let _third = Agent::connect(gateway, &gen2, t.node_a.addr(), AgentOptions::new()).await;
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tunnels_name_can_be_taken_again_with_a_new_id_and_key() {
+    let t = TwoNodes::start(GatewayOptions::new()).await;
+    let gateway = &t.gateway;
+    let old_agent = Agent::connect(gateway, &t.tunnel, t.node_a.addr(), AgentOptions::new()).await;
+    let caller = gateway.caller(&gateway.create_caller("acme").await);
+    gateway.cli(&["tunnel", "delete", "wiki"]).await;
+    old_agent.wait_event("rejected", PATIENCE).await;
+
+    let again = gateway.create_tunnel("acme", "wiki").await;
+    assert_ne!(again.id, t.tunnel.id, "a new tunnel gets a new id");
+    assert_ne!(again.key, t.tunnel.key, "a new tunnel gets a new key");
+    assert_eq!(caller.get("wiki.test", "/").send().await.status, 503);
+    let _new_agent = Agent::connect(gateway, &again, t.node_b.addr(), AgentOptions::new()).await;
+    assert_eq!(
+        caller.get("wiki.test", "/").send().await.echo().server,
+        "node-b"
+    );
+    // The old id with the old key, and the new id with the old key: refused.
+    assert_refused(gateway, &t.tunnel, "the deleted tunnel's id and key").await;
+    let old_key_new_id = tests::Tunnel {
+        key: t.tunnel.key.clone(),
+        ..again.clone()
+    };
+    assert_refused(
+        gateway,
+        &old_key_new_id,
+        "the deleted tunnel's key on the new id",
+    )
+    .await;
+}
