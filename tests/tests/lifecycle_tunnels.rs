@@ -186,6 +186,19 @@ async fn a_key_rotated_without_overlap_disconnects_old_key_agents_at_once() {
         caller.get("wiki.test", "/").send().await.echo().server,
         "node-b"
     );
+
+    // Mistakes are named, and change nothing.
+    let forever = gateway
+        .try_cli(&["tunnel", "rotate-key", "wiki", "--overlap", "forever"])
+        .await;
+    assert!(!forever.status.success(), "{forever:?}");
+    assert!(forever.stderr.contains("--overlap"), "{forever:?}");
+    let nope = gateway.try_cli(&["tunnel", "rotate-key", "nope"]).await;
+    assert!(!nope.status.success(), "{nope:?}");
+    assert!(nope.stderr.contains("nope"), "{nope:?}");
+    let listed = gateway.list_tunnels().await;
+    let wiki = listed.iter().find(|x| x["name"] == "wiki").expect("wiki");
+    assert_eq!(wiki["key_generation"], 1, "{wiki}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
