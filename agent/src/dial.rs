@@ -47,6 +47,9 @@ pub enum DialError {
     /// limit is reached): retry with backoff.
     #[error("gateway asked this agent to retry later: {0}")]
     TryLater(String),
+    /// The proxy on the way to the gateway failed or refused.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 impl DialError {
@@ -61,6 +64,7 @@ impl DialError {
             DialError::Timeout(_) => "timeout",
             DialError::Rejected(_) => "rejected",
             DialError::TryLater(_) => "try_later",
+            DialError::Proxy(e) => e.kind(),
         }
     }
 }
@@ -143,19 +147,55 @@ async fn dial_inner(
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
 ) -> Result<(GatewayWs, Welcome), DialError> {
+    let proxy = cfg
+        .proxy()
+        .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
+    let tcp = open_transport(url, proxy.as_ref()).await?;
+    let tls = tls_connect(url, tls, tcp).await?;
+    authenticate(cfg, tls, key).await
+}
+
+/// A TCP connection to the gateway: direct, or a tunnel through `proxy`
+/// (HTTP CONNECT) that carries the TLS untouched.
+pub async fn open_transport(
+    url: &GatewayUrl,
+    proxy: Option<&crate::proxy::Proxy>,
+) -> Result<TcpStream, DialError> {
+    if let Some(proxy) = proxy {
+        return Ok(proxy.connect(&url.host, url.port).await?);
+    }
     let target = format!("{}:{}", url.host, url.port);
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
         .await
-        .map_err(|e| DialError::Connect(target.clone(), e))?;
+        .map_err(|e| DialError::Connect(target, e))?;
     let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// TLS 1.3 over `tcp`, the certificate checked against the gateway's host
+/// name (never the proxy's).
+pub async fn tls_connect(
+    url: &GatewayUrl,
+    tls: Arc<rustls::ClientConfig>,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, DialError> {
     let name = ServerName::try_from(url.host.clone())
         .map_err(|e| DialError::Tls(std::io::Error::other(e)))?;
     // rustls verifies the chain and the host name here; on failure nothing
     // of ours has been sent beyond the ClientHello.
-    let tls = tokio_rustls::TlsConnector::from(tls)
+    tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(DialError::Tls)?;
+        .map_err(DialError::Tls)
+}
+
+/// The WebSocket upgrade and the key proof over an established TLS
+/// connection.
+pub async fn authenticate(
+    cfg: &AgentConfig,
+    tls: TlsStream<TcpStream>,
+    key: &TunnelKey,
+) -> Result<(GatewayWs, Welcome), DialError> {
     let mut exporter = [0u8; handshake::NONCE_LEN];
     tls.get_ref()
         .1

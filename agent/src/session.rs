@@ -48,14 +48,19 @@ fn empty(status: StatusCode) -> Response<Empty<Bytes>> {
     r
 }
 
-async fn connect_local(shared: &Shared) -> std::io::Result<TcpStream> {
-    let (host, port) = &shared.local;
+/// A TCP connection to the local service at `local`, refusing addresses
+/// that are not loopback unless `allow_remote` (also `agent check`'s probe).
+pub async fn connect_local(
+    local: &(String, u16),
+    allow_remote: bool,
+) -> std::io::Result<TcpStream> {
+    let (host, port) = local;
     let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
         .await?
         .collect();
     let mut last = std::io::Error::other("local.address resolved to nothing");
     for addr in addrs {
-        if !shared.allow_remote && !addr.ip().is_loopback() {
+        if !allow_remote && !addr.ip().is_loopback() {
             last = std::io::Error::other(format!(
                 "local.address resolved to non-loopback {addr}; set local.allow_remote"
             ));
@@ -91,28 +96,32 @@ async fn handle(
             Ok(empty(StatusCode::OK))
         }
         Some(a) if a == protocol::STREAM_AUTHORITY => {
-            let local =
-                match tokio::time::timeout(shared.local_timeout, connect_local(&shared)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        METRICS.local_connect_failures.inc();
-                        tracing::warn!(
-                            "local service {}:{} refused: {e}",
-                            shared.local.0,
-                            shared.local.1
-                        );
-                        return Ok(empty(StatusCode::BAD_GATEWAY));
-                    }
-                    Err(_) => {
-                        METRICS.local_connect_failures.inc();
-                        tracing::warn!(
-                            "local service {}:{} did not accept in time",
-                            shared.local.0,
-                            shared.local.1
-                        );
-                        return Ok(empty(StatusCode::GATEWAY_TIMEOUT));
-                    }
-                };
+            let local = match tokio::time::timeout(
+                shared.local_timeout,
+                connect_local(&shared.local, shared.allow_remote),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    METRICS.local_connect_failures.inc();
+                    tracing::warn!(
+                        "local service {}:{} refused: {e}",
+                        shared.local.0,
+                        shared.local.1
+                    );
+                    return Ok(empty(StatusCode::BAD_GATEWAY));
+                }
+                Err(_) => {
+                    METRICS.local_connect_failures.inc();
+                    tracing::warn!(
+                        "local service {}:{} did not accept in time",
+                        shared.local.0,
+                        shared.local.1
+                    );
+                    return Ok(empty(StatusCode::GATEWAY_TIMEOUT));
+                }
+            };
             let streams = shared.streams.clone();
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
