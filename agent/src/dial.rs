@@ -40,6 +40,9 @@ pub enum DialError {
     Closed,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// As [`DialError::Timeout`], through the named proxy.
+    #[error("timed out after {0:?} (through proxy {1})")]
+    TimeoutThroughProxy(Duration, String),
     /// The gateway refused the key (or the tunnel): retrying will not help.
     #[error("gateway rejected this agent: {0}")]
     Rejected(String),
@@ -61,7 +64,7 @@ impl DialError {
             DialError::Ws(_) => "websocket",
             DialError::Protocol(_) => "protocol",
             DialError::Closed => "closed",
-            DialError::Timeout(_) => "timeout",
+            DialError::Timeout(_) | DialError::TimeoutThroughProxy(..) => "timeout",
             DialError::Rejected(_) => "rejected",
             DialError::TryLater(_) => "try_later",
             DialError::Proxy(e) => e.kind(),
@@ -136,9 +139,17 @@ pub async fn dial(
     key: &TunnelKey,
 ) -> Result<(GatewayWs, Welcome), DialError> {
     let limit = Duration::from_secs(cfg.gateway.connect_timeout_secs);
-    tokio::time::timeout(limit, dial_inner(cfg, url, tls, key))
+    let proxy = cfg
+        .proxy()
+        .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
+    tokio::time::timeout(limit, dial_inner(cfg, url, tls, key, proxy.as_ref()))
         .await
-        .unwrap_or(Err(DialError::Timeout(limit)))
+        .unwrap_or_else(|_| {
+            Err(match &proxy {
+                Some(p) => DialError::TimeoutThroughProxy(limit, p.to_string()),
+                None => DialError::Timeout(limit),
+            })
+        })
 }
 
 async fn dial_inner(
@@ -146,11 +157,9 @@ async fn dial_inner(
     url: &GatewayUrl,
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
+    proxy: Option<&crate::proxy::Proxy>,
 ) -> Result<(GatewayWs, Welcome), DialError> {
-    let proxy = cfg
-        .proxy()
-        .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
-    let tcp = open_transport(url, proxy.as_ref()).await?;
+    let tcp = open_transport(url, proxy).await?;
     let tls = tls_connect(url, tls, tcp).await?;
     authenticate(cfg, tls, key).await
 }

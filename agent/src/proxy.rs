@@ -562,4 +562,105 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A one-connection proxy that reads the request head, answers `answer`
+    /// in two writes (a split read for the agent) and closes; returns its
+    /// address and what it received.
+    async fn scripted(answer: Vec<u8>) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 256];
+                let n = tcp.read(&mut b).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&b[..n]);
+            }
+            let (a, b) = answer.split_at(answer.len().min(7));
+            let _ = tcp.write_all(a).await;
+            let _ = tcp.flush().await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let _ = tcp.write_all(b).await;
+            head
+        });
+        (addr, task)
+    }
+
+    fn proxy_at(addr: std::net::SocketAddr, userinfo: &str) -> Proxy {
+        Proxy::parse(&format!("http://{userinfo}{addr}"), "test").unwrap()
+    }
+
+    #[tokio::test]
+    async fn connect_sends_one_request_and_reads_a_split_answer() {
+        let (addr, seen) =
+            scripted(b"HTTP/1.1 200 Connection established\r\nVia: x\r\n\r\n".to_vec()).await;
+        let tcp = proxy_at(addr, "u:p%40ss@")
+            .connect("gw.example", 8443)
+            .await
+            .unwrap();
+        drop(tcp);
+        let head = String::from_utf8(seen.await.unwrap()).unwrap();
+        assert!(
+            head.starts_with("CONNECT gw.example:8443 HTTP/1.1\r\nHost: gw.example:8443\r\n"),
+            "{head}"
+        );
+        let auth = format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            STANDARD.encode("u:p@ss")
+        );
+        assert!(head.contains(&auth), "{head}");
+    }
+
+    #[tokio::test]
+    async fn connect_refuses_oversized_heads_early_data_and_garbage() {
+        let mut huge = b"HTTP/1.1 200 OK\r\nX-Padding: ".to_vec();
+        huge.resize(MAX_RESPONSE_HEAD + 100, b'a');
+        huge.extend_from_slice(b"\r\n\r\n");
+        for (answer, says) in [
+            (huge, "larger than 8192 bytes"),
+            (
+                b"HTTP/1.1 200 OK\r\n\r\n\x16\x03".to_vec(),
+                "sent data after its 2xx answer",
+            ),
+            (b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), "unparsable answer"),
+            (
+                b"HTTP/1.1 200".to_vec(),
+                "closed the connection before answering",
+            ),
+        ] {
+            let (addr, _seen) = scripted(answer).await;
+            let proxy = proxy_at(addr, "");
+            let e = proxy.connect("gw", 1).await.unwrap_err().to_string();
+            assert!(
+                e.contains(says) && e.contains(&proxy.to_string()),
+                "{says}: {e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_407_says_whether_credentials_were_sent_and_never_shows_them() {
+        for (userinfo, says) in [
+            ("", "proxy requires authentication"),
+            ("bob:hunter2@", "proxy refused the credentials"),
+        ] {
+            let (addr, _seen) = scripted(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+                    .to_vec(),
+            )
+            .await;
+            let err = proxy_at(addr, userinfo).connect("gw", 1).await.unwrap_err();
+            assert_eq!(err.kind(), "proxy_auth");
+            let e = err.to_string();
+            assert!(
+                e.contains("`HTTP/1.1 407 Proxy Authentication Required`") && e.contains(says),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2") && !e.contains("bob"), "{e}");
+        }
+    }
 }

@@ -87,6 +87,13 @@ impl AgentOptions {
         self
     }
 
+    /// Sets `gateway.connect_timeout_secs` (TCP, proxy, TLS and handshake together).
+    pub fn connect_timeout_secs(mut self, secs: u64) -> Self {
+        self.gateway_extra
+            .push_str(&format!("connect_timeout_secs = {secs}\n"));
+        self
+    }
+
     /// Sets an environment variable of the agent process. The proxy
     /// variables of the test's own environment never reach the agent; this
     /// is how a story gives it some.

@@ -33,7 +33,7 @@ pub struct Seen {
     pub target: String,
     /// The decoded `user:password` of a `Proxy-Authorization: Basic` header.
     pub credentials: Option<String>,
-    /// The status the proxy answered.
+    /// The status the proxy answered (0: none, it stayed silent).
     pub status: u16,
     /// The first bytes the client sent through the tunnel (empty when
     /// none was opened or nothing was sent).
@@ -44,6 +44,7 @@ pub struct Seen {
 struct Policy {
     credentials: Option<String>,
     refuse: Option<(u16, String)>,
+    silent: bool,
 }
 
 #[derive(Default)]
@@ -104,6 +105,11 @@ impl ConnectProxy {
         self.state.policy.lock().unwrap().refuse = Some((status, reason.to_string()));
     }
 
+    /// From now on requests are read and never answered (a proxy that hangs).
+    pub fn go_silent(&self) {
+        self.state.policy.lock().unwrap().silent = true;
+    }
+
     /// From now on requests are no longer refused (credentials still apply).
     pub fn stop_refusing(&self) {
         self.state.policy.lock().unwrap().refuse = None;
@@ -150,6 +156,19 @@ async fn serve(mut client: TcpStream, state: Arc<State>) {
             }
         }
     };
+    let silent = state.policy.lock().unwrap().silent;
+    if silent {
+        state.seen.lock().unwrap().push(Seen {
+            method,
+            target,
+            credentials,
+            status: 0,
+            first_bytes: Vec::new(),
+        });
+        // Hold the connection open, answering nothing, until the client leaves.
+        let _ = client.read(&mut [0u8; 1]).await;
+        return;
+    }
     let refusal = {
         let policy = state.policy.lock().unwrap();
         if method != "CONNECT" {

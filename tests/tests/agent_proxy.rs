@@ -232,6 +232,27 @@ async fn https_proxy_from_the_environment_is_used_unless_no_proxy_names_the_gate
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_never_answers_costs_one_connect_timeout_per_attempt_and_is_named() {
+    let site = site().await;
+    let proxy = ConnectProxy::start().await;
+    proxy.go_silent();
+    let opts = AgentOptions::new()
+        .proxy(&proxy.url(None))
+        .connect_timeout_secs(1);
+    let agent = Agent::start(&site.gateway, &site.tunnel, site.wiki.addr(), opts).await;
+    let failed = failures(&agent, 2).await;
+    let reason = failed[0]["reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        reason,
+        format!("timed out after 1s (through proxy {})", proxy.url(None)),
+        "{}",
+        agent.events().dump()
+    );
+    let unanswered = proxy.seen().iter().filter(|s| s.status == 0).count();
+    assert!(unanswered >= 2, "{:?}", proxy.seen());
+}
+
 /// (`gateway.proxy` is checked with the rest of the config: agent_check.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_variable_the_agent_cannot_use_stops_the_start_naming_it_without_its_credentials() {
