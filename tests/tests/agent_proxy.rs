@@ -98,10 +98,12 @@ async fn an_agent_behind_a_connect_proxy_serves_callers_and_the_proxy_sees_only_
         "the agent asks for the gateway's name and port (TLS checks that name)"
     );
     assert_eq!(tunnel.credentials, None);
+    // Record type 22 (handshake), version 3.x, then after the 2-byte
+    // length the handshake type 1: ClientHello.
     assert_eq!(
-        tunnel.first_bytes.get(..2),
-        Some(&[0x16, 0x03][..]),
-        "the first bytes through the tunnel are a TLS handshake record (ClientHello): {:02x?}",
+        (tunnel.first_bytes.get(..2), tunnel.first_bytes.get(5)),
+        (Some(&[0x16, 0x03][..]), Some(&0x01)),
+        "the first bytes through the tunnel are a TLS ClientHello: {:02x?}",
         tunnel.first_bytes
     );
     let plain = String::from_utf8_lossy(&tunnel.first_bytes).to_lowercase();
