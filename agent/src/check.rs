@@ -1,7 +1,7 @@
 //! `agent check --config F`: what a person runs on the on-prem host before
 //! opening a ticket. Each step of a real connection, in order, with the
 //! agent's own code ([`crate::dial`], [`crate::keystore`],
-//! [`crate::session::connect_local`]); one line each:
+//! [`crate::session::connect_to_local`]); one line each:
 //!
 //! ```text
 //! OK   config /etc/tunnel-agent/agent.toml
@@ -102,7 +102,7 @@ pub async fn run(config: &Path, out: impl Write) -> i32 {
     let local_limit = Duration::from_secs(cfg.local.connect_timeout_secs);
     match within(
         local_limit,
-        crate::session::connect_local(&local, cfg.local.allow_remote),
+        crate::session::connect_to_local(&local, cfg.local.allow_remote),
     )
     .await
     {

@@ -48,9 +48,13 @@ fn empty(status: StatusCode) -> Response<Empty<Bytes>> {
     r
 }
 
+async fn connect_local(shared: &Shared) -> std::io::Result<TcpStream> {
+    connect_to_local(&shared.local, shared.allow_remote).await
+}
+
 /// A TCP connection to the local service at `local`, refusing addresses
 /// that are not loopback unless `allow_remote` (also `agent check`'s probe).
-pub async fn connect_local(
+pub async fn connect_to_local(
     local: &(String, u16),
     allow_remote: bool,
 ) -> std::io::Result<TcpStream> {
@@ -96,32 +100,28 @@ async fn handle(
             Ok(empty(StatusCode::OK))
         }
         Some(a) if a == protocol::STREAM_AUTHORITY => {
-            let local = match tokio::time::timeout(
-                shared.local_timeout,
-                connect_local(&shared.local, shared.allow_remote),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    METRICS.local_connect_failures.inc();
-                    tracing::warn!(
-                        "local service {}:{} refused: {e}",
-                        shared.local.0,
-                        shared.local.1
-                    );
-                    return Ok(empty(StatusCode::BAD_GATEWAY));
-                }
-                Err(_) => {
-                    METRICS.local_connect_failures.inc();
-                    tracing::warn!(
-                        "local service {}:{} did not accept in time",
-                        shared.local.0,
-                        shared.local.1
-                    );
-                    return Ok(empty(StatusCode::GATEWAY_TIMEOUT));
-                }
-            };
+            let local =
+                match tokio::time::timeout(shared.local_timeout, connect_local(&shared)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        METRICS.local_connect_failures.inc();
+                        tracing::warn!(
+                            "local service {}:{} refused: {e}",
+                            shared.local.0,
+                            shared.local.1
+                        );
+                        return Ok(empty(StatusCode::BAD_GATEWAY));
+                    }
+                    Err(_) => {
+                        METRICS.local_connect_failures.inc();
+                        tracing::warn!(
+                            "local service {}:{} did not accept in time",
+                            shared.local.0,
+                            shared.local.1
+                        );
+                        return Ok(empty(StatusCode::GATEWAY_TIMEOUT));
+                    }
+                };
             let streams = shared.streams.clone();
             tokio::spawn(async move {
                 match hyper::upgrade::on(req).await {
