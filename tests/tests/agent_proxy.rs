@@ -152,6 +152,16 @@ async fn proxy_credentials_get_through_and_refused_ones_are_named_without_the_pa
         );
     }
 
+    let metrics = tests::scrape::metrics(agent.admin().await).await;
+    assert!(
+        metrics.sum(
+            "tunnel_agent_gateway_connect_failures_total",
+            &[("reason", "proxy_auth")]
+        ) >= 1.0,
+        "{}",
+        metrics.text
+    );
+
     // The proxy's administrator accepts these credentials: the agent, still
     // retrying, gets through.
     proxy.require_credentials(&format!("alice:{password}"));
