@@ -176,7 +176,11 @@ impl Proxy {
             proxy: proxy.clone(),
             source,
         };
-        let mut head = Zeroizing::new(format!(
+        // Sized up front so that adding the credentials never reallocates
+        // (a reallocation would leave an unzeroed copy behind).
+        let auth_len = self.auth.as_ref().map_or(0, |a| a.len());
+        let mut head = Zeroizing::new(String::with_capacity(2 * target.len() + auth_len + 160));
+        head.push_str(&format!(
             "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: tunnel-agent/{}\r\n",
             env!("CARGO_PKG_VERSION")
         ));
