@@ -1,4 +1,4 @@
-//! Command line: `run` and `key set`.
+//! Command line: `run`, `check` and `key set`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -26,6 +26,14 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check every step of a connection (config, key, local service,
+    /// gateway, proxy, TLS, handshake), one OK/FAIL/SKIP line each; exits
+    /// non-zero on any failure. Serves nothing.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Manage the stored tunnel key.
     Key {
         #[command(subcommand)]
@@ -49,6 +57,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let _plain =
         (!matches!(cli.command, Command::Run { .. })).then(protocol::telemetry::init_plain);
     match cli.command {
+        Command::Check { config } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(rt.block_on(crate::check::run(&config, std::io::stdout().lock())))
+        }
         Command::Key {
             command: KeyCommand::Set { config },
         } => {

@@ -75,9 +75,17 @@ pub struct GatewaySection {
     /// PEM CA bundle to trust instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Seconds for TCP connect, TLS, upgrade and handshake together.
+    /// Seconds for TCP connect, TLS, upgrade and handshake together (the
+    /// proxy's CONNECT included).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// HTTP CONNECT proxy to reach the gateway through,
+    /// `http://[user:password@]host:port`, or `"none"` to ignore the proxy
+    /// environment variables. Unset (the default): `https_proxy`,
+    /// `HTTPS_PROXY`, `all_proxy`, `ALL_PROXY` unless `no_proxy`/`NO_PROXY`
+    /// names the gateway's host, as curl reads them.
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::ProxyText>,
 }
 
 /// Which cipher protects the stored tunnel key.
@@ -201,6 +209,8 @@ pub enum ConfigError {
     },
     #[error("invalid config field `{field}`: {reason}")]
     Invalid { field: String, reason: String },
+    #[error("invalid {setting}: {reason}")]
+    Proxy { setting: String, reason: String },
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -247,6 +257,7 @@ impl AgentConfig {
         self.log.validate()?;
         self.admin.address(DEFAULT_ADMIN_LISTEN)?;
         self.gateway_url()?;
+        self.proxy()?;
         if !protocol::handshake::valid_name(&self.tunnel.id) {
             return Err(invalid(
                 "tunnel.id",
@@ -298,6 +309,21 @@ impl AgentConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The proxy to reach the gateway through, if any: `gateway.proxy`, else
+    /// the environment ([`crate::proxy::choose`]).
+    pub fn proxy(&self) -> Result<Option<crate::proxy::Proxy>, ConfigError> {
+        let host = self.gateway_url()?.host;
+        crate::proxy::choose(
+            self.gateway.proxy.as_ref().map(|p| p.0.as_str()),
+            &host,
+            |name| std::env::var(name).ok(),
+        )
+        .map_err(|(setting, reason)| match setting.as_str() {
+            "gateway.proxy" => invalid("gateway.proxy", reason),
+            _ => ConfigError::Proxy { setting, reason },
+        })
     }
 
     /// The agent's name: configured, else the host name.
@@ -429,6 +455,24 @@ address = "127.0.0.1:8080"
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn the_proxy_setting_is_checked_and_never_shown_with_its_credentials() {
+        let with =
+            |proxy: &str| BASE.replace("[tunnel]", &format!("proxy = \"{proxy}\"\n[tunnel]"));
+        let cfg = parse(&with("http://u:hunter2@proxy.corp:3128")).unwrap();
+        let p = cfg.proxy().unwrap().unwrap();
+        assert_eq!(
+            (p.to_string(), p.source.as_str()),
+            ("http://proxy.corp:3128".into(), "gateway.proxy")
+        );
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert!(parse(&with("none")).unwrap().proxy().unwrap().is_none());
+        let e = parse(&with("socks5://u:hunter2@p:1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway.proxy") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub enum DialError {
     Closed,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// As [`DialError::Timeout`], through the named proxy.
+    #[error("timed out after {0:?} (through proxy {1})")]
+    TimeoutThroughProxy(Duration, String),
     /// The gateway refused the key (or the tunnel): retrying will not help.
     #[error("gateway rejected this agent: {0}")]
     Rejected(String),
@@ -47,6 +50,9 @@ pub enum DialError {
     /// limit is reached): retry with backoff.
     #[error("gateway asked this agent to retry later: {0}")]
     TryLater(String),
+    /// The proxy on the way to the gateway failed or refused.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 impl DialError {
@@ -58,9 +64,10 @@ impl DialError {
             DialError::Ws(_) => "websocket",
             DialError::Protocol(_) => "protocol",
             DialError::Closed => "closed",
-            DialError::Timeout(_) => "timeout",
+            DialError::Timeout(_) | DialError::TimeoutThroughProxy(..) => "timeout",
             DialError::Rejected(_) => "rejected",
             DialError::TryLater(_) => "try_later",
+            DialError::Proxy(e) => e.kind(),
         }
     }
 }
@@ -132,9 +139,17 @@ pub async fn dial(
     key: &TunnelKey,
 ) -> Result<(GatewayWs, Welcome), DialError> {
     let limit = Duration::from_secs(cfg.gateway.connect_timeout_secs);
-    tokio::time::timeout(limit, dial_inner(cfg, url, tls, key))
+    let proxy = cfg
+        .proxy()
+        .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
+    tokio::time::timeout(limit, dial_inner(cfg, url, tls, key, proxy.as_ref()))
         .await
-        .unwrap_or(Err(DialError::Timeout(limit)))
+        .unwrap_or_else(|_| {
+            Err(match &proxy {
+                Some(p) => DialError::TimeoutThroughProxy(limit, p.to_string()),
+                None => DialError::Timeout(limit),
+            })
+        })
 }
 
 async fn dial_inner(
@@ -142,20 +157,54 @@ async fn dial_inner(
     url: &GatewayUrl,
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
+    proxy: Option<&crate::proxy::Proxy>,
 ) -> Result<(GatewayWs, Welcome), DialError> {
+    let tcp = open_transport(url, proxy).await?;
+    let tls = tls_connect(url, tls, tcp).await?;
+    authenticate(cfg, tls, key).await
+}
+
+/// A TCP connection to the gateway: direct, or a tunnel through `proxy`
+/// (HTTP CONNECT) that carries the TLS untouched.
+pub async fn open_transport(
+    url: &GatewayUrl,
+    proxy: Option<&crate::proxy::Proxy>,
+) -> Result<TcpStream, DialError> {
+    if let Some(proxy) = proxy {
+        return Ok(proxy.connect(&url.host, url.port).await?);
+    }
     let target = format!("{}:{}", url.host, url.port);
     let tcp = TcpStream::connect((url.host.as_str(), url.port))
         .await
-        .map_err(|e| DialError::Connect(target.clone(), e))?;
+        .map_err(|e| DialError::Connect(target, e))?;
     let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// TLS 1.3 over `tcp`, the certificate checked against the gateway's host
+/// name (never the proxy's).
+pub async fn tls_connect(
+    url: &GatewayUrl,
+    tls: Arc<rustls::ClientConfig>,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, DialError> {
     let name = ServerName::try_from(url.host.clone())
         .map_err(|e| DialError::Tls(std::io::Error::other(e)))?;
     // rustls verifies the chain and the host name here; on failure nothing
     // of ours has been sent beyond the ClientHello.
-    let tls = tokio_rustls::TlsConnector::from(tls)
+    tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(DialError::Tls)?;
+        .map_err(DialError::Tls)
+}
+
+/// The WebSocket upgrade and the key proof over an established TLS
+/// connection.
+pub async fn authenticate(
+    cfg: &AgentConfig,
+    tls: TlsStream<TcpStream>,
+    key: &TunnelKey,
+) -> Result<(GatewayWs, Welcome), DialError> {
     let mut exporter = [0u8; handshake::NONCE_LEN];
     tls.get_ref()
         .1

@@ -3,6 +3,9 @@
 //! - [`config`]: the TOML configuration and its validation;
 //! - [`keystore`]: the tunnel key encrypted at rest;
 //! - [`dial`]: TCP, TLS 1.3, WebSocket and the key-proof handshake;
+//! - [`proxy`]: the way out through an HTTP CONNECT proxy (config or
+//!   `HTTPS_PROXY`/`NO_PROXY`), credentials never shown;
+//! - [`check`]: `agent check`, the step-by-step diagnostic;
 //! - [`session`]: the HTTP/2 server whose `CONNECT` streams reach the local
 //!   service, and the drain notice on the control stream;
 //! - [`forward`]: each stream's requests forwarded to the local service,
@@ -11,6 +14,7 @@
 //! - [`run`]: the reconnecting actor, signals and exit codes;
 //! - [`cli`] and [`events`]: commands and JSON event lines on stdout.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dial;
@@ -18,5 +22,6 @@ pub mod events;
 pub mod forward;
 pub mod keystore;
 pub mod metrics;
+pub mod proxy;
 pub mod run;
 pub mod session;

@@ -111,7 +111,7 @@ pub fn registry() -> Registry {
     );
     r.register(
         "gateway_connect_failures",
-        "Attempts to connect to the gateway that failed, by reason (rejected: the key was refused)",
+        "Attempts to connect to the gateway that failed, by reason (rejected: the key was refused; proxy, proxy_auth: the CONNECT proxy failed or asked for credentials)",
         m.connect_failures.clone(),
     );
     m.export.register(&mut r);

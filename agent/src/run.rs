@@ -60,6 +60,11 @@ pub async fn run(
     let url = cfg.gateway_url()?;
     let tls = crate::dial::tls_config(&cfg)?;
     let agent = cfg.agent_name();
+    // Resolved once for the log; `dial` reads the same setting each time.
+    let proxy = cfg.proxy()?.map(|p| {
+        tracing::info!(proxy = %p, source = %p.source, "reaching the gateway through a CONNECT proxy");
+        p.to_string()
+    });
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let drain_status = status.clone();
@@ -84,7 +89,7 @@ pub async fn run(
             Ok((ws, welcome)) => {
                 tracing::info!(tunnel = %welcome.tunnel_name, %agent, "connected to gateway");
                 emit(
-                    json!({"event": "connected", "tunnel": cfg.tunnel.id, "tunnel_name": welcome.tunnel_name, "agent": agent}),
+                    json!({"event": "connected", "tunnel": cfg.tunnel.id, "tunnel_name": welcome.tunnel_name, "agent": agent, "proxy": proxy}),
                 );
                 let since = tokio::time::Instant::now();
                 METRICS.connects.inc();

@@ -49,13 +49,22 @@ fn empty(status: StatusCode) -> Response<Empty<Bytes>> {
 }
 
 async fn connect_local(shared: &Shared) -> std::io::Result<TcpStream> {
-    let (host, port) = &shared.local;
+    connect_to_local(&shared.local, shared.allow_remote).await
+}
+
+/// A TCP connection to the local service at `local`, refusing addresses
+/// that are not loopback unless `allow_remote` (also `agent check`'s probe).
+pub async fn connect_to_local(
+    local: &(String, u16),
+    allow_remote: bool,
+) -> std::io::Result<TcpStream> {
+    let (host, port) = local;
     let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
         .await?
         .collect();
     let mut last = std::io::Error::other("local.address resolved to nothing");
     for addr in addrs {
-        if !shared.allow_remote && !addr.ip().is_loopback() {
+        if !allow_remote && !addr.ip().is_loopback() {
             last = std::io::Error::other(format!(
                 "local.address resolved to non-loopback {addr}; set local.allow_remote"
             ));

@@ -27,6 +27,8 @@ pub struct AgentOptions {
     heartbeat_secs: Option<(u64, u64)>,
     drain_grace_secs: Option<u64>,
     extra_config: String,
+    gateway_extra: String,
+    env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -78,6 +80,28 @@ impl AgentOptions {
         self
     }
 
+    /// Sets `gateway.proxy` (a proxy URL, or `none`).
+    pub fn proxy(mut self, url: &str) -> Self {
+        self.gateway_extra
+            .push_str(&format!("proxy = {}\n", toml_str(url)));
+        self
+    }
+
+    /// Sets `gateway.connect_timeout_secs` (TCP, proxy, TLS and handshake together).
+    pub fn connect_timeout_secs(mut self, secs: u64) -> Self {
+        self.gateway_extra
+            .push_str(&format!("connect_timeout_secs = {secs}\n"));
+        self
+    }
+
+    /// Sets an environment variable of the agent process. The proxy
+    /// variables of the test's own environment never reach the agent; this
+    /// is how a story gives it some.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// Accepts a non-loopback local address.
     pub fn allow_remote(mut self) -> Self {
         self.allow_remote = true;
@@ -107,51 +131,16 @@ impl Agent {
         local: SocketAddr,
         opts: AgentOptions,
     ) -> Agent {
-        let name = opts.name.clone().unwrap_or_else(|| {
-            format!(
-                "node-{}-{}",
-                std::process::id(),
-                NEXT_NODE.fetch_add(1, Ordering::Relaxed)
-            )
-        });
-        let dir = tempfile::Builder::new()
-            .prefix("tunnel-agent-")
-            .tempdir()
-            .expect("agent temp dir");
-        let config = dir.path().join("agent.toml");
-        let path = |p: PathBuf| toml_str(&p.to_string_lossy());
-        let url = opts.url.clone().unwrap_or_else(|| gateway.agents_url());
-        let ca = opts
-            .ca_file
-            .clone()
-            .unwrap_or_else(|| gateway.pki().ca_file.clone());
-        let (interval, timeout) = opts.heartbeat_secs.unwrap_or((5, 15));
-        let text = format!(
-            "[gateway]\nurl = {}\nca_file = {}\n\n\
-             [tunnel]\nid = {}\nagent_name = {}\nkey_file = {}\nkek_file = {}\ncipher = {}\n\n\
-             [local]\naddress = {}\nallow_remote = {}\n\n\
-             [heartbeat]\ninterval_secs = {interval}\ntimeout_secs = {timeout}\n\n\
-             [reconnect]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nstable_after_secs = 30\n\n\
-             [drain]\ngrace_secs = {}\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
-            toml_str(&url),
-            path(ca),
-            toml_str(&tunnel.id),
-            toml_str(&name),
-            path(dir.path().join("agent.key")),
-            path(dir.path().join("agent.kek")),
-            toml_str(opts.cipher.as_deref().unwrap_or("aes-256-gcm")),
-            toml_str(&local.to_string()),
-            opts.allow_remote,
-            opts.drain_grace_secs.unwrap_or(10),
-            opts.extra_config,
-        );
-        std::fs::write(&config, text).expect("write agent config");
-        set_key(&config, &tunnel.key).await;
-
+        let Prepared {
+            name,
+            opts,
+            config,
+            dir,
+        } = Prepared::new(gateway, tunnel, local, opts).await;
         let events = EventLog::new(&format!("agent {name}"));
         let mut command = Command::new(bin_path("agent"));
         command.arg("run").arg("--config").arg(&config);
+        opts.apply_env(&mut command);
         let proc = Proc::spawn(
             &format!("agent {name}"),
             command,
@@ -329,4 +318,162 @@ async fn set_key(config: &std::path::Path, key: &str) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+impl AgentOptions {
+    /// The agent's environment: the proxy variables of the test's own
+    /// environment removed (a CI machine behind a proxy must not change
+    /// the stories), then the story's own.
+    fn apply_env(&self, command: &mut Command) {
+        for var in PROXY_ENV {
+            command.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+    }
+}
+
+/// The variables an agent reads to find a proxy.
+const PROXY_ENV: [&str; 6] = [
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
+/// An agent's config written and its key stored, not running: what
+/// `agent check` reads, or what [`Agent::start`] runs.
+pub struct Prepared {
+    name: String,
+    opts: AgentOptions,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// What `agent check` printed and how it exited.
+#[derive(Debug)]
+pub struct CheckOutput {
+    /// The exit code.
+    pub code: Option<i32>,
+    /// Its stdout: one `OK`/`FAIL`/`SKIP` line per step.
+    pub stdout: String,
+    /// Its stderr (logs).
+    pub stderr: String,
+}
+
+impl CheckOutput {
+    /// The line about `what` (the first that mentions it); panics with the
+    /// whole output when there is none.
+    pub fn line(&self, what: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line about {what:?}:\n{self}"))
+    }
+}
+
+impl std::fmt::Display for CheckOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Prepared {
+    /// Writes the config of an agent serving `local` through `gateway`
+    /// and stores `tunnel`'s key with `agent key set`.
+    pub async fn new(
+        gateway: &Gateway,
+        tunnel: &Tunnel,
+        local: SocketAddr,
+        opts: AgentOptions,
+    ) -> Prepared {
+        let name = opts.name.clone().unwrap_or_else(|| {
+            format!(
+                "node-{}-{}",
+                std::process::id(),
+                NEXT_NODE.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("tunnel-agent-")
+            .tempdir()
+            .expect("agent temp dir");
+        let config = dir.path().join("agent.toml");
+        let path = |p: PathBuf| toml_str(&p.to_string_lossy());
+        let url = opts.url.clone().unwrap_or_else(|| gateway.agents_url());
+        let ca = opts
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| gateway.pki().ca_file.clone());
+        let (interval, timeout) = opts.heartbeat_secs.unwrap_or((5, 15));
+        let text = format!(
+            "[gateway]\nurl = {}\nca_file = {}\n{}\n\
+             [tunnel]\nid = {}\nagent_name = {}\nkey_file = {}\nkek_file = {}\ncipher = {}\n\n\
+             [local]\naddress = {}\nallow_remote = {}\n\n\
+             [heartbeat]\ninterval_secs = {interval}\ntimeout_secs = {timeout}\n\n\
+             [reconnect]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nstable_after_secs = 30\n\n\
+             [drain]\ngrace_secs = {}\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            toml_str(&url),
+            path(ca),
+            opts.gateway_extra,
+            toml_str(&tunnel.id),
+            toml_str(&name),
+            path(dir.path().join("agent.key")),
+            path(dir.path().join("agent.kek")),
+            toml_str(opts.cipher.as_deref().unwrap_or("aes-256-gcm")),
+            toml_str(&local.to_string()),
+            opts.allow_remote,
+            opts.drain_grace_secs.unwrap_or(10),
+            opts.extra_config,
+        );
+        std::fs::write(&config, text).expect("write agent config");
+        set_key(&config, &tunnel.key).await;
+        Prepared {
+            name,
+            opts,
+            config,
+            dir,
+        }
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// The agent (node) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `agent check --config …` to its end.
+    pub async fn check(&self) -> CheckOutput {
+        check(&self.config, &self.opts).await
+    }
+}
+
+/// Runs `agent check --config FILE` with `opts`' environment to its end.
+pub async fn check(config: &std::path::Path, opts: &AgentOptions) -> CheckOutput {
+    let mut command = Command::new(bin_path("agent"));
+    command.arg("check").arg("--config").arg(config);
+    opts.apply_env(&mut command);
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true).stdin(Stdio::null());
+    let out = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("agent check finishes")
+        .expect("agent check runs");
+    CheckOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

@@ -13,6 +13,8 @@
 //!   JSON events, creates tunnels and caller tokens through its CLI.
 //! - [`agent`]: stores a tunnel key with `agent key set`, runs `agent run`,
 //!   follows its events, kills or drains it.
+//! - [`connect_proxy`]: a real HTTP CONNECT forward proxy (optional Basic
+//!   credentials, refusals) recording what crossed it.
 //! - [`caller`]: what a cloud caller does: HTTP requests and WebSockets
 //!   through the public listener (hyper, tokio-tungstenite).
 //! - [`wire`]: raw bytes for what a well-behaved client cannot send
@@ -39,6 +41,7 @@ pub mod admin;
 pub mod agent;
 pub mod body;
 pub mod caller;
+pub mod connect_proxy;
 pub mod events;
 pub mod gateway;
 pub mod lifecycle;
