@@ -70,12 +70,15 @@ pub struct ApiState {
 struct Refusal {
     status: StatusCode,
     message: String,
+    /// The methods a 405's path takes (its `Allow` header).
+    allow: Option<String>,
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
         message: message.into(),
+        allow: None,
     }
 }
 
@@ -92,7 +95,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 }
 
 fn error_response(r: Refusal) -> Response<Full<Bytes>> {
-    json_response(r.status, &json!({ "error": r.message }))
+    let mut resp = json_response(r.status, &json!({ "error": r.message }));
+    if let Some(allow) = r.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        resp.headers_mut().insert(header::ALLOW, allow);
+    }
+    resp
 }
 
 /// Answers one API request.
@@ -261,11 +268,14 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Refusal> {
 }
 
 fn method_not_allowed(path: &str) -> Refusal {
-    let allowed = allowed_methods(path);
-    refuse(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{path} takes {}", allowed.join(", ")),
-    )
+    let allowed = allowed_methods(path).join(", ");
+    Refusal {
+        allow: Some(allowed.clone()),
+        ..refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} takes {allowed}"),
+        )
+    }
 }
 
 /// The methods [`ROUTES`] lists for a concrete path.
@@ -465,6 +475,7 @@ mod tests {
         let r = route(&Method::PUT, "/v1/tunnels", "", b"").err().unwrap();
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
         assert!(r.message.contains("GET, POST"), "{}", r.message);
+        assert_eq!(r.allow.as_deref(), Some("GET, POST"));
         let r = route(&Method::GET, "/v1/nope", "", b"").err().unwrap();
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         let r = route(&Method::GET, "/v1/tunnels/", "", b"").err().unwrap();
