@@ -242,8 +242,7 @@ pub struct ResultLabels {
 }
 
 /// `config_reloads_total{result}` (see [`crate::reload`]).
-pub static CONFIG_RELOADS: LazyLock<Family<ResultLabels, Counter>> =
-    LazyLock::new(Family::default);
+pub static CONFIG_RELOADS: LazyLock<Family<ResultLabels, Counter>> = LazyLock::new(Family::default);
 
 /// Counts an agent handshake refused for `reason`.
 pub fn handshake_rejected(reason: &'static str) {

@@ -219,12 +219,8 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         live.clone(),
         failures.clone(),
     );
-    let _reloader = crate::reload::start(crate::reload::Reloader::new(
-        cfg.clone(),
-        live,
-        failures,
-    ))
-    .context("starting the configuration reloader")?;
+    let _reloader = crate::reload::start(crate::reload::Reloader::new(cfg.clone(), live, failures))
+        .context("starting the configuration reloader")?;
     let public = crate::public_listener::service(
         &server.configuration,
         proxy,

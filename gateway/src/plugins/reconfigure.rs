@@ -113,7 +113,10 @@ impl Plugins {
                     host.init_all(&old.name, &version, &configs, &old.replay)
                         .await
                         .with_context(|| {
-                            format!("plugin `{name}` ({}) with its new configuration", path.display())
+                            format!(
+                                "plugin `{name}` ({}) with its new configuration",
+                                path.display()
+                            )
                         })?;
                     Arc::new(Slot {
                         name: old.name.clone(),
@@ -143,7 +146,11 @@ impl Plugins {
                         .prepare(&name, &path, &configs, &replay)
                         .await
                         .with_context(|| format!("plugin `{name}` ({})", path.display()))?;
-                    loaded.push((name.clone(), version.version.clone(), version.sha256.clone()));
+                    loaded.push((
+                        name.clone(),
+                        version.version.clone(),
+                        version.sha256.clone(),
+                    ));
                     Arc::new(Slot {
                         counters: SlotCounters::new(&name),
                         name,

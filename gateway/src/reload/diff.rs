@@ -184,10 +184,9 @@ allow_without_plugins = true
 
     #[test]
     fn routes_are_reported_by_name() {
-        let new = ROUTES.replace("name = \"jira\"", "name = \"ci\"").replace(
-            "tunnel = \"wiki\"",
-            "tunnel = \"wiki\"\nmax_body_bytes = 5",
-        );
+        let new = ROUTES
+            .replace("name = \"jira\"", "name = \"ci\"")
+            .replace("tunnel = \"wiki\"", "tunnel = \"wiki\"\nmax_body_bytes = 5");
         let d = diff(&cfg(ROUTES), &cfg(&new));
         assert_eq!(d.fields, ["routes"]);
         assert_eq!(d.routes_added, ["ci"]);

@@ -101,7 +101,11 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader of `running` (loaded from `running.source`), swapping
     /// snapshots into `live` and the budget of failed credentials.
-    pub fn new(running: GatewayConfig, live: Current, failures: Arc<FailureBudget>) -> Option<Self> {
+    pub fn new(
+        running: GatewayConfig,
+        live: Current,
+        failures: Arc<FailureBudget>,
+    ) -> Option<Self> {
         Some(Reloader {
             path: running.source.clone()?,
             running,
