@@ -381,3 +381,55 @@ async fn a_request_in_flight_finishes_on_the_route_a_reload_removed() {
     let reply = slow.await.unwrap();
     assert_eq!(reply.echo().target, "/slow/2000", "{reply:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_change_live_for_requests_that_start_after_the_reload() {
+    let s = setup(
+        GatewayOptions::new()
+            .max_body_bytes(1000)
+            .extra_config("[callers]\nmax_failures_per_minute = 100\n"),
+    )
+    .await;
+    let upload = || async {
+        s.caller
+            .post("wiki.test", "/upload", tests::body::full(vec![b'x'; 2000]))
+            .send()
+            .await
+            .status
+            .as_u16()
+    };
+    assert_eq!(upload().await, 413);
+    let anonymous = s.gateway.anonymous_caller();
+    for _ in 0..3 {
+        assert_eq!(status(&anonymous, "wiki.test", "/").await, 401);
+    }
+
+    let mark = s.gateway.events().mark();
+    s.gateway.rewrite_config(|c| {
+        c.replace("max_body_bytes = 1000", "max_body_bytes = 4000")
+            .replace(
+                "max_failures_per_minute = 100",
+                "max_failures_per_minute = 4",
+            )
+    });
+    let event = s.gateway.wait_reload(mark).await;
+    assert_eq!(event["event"], "config_reloaded", "{event}");
+    let mut changed: Vec<_> = event["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        ["callers.max_failures_per_minute", "public.max_body_bytes"],
+        "{event}"
+    );
+    assert_eq!(upload().await, 200, "the larger body limit applies");
+    // This source had 3 failures (counts carry over): one more spends the
+    // new budget of 4, and the source is refused.
+    assert_eq!(status(&anonymous, "wiki.test", "/").await, 401);
+    let refused = anonymous.get("wiki.test", "/").send().await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+}
