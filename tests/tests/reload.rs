@@ -433,3 +433,32 @@ async fn limits_change_live_for_requests_that_start_after_the_reload() {
     let refused = anonymous.get("wiki.test", "/").send().await;
     assert_eq!(refused.status, 429, "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_changes_live() {
+    // `RUST_LOG` (which the harness sets otherwise) would keep deciding.
+    let s = setup(
+        GatewayOptions::new()
+            .env("RUST_LOG", "")
+            .extra_config("[log]\nlevel = \"warn\"\n"),
+    )
+    .await;
+    assert_eq!(status(&s.caller, "wiki.test", "/before").await, 200);
+
+    let mark = s.gateway.events().mark();
+    s.gateway
+        .rewrite_config(|c| c.replace("level = \"warn\"", "level = \"info\""));
+    let event = s.gateway.wait_reload(mark).await;
+    assert_eq!(event["event"], "config_reloaded", "{event}");
+    assert_eq!(event["changed"][0], "log.level", "{event}");
+    // Info lines are written from now on: the reload's own, then the
+    // access line of the next request.
+    s.gateway.wait_log("configuration reloaded").await;
+    assert_eq!(status(&s.caller, "wiki.test", "/after").await, 200);
+    s.gateway.wait_log("host=wiki.test").await;
+    assert!(
+        !s.gateway.logs().contains("gateway ready"),
+        "info lines from before the reload were filtered: {}",
+        s.gateway.logs()
+    );
+}

@@ -8,7 +8,8 @@ use crate::config::GatewayConfig;
 /// Fields (and whole sections, by prefix) a running gateway applies
 /// without a restart. Everything else is bound at start: listener
 /// addresses and certificates, threads, the store, the agents' listener,
-/// the admin listener, telemetry and logging (installed once per process),
+/// the admin listener, trace export and the log format (installed once per
+/// process; only the log filter, `log.level`, can be swapped),
 /// the public listener's budgets and deadlines (`max_header_bytes`
 /// included: the listener reads heads against it), and the plugin engine's
 /// pool sizes, replay-set bounds and reload interval.
@@ -18,6 +19,7 @@ pub const LIVE_FIELDS: &[&str] = &[
     "public.max_body_bytes",
     "public.upstream_timeout_secs",
     "callers.max_failures_per_minute",
+    "log.level",
     "plugins.dir",
     "plugins.call_timeout_ms",
     "plugins.sha256",
@@ -219,7 +221,7 @@ allow_without_plugins = true
         new.store.refresh_secs = 9;
         new.agents.max_connections = 7;
         new.admin.listen = Some("off".into());
-        new.log.level = "debug".into();
+        new.log.format = protocol::telemetry::LogFormat::Json;
         new.telemetry
             .headers
             .insert("authorization".into(), "Bearer s3cret".into());
@@ -228,6 +230,7 @@ allow_without_plugins = true
         new.public.max_body_bytes = 10;
         new.callers.max_failures_per_minute = 5;
         new.plugins.call_timeout_ms = 80;
+        new.log.level = "debug".into();
         let d = diff(&old, &new);
         let mut fixed = d.fixed();
         fixed.sort();
@@ -236,7 +239,7 @@ allow_without_plugins = true
             [
                 "admin.listen",
                 "agents.max_connections",
-                "log.level",
+                "log.format",
                 "plugins.max_sandboxes",
                 "public.listen",
                 "server.threads",
@@ -248,6 +251,7 @@ allow_without_plugins = true
             "public.max_body_bytes",
             "callers.max_failures_per_minute",
             "plugins.call_timeout_ms",
+            "log.level",
         ] {
             assert!(d.fields.iter().any(|f| f == live), "{live}: {d:?}");
         }

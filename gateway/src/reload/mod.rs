@@ -9,15 +9,17 @@
 //!    field;
 //! 2. it is compared with the running configuration ([`diff`]); a change
 //!    to a setting bound at start (listener addresses and certificates,
-//!    threads, store, agents' listener, admin listener, telemetry and
-//!    logging, the public listener's budgets, the plugin engine's sizes:
+//!    threads, store, agents' listener, admin listener, trace export and
+//!    log format, the public listener's budgets, the plugin engine's sizes:
 //!    everything not in [`diff::LIVE_FIELDS`]) refuses the whole reload,
 //!    naming each such field: nothing is applied, rather than applying
 //!    part of what the operator wrote and silently ignoring the rest;
 //! 3. the plugin host is rebuilt for it ([`Plugins::reconfigure`]): every
 //!    plugin must accept every configuration routes now give it, as at
 //!    start; a refusal names the plugin and carries its message;
-//! 4. the new routes, chains and limits are swapped in as one snapshot
+//! 4. a new `log.level` replaces the log filter (unless `RUST_LOG` is
+//!    set, which keeps deciding as at start);
+//! 5. the new routes, chains and limits are swapped in as one snapshot
 //!    ([`crate::live`]). Requests already running keep the snapshot they
 //!    started with; tunnels and agents are not touched.
 //!
@@ -72,6 +74,9 @@ pub enum ReloadError {
     /// A plugin refused its new configuration, or could not be loaded.
     #[error("{0:#}")]
     Plugins(anyhow::Error),
+    /// The log filter could not be replaced.
+    #[error("log.level: {0:#}")]
+    Telemetry(anyhow::Error),
 }
 
 impl ReloadError {
@@ -134,6 +139,15 @@ impl Reloader {
             .reconfigure(&new)
             .await
             .map_err(ReloadError::Plugins)?;
+        if new.log.level != self.running.log.level {
+            // Validated by the load; what can fail is the process having
+            // no swappable filter, which refuses the reload whole.
+            let change = protocol::telemetry::set_log_level(&new.log.level)
+                .map_err(ReloadError::Telemetry)?;
+            if change == protocol::telemetry::LogLevelChange::OverriddenByRustLog {
+                tracing::warn!("log.level changed, but RUST_LOG is set and keeps deciding");
+            }
+        }
         self.live.store(Arc::new(Live::new(&new, plugins)));
         self.failures
             .set_per_minute(new.callers.max_failures_per_minute);
