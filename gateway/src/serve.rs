@@ -219,14 +219,19 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         live.clone(),
         failures.clone(),
     );
-    let _reloader = crate::reload::start(crate::reload::Reloader::new(cfg.clone(), live, failures))
-        .context("starting the configuration reloader")?;
-    let public = crate::public_listener::service(
+    let (public, listener_limits) = crate::public_listener::service(
         &server.configuration,
         proxy,
         &cfg.public,
         &public_addr.to_string(),
     )?;
+    let _reloader = crate::reload::start(crate::reload::Reloader::new(
+        cfg.clone(),
+        live,
+        failures,
+        listener_limits,
+    ))
+    .context("starting the configuration reloader")?;
     server.add_service(public);
 
     // The agent connections and the bridge share one runtime: every

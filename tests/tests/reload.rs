@@ -384,9 +384,11 @@ async fn a_request_in_flight_finishes_on_the_route_a_reload_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_change_live_for_requests_that_start_after_the_reload() {
+    // The body and header limits, and the budget of failed credentials.
     let s = setup(
         GatewayOptions::new()
             .max_body_bytes(1000)
+            .max_header_bytes(2048)
             .extra_config("[callers]\nmax_failures_per_minute = 100\n"),
     )
     .await;
@@ -399,6 +401,18 @@ async fn limits_change_live_for_requests_that_start_after_the_reload() {
             .as_u16()
     };
     assert_eq!(upload().await, 413);
+    // Past the listener's own bound for a head (the limit plus room for
+    // the request line), and past the proxy's limit.
+    let big_head = || async {
+        s.caller
+            .get("wiki.test", "/")
+            .header("x-big", &"a".repeat(20_000))
+            .send()
+            .await
+            .status
+            .as_u16()
+    };
+    assert_eq!(big_head().await, 431);
     let anonymous = s.gateway.anonymous_caller();
     for _ in 0..3 {
         assert_eq!(status(&anonymous, "wiki.test", "/").await, 401);
@@ -407,6 +421,7 @@ async fn limits_change_live_for_requests_that_start_after_the_reload() {
     let mark = s.gateway.events().mark();
     s.gateway.rewrite_config(|c| {
         c.replace("max_body_bytes = 1000", "max_body_bytes = 4000")
+            .replace("max_header_bytes = 2048", "max_header_bytes = 32768")
             .replace(
                 "max_failures_per_minute = 100",
                 "max_failures_per_minute = 4",
@@ -423,10 +438,15 @@ async fn limits_change_live_for_requests_that_start_after_the_reload() {
     changed.sort();
     assert_eq!(
         changed,
-        ["callers.max_failures_per_minute", "public.max_body_bytes"],
+        [
+            "callers.max_failures_per_minute",
+            "public.max_body_bytes",
+            "public.max_header_bytes"
+        ],
         "{event}"
     );
     assert_eq!(upload().await, 200, "the larger body limit applies");
+    assert_eq!(big_head().await, 200, "the larger header limit applies");
     // This source had 3 failures (counts carry over): one more spends the
     // new budget of 4, and the source is refused.
     assert_eq!(status(&anonymous, "wiki.test", "/").await, 401);

@@ -10,13 +10,19 @@ use crate::config::GatewayConfig;
 /// addresses and certificates, threads, the store, the agents' listener,
 /// the admin listener, trace export and the log format (installed once per
 /// process; only the log filter, `log.level`, can be swapped),
-/// the public listener's budgets and deadlines (`max_header_bytes`
-/// included: the listener reads heads against it), and the plugin engine's
-/// pool sizes, replay-set bounds and reload interval.
+/// the public listener's address, TLS and keep-alive time (pingora fixes
+/// its HTTP/2 idle timeout when the listener is built), and the plugin
+/// engine's pool sizes, replay-set bounds and reload interval.
 pub const LIVE_FIELDS: &[&str] = &[
     "routes",
     "routing",
     "public.max_body_bytes",
+    "public.max_header_bytes",
+    "public.max_connections",
+    "public.max_connections_per_source",
+    "public.header_read_timeout_secs",
+    "public.read_timeout_secs",
+    "public.write_timeout_secs",
     "public.upstream_timeout_secs",
     "callers.max_failures_per_minute",
     "log.level",

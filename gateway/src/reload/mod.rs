@@ -10,7 +10,8 @@
 //! 2. it is compared with the running configuration ([`diff`]); a change
 //!    to a setting bound at start (listener addresses and certificates,
 //!    threads, store, agents' listener, admin listener, trace export and
-//!    log format, the public listener's budgets, the plugin engine's sizes:
+//!    log format, the public listener's address, TLS and keep-alive time,
+//!    the plugin engine's sizes:
 //!    everything not in [`diff::LIVE_FIELDS`]) refuses the whole reload,
 //!    naming each such field: nothing is applied, rather than applying
 //!    part of what the operator wrote and silently ignoring the rest;
@@ -48,6 +49,7 @@ use crate::config::{ConfigError, GatewayConfig};
 use crate::events::emit;
 use crate::live::{Current, Live};
 use crate::plugins::{stamp, Stamp};
+use crate::public_listener::LiveLimits;
 
 /// How often the file's metadata is looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -101,21 +103,25 @@ pub struct Reloader {
     running: GatewayConfig,
     live: Current,
     failures: Arc<FailureBudget>,
+    listener: LiveLimits,
 }
 
 impl Reloader {
     /// A reloader of `running` (loaded from `running.source`), swapping
-    /// snapshots into `live` and the budget of failed credentials.
+    /// snapshots into `live`, the budget of failed credentials and the
+    /// public listener's budgets and deadlines.
     pub fn new(
         running: GatewayConfig,
         live: Current,
         failures: Arc<FailureBudget>,
+        listener: LiveLimits,
     ) -> Option<Self> {
         Some(Reloader {
             path: running.source.clone()?,
             running,
             live,
             failures,
+            listener,
         })
     }
 
@@ -148,6 +154,7 @@ impl Reloader {
                 tracing::warn!("log.level changed, but RUST_LOG is set and keeps deciding");
             }
         }
+        self.listener.set(&new.public);
         self.live.store(Arc::new(Live::new(&new, plugins)));
         self.failures
             .set_per_minute(new.callers.max_failures_per_minute);
