@@ -482,3 +482,25 @@ async fn the_log_level_changes_live() {
         s.gateway.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_overrides_still_apply_after_a_reload() {
+    let s = setup(GatewayOptions::new().env("GATEWAY__PUBLIC__MAX_BODY_BYTES", "1000")).await;
+    let upload = || async {
+        s.caller
+            .post("wiki.test", "/upload", tests::body::full(vec![b'x'; 2000]))
+            .send()
+            .await
+            .status
+            .as_u16()
+    };
+    assert_eq!(upload().await, 413);
+    let mark = s.gateway.events().mark();
+    s.gateway
+        .rewrite_config(|c| c + &route_toml("ci", "ci.test", "ci"));
+    let event = s.gateway.wait_reload(mark).await;
+    assert_eq!(event["event"], "config_reloaded", "{event}");
+    assert_eq!(event["changed"], serde_json::json!(["routes"]), "{event}");
+    assert_eq!(status(&s.caller, "ci.test", "/").await, 200);
+    assert_eq!(upload().await, 413, "the override still decides");
+}
