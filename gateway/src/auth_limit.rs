@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,8 @@ const MAX_SOURCES: usize = 65_536;
 /// Failed credentials per source in the current window.
 #[derive(Debug)]
 pub struct FailureBudget {
-    per_window: u32,
+    /// Changed by a live reload ([`FailureBudget::set_per_minute`]).
+    per_window: AtomicU32,
     sources: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
@@ -33,7 +35,7 @@ impl FailureBudget {
     /// A budget of `per_minute` failures per source and minute.
     pub fn new(per_minute: u32) -> Self {
         FailureBudget {
-            per_window: per_minute,
+            per_window: AtomicU32::new(per_minute),
             sources: Mutex::default(),
         }
     }
@@ -43,7 +45,12 @@ impl FailureBudget {
         let map = self.sources.lock().expect("lock");
         let (start, n) = map.get(&key(ip))?;
         let left = WINDOW.checked_sub(start.elapsed())?;
-        (*n >= self.per_window).then_some(left)
+        (*n >= self.per_window.load(Ordering::Relaxed)).then_some(left)
+    }
+
+    /// A new budget per source and minute; counts so far are kept.
+    pub fn set_per_minute(&self, per_minute: u32) {
+        self.per_window.store(per_minute, Ordering::Relaxed);
     }
 
     /// Counts one failed credential from `ip`.

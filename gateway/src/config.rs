@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `gateway serve` and the admin commands read.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Process-level settings (threads, shutdown).
@@ -40,6 +40,11 @@ pub struct GatewayConfig {
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
     pub admin: protocol::telemetry::AdminSection,
+    /// The file this configuration was loaded from (set by
+    /// [`GatewayConfig::load`], never read from the file): what a live
+    /// reload reads again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Where the admin listener listens when `admin.listen` is unset.
@@ -55,7 +60,7 @@ impl From<protocol::telemetry::FieldError> for ConfigError {
 }
 
 /// The policy plugin host.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsSection {
     /// Folder of plugin components: a route's plugin `name` is the file
@@ -118,7 +123,7 @@ impl Default for PluginsSection {
 }
 
 /// One plugin in a route's chain.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
     /// Plugin name: the file `<plugins.dir>/<name>.wasm`.
@@ -141,7 +146,7 @@ impl PluginRef {
 }
 
 /// Process-level settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads of the public proxy, and again of the tunnel side
@@ -163,7 +168,7 @@ impl Default for ServerSection {
 }
 
 /// The callers' listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicSection {
     /// Address to listen on; port 0 picks a free port (reported on stdout).
@@ -248,7 +253,7 @@ impl PublicSection {
 }
 
 /// The agents' listener: TLS 1.3 only, WebSocket on [`protocol::AGENT_PATH`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsSection {
     /// Address to listen on; port 0 picks a free port (reported on stdout).
@@ -320,7 +325,7 @@ impl AgentsSection {
 }
 
 /// Tunnel and caller storage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// SQLite database file, created if missing.
@@ -339,7 +344,7 @@ pub struct StoreSection {
 }
 
 /// Caller authentication.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallersSection {
     /// Failed caller credentials (401) one source address may have per
@@ -362,7 +367,7 @@ fn default_failures_per_minute() -> u32 {
 }
 
 /// Wildcard routing.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingSection {
     /// When set, `<tunnel-name>.<base_domain>` reaches that tunnel without a route.
@@ -385,7 +390,7 @@ pub struct RoutingSection {
 
 /// One route: requests for `host` whose path starts with `path_prefix` go
 /// to `tunnel`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Name used in logs.
@@ -534,7 +539,10 @@ impl GatewayConfig {
             .try_deserialize()
             .map_err(load_err)?;
         cfg.validate()?;
-        Ok(cfg)
+        Ok(GatewayConfig {
+            source: Some(path.to_path_buf()),
+            ..cfg
+        })
     }
 
     /// Checks what serde cannot: addresses, paired fields, ranges, routes.

@@ -21,6 +21,9 @@
 //! - [`agent_listener`]: TLS 1.3 + WebSocket + key-proof handshake for agents;
 //! - [`plugins`]: the WebAssembly policy plugin host (wasmtime), run by
 //!   the proxy on every request of a route with plugins;
+//! - [`live`] and [`reload`]: the routes, chains and limits each request
+//!   reads as one snapshot, and the live reload that swaps it (SIGHUP or
+//!   a change of the configuration file);
 //! - [`store`]: SQLite storage, tunnel keys encrypted under the KEK;
 //! - [`serve`] and [`cli`]: wiring and commands; [`events`] the JSON event
 //!   lines on stdout; [`tls`] certificate loading; [`metrics`] the
@@ -40,12 +43,14 @@ pub mod config;
 pub mod connector;
 pub mod counted;
 pub mod events;
+pub mod live;
 pub mod metrics;
 pub mod per_source;
 pub mod plugins;
 pub mod proxy;
 pub mod public_listener;
 pub mod registry;
+pub mod reload;
 pub mod retry;
 pub mod routes;
 pub mod serve;

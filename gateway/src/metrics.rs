@@ -227,8 +227,22 @@ pub fn registry() -> Registry {
         m.public_connections_closed.clone(),
     );
     m.export.register(&mut r);
+    r.register(
+        "config_reloads",
+        "Live reloads of the configuration file: applied (ok) or refused (failed)",
+        CONFIG_RELOADS.clone(),
+    );
     r
 }
+
+/// A live reload's outcome: `ok` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// `config_reloads_total{result}` (see [`crate::reload`]).
+pub static CONFIG_RELOADS: LazyLock<Family<ResultLabels, Counter>> = LazyLock::new(Family::default);
 
 /// Counts an agent handshake refused for `reason`.
 pub fn handshake_rejected(reason: &'static str) {

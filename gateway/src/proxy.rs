@@ -35,12 +35,10 @@ use crate::config::GatewayConfig;
 use crate::connector::TunnelConnector;
 use crate::http_checks;
 use crate::judgement::{judge_host, judge_path, JudgedHost, PathError, PathOptions};
-use crate::plugins::{
-    ChainEntry, HeaderEdit, Plugins, PolicyContext, PolicyRequest, Verdict, WitHeader,
-};
+use crate::live::{Current, Live};
+use crate::plugins::{ChainEntry, HeaderEdit, PolicyContext, PolicyRequest, Verdict, WitHeader};
 use crate::registry::{InflightGuard, Registry};
 use crate::retry::{self, Attempt, Decision, NotRetried, RetryReason};
-use crate::routes::Routes;
 use crate::store::{CallerInfo, TunnelInfo};
 
 /// Seconds a caller is told to wait when no agent is connected.
@@ -48,56 +46,46 @@ const RETRY_AFTER_SECS: &str = "5";
 
 /// The gateway's `ProxyHttp` implementation.
 pub struct TunnelProxy {
-    routes: Routes,
-    plugins: Arc<Plugins>,
-    /// The plugin chain of each configured route, by index.
-    chains: Vec<Arc<[ChainEntry]>>,
-    /// The plugin chain of wildcard (`<tunnel>.<base_domain>`) requests.
-    wildcard_chain: Arc<[ChainEntry]>,
+    /// Routes, plugin chains and per-request limits; each request reads
+    /// the snapshot once, in `new_ctx` (see [`crate::live`]).
+    live: Current,
     registry: Arc<Registry>,
     bridge: Arc<Bridge>,
-    max_header_bytes: usize,
-    upstream_timeout: Duration,
-    pool_idle: Duration,
     tls: bool,
-    /// Failed caller credentials per source address.
-    failures: crate::auth_limit::FailureBudget,
+    /// Failed caller credentials per source address (its budget is
+    /// changed by a live reload; the counts carry over).
+    failures: Arc<crate::auth_limit::FailureBudget>,
     /// Keys pooled tunnel streams by agent connection and caller, seeded
     /// per process.
     pool_keys: std::collections::hash_map::RandomState,
 }
 
 impl TunnelProxy {
-    /// Builds the proxy from config.
+    /// Builds the proxy from config; `live` is the configuration's
+    /// snapshot, shared with the reloader, and `failures` the budget of
+    /// failed credentials.
     pub fn new(
         cfg: &GatewayConfig,
         registry: Arc<Registry>,
         bridge: Arc<Bridge>,
-        plugins: Arc<Plugins>,
+        live: Current,
+        failures: Arc<crate::auth_limit::FailureBudget>,
     ) -> Self {
         TunnelProxy {
-            routes: Routes::new(cfg),
-            chains: cfg
-                .routes
-                .iter()
-                .map(|r| plugins.chain(&r.plugins))
-                .collect(),
-            wildcard_chain: plugins.chain(&cfg.routing.plugins),
-            plugins,
+            live,
             registry,
             bridge,
-            max_header_bytes: cfg.public.max_header_bytes,
-            upstream_timeout: Duration::from_secs(cfg.public.upstream_timeout_secs),
-            pool_idle: Duration::from_secs(cfg.public.keepalive_secs),
             tls: cfg.public.tls_cert.is_some(),
             pool_keys: Default::default(),
-            failures: crate::auth_limit::FailureBudget::new(cfg.callers.max_failures_per_minute),
+            failures,
         }
     }
 }
 
 /// Per-request state.
 pub struct Ctx {
+    /// The configuration this request runs on, from its start to its end.
+    live: Arc<Live>,
     started: Instant,
     /// Host without port, lower-case: what routing matched.
     host: String,
@@ -325,7 +313,8 @@ impl TunnelProxy {
                 }
             }
         }
-        if http_checks::header_block_size(&req.headers) > self.max_header_bytes {
+        let live = ctx.live.clone();
+        if http_checks::header_block_size(&req.headers) > live.max_header_bytes {
             return Err(Refusal {
                 close: true,
                 ..Refusal::new(431, "request header fields too large")
@@ -355,7 +344,7 @@ impl TunnelProxy {
         };
         let bad_path = |e: PathError| Refusal::bad_request(&e.to_string());
         let judged = judge_path(req.uri.path(), loose).map_err(bad_path)?;
-        let route = self
+        let route = live
             .routes
             .resolve(&host, &judged.path)
             .ok_or_else(|| Refusal::new(404, format!("no route for host `{host}`")))?;
@@ -428,8 +417,8 @@ impl TunnelProxy {
             return Err(no_tunnel());
         }
         let chain = match route.index {
-            Some(i) => self.chains[i].clone(),
-            None => self.wildcard_chain.clone(),
+            Some(i) => live.chains[i].clone(),
+            None => live.wildcard_chain.clone(),
         };
         ctx.caller = Some(caller);
         ctx.tunnel = Some(tunnel);
@@ -471,7 +460,8 @@ impl TunnelProxy {
         form_body_bytes: usize,
     ) -> std::result::Result<(), Refusal> {
         let body_prefix = if form_body_bytes > 0 && !ctx.upgrade {
-            self.form_body(session, form_body_bytes).await?
+            self.form_body(session, form_body_bytes, ctx.live.upstream_timeout)
+                .await?
         } else {
             None
         };
@@ -515,7 +505,7 @@ impl TunnelProxy {
             body_prefix,
         };
         let started = Instant::now();
-        let verdict = self.plugins.run(chain, &pctx, &preq, &ctx.span).await;
+        let verdict = ctx.live.plugins.run(chain, &pctx, &preq, &ctx.span).await;
         ctx.policy_us = started.elapsed().as_micros() as u64;
         match verdict {
             Verdict::Allow(edits) => {
@@ -549,6 +539,7 @@ impl TunnelProxy {
         &self,
         session: &mut Session,
         limit: usize,
+        upstream_timeout: Duration,
     ) -> std::result::Result<Option<Vec<u8>>, Refusal> {
         let headers = &session.req_header().headers;
         // Two Content-Type headers could be read differently here, by the
@@ -599,7 +590,7 @@ impl TunnelProxy {
             }
             Ok::<_, Box<Error>>(())
         };
-        match tokio::time::timeout(self.upstream_timeout, read).await {
+        match tokio::time::timeout(upstream_timeout, read).await {
             Ok(Ok(())) if body.len() == len => Ok(Some(body)),
             Ok(_) => Err(Refusal::bad_request(
                 "request body does not match Content-Length",
@@ -618,6 +609,7 @@ impl ProxyHttp for TunnelProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            live: self.live.load_full(),
             started: Instant::now(),
             host: String::new(),
             authority: String::new(),
@@ -761,9 +753,9 @@ impl ProxyHttp for TunnelProxy {
             self.pool_keys.hash_one((agent.conn_id, caller))
         };
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent, self.bridge.clone())));
-        peer.options.read_timeout = (!ctx.upgrade).then_some(self.upstream_timeout);
-        peer.options.write_timeout = Some(self.upstream_timeout);
-        peer.options.idle_timeout = Some(self.pool_idle);
+        peer.options.read_timeout = (!ctx.upgrade).then_some(ctx.live.upstream_timeout);
+        peer.options.write_timeout = Some(ctx.live.upstream_timeout);
+        peer.options.idle_timeout = Some(ctx.live.pool_idle);
         Ok(Box::new(peer))
     }
 

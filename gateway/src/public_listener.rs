@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
@@ -108,7 +109,7 @@ pub fn service<SV>(
     proxy: SV,
     public: &PublicSection,
     addr: &str,
-) -> anyhow::Result<Service<PublicApp<HttpProxy<SV>>>>
+) -> anyhow::Result<(Service<PublicApp<HttpProxy<SV>>>, LiveLimits)>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
@@ -122,11 +123,13 @@ where
         (Some(cert), Some(key)) => Some(Acceptor::from_server_config(tls_config(cert, key)?)),
         _ => None,
     };
-    let mut service = Service::new("public".to_string(), PublicApp::new(http, tls, limits));
+    let app = PublicApp::new(http, tls, limits);
+    let live = app.live_limits();
+    let mut service = Service::new("public".to_string(), app);
     let mut sock = TcpSocketOptions::default();
     sock.so_reuseport = Some(true);
     service.add_tcp_with_settings(addr, sock);
-    Ok(service)
+    Ok((service, live))
 }
 
 /// The callers' TLS: 1.2 and 1.3, HTTP/2 preferred by ALPN.
@@ -157,7 +160,9 @@ fn closed(reason: &'static str) {
 pub struct PublicApp<A> {
     proxy: Arc<A>,
     tls: Option<Acceptor>,
-    limits: Limits,
+    /// Read at each accept and each request head: a live reload changes
+    /// them for what comes next ([`LiveLimits`]).
+    limits: Arc<ArcSwap<Limits>>,
     conns: Arc<Connections>,
 }
 
@@ -168,9 +173,37 @@ impl<A> PublicApp<A> {
         PublicApp {
             proxy: Arc::new(proxy),
             tls,
-            limits,
+            limits: Arc::new(ArcSwap::from_pointee(limits)),
             conns,
         }
+    }
+
+    /// What a live reload changes of this listener.
+    pub fn live_limits(&self) -> LiveLimits {
+        LiveLimits {
+            limits: self.limits.clone(),
+            conns: self.conns.clone(),
+        }
+    }
+}
+
+/// The budgets and deadlines of a running public listener. Connections
+/// accepted, and request heads begun, after [`LiveLimits::set`] get the new
+/// values; the idle keep-alive time stays as at start (pingora's HTTP/2
+/// idle timeout is fixed when the listener is built).
+#[derive(Clone)]
+pub struct LiveLimits {
+    limits: Arc<ArcSwap<Limits>>,
+    conns: Arc<Connections>,
+}
+
+impl LiveLimits {
+    /// Applies `[public]`'s budgets and deadlines.
+    pub fn set(&self, public: &PublicSection) {
+        let limits = Limits::from_config(public);
+        self.conns
+            .set_caps(limits.max_connections, limits.max_connections_per_source);
+        self.limits.store(Arc::new(limits));
     }
 }
 
@@ -202,7 +235,7 @@ where
                 return None;
             }
         };
-        let first_deadline = accepted + self.limits.header_read_timeout;
+        let first_deadline = accepted + self.limits.load().header_read_timeout;
         let stream = match &self.tls {
             None => stream,
             Some(acceptor) => match tls_accept(acceptor, stream, first_deadline).await {
@@ -265,10 +298,11 @@ where
         first_deadline: Instant,
         shutdown: &ShutdownWatch,
     ) {
-        let l = &self.limits;
         let mut settings = None;
         let mut wait = Wait::First(first_deadline);
         loop {
+            let l = self.limits.load_full();
+            let l = &*l;
             let head = match read_head(&mut stream, wait, l, shutdown).await {
                 Head::Ready(buf) => buf,
                 Head::Gone => return,

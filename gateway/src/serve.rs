@@ -242,16 +242,36 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let bridge =
         Bridge::bind(Duration::from_secs(10)).context("creating the stream bridge socket")?;
     let plugins = Plugins::load(&cfg).context("loading policy plugins")?;
+    // Routes, chains and per-request limits: one snapshot, swapped by a
+    // live reload of the configuration (`crate::reload`).
+    let live = crate::live::current(crate::live::Live::new(&cfg, plugins.clone()));
+    let watched = live.clone();
     plugins
-        .spawn_reloader()
+        .spawn_reloader(move || watched.load().plugins.clone())
         .context("starting the plugin reloader")?;
-    let proxy = TunnelProxy::new(&cfg, registry.clone(), bridge.clone(), plugins);
-    let public = crate::public_listener::service(
+    let failures = Arc::new(crate::auth_limit::FailureBudget::new(
+        cfg.callers.max_failures_per_minute,
+    ));
+    let proxy = TunnelProxy::new(
+        &cfg,
+        registry.clone(),
+        bridge.clone(),
+        live.clone(),
+        failures.clone(),
+    );
+    let (public, listener_limits) = crate::public_listener::service(
         &server.configuration,
         proxy,
         &cfg.public,
         &public_addr.to_string(),
     )?;
+    let _reloader = crate::reload::start(crate::reload::Reloader::new(
+        cfg.clone(),
+        live,
+        failures,
+        listener_limits,
+    ))
+    .context("starting the configuration reloader")?;
     server.add_service(public);
 
     // The agent connections and the bridge share one runtime: every

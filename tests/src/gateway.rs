@@ -541,6 +541,43 @@ impl Gateway {
         self.admin = admin;
     }
 
+    /// Edits the config file the way most editors and deployment tools
+    /// save: the new text goes to a temporary file renamed over the old
+    /// one (a new inode). The running gateway notices within about a
+    /// second and reloads (see [`Gateway::wait_reload`]).
+    pub fn rewrite_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("read gateway config");
+        let tmp = self.dir.join(".gateway.toml.tmp");
+        std::fs::write(&tmp, edit(text)).expect("write new gateway config");
+        std::fs::rename(&tmp, &self.config).expect("rename gateway config");
+    }
+
+    /// Edits the config file in place (same inode), as `echo >>` or an
+    /// editor that truncates and writes does.
+    pub fn edit_config_in_place(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("read gateway config");
+        std::fs::write(&self.config, edit(text)).expect("write gateway config");
+    }
+
+    /// SIGHUP: the gateway reads its config file again.
+    pub fn sighup(&self) {
+        self.proc.signal(Signal::SIGHUP);
+    }
+
+    /// Waits for the outcome of the next config reload after `mark` (from
+    /// [`EventLog::mark`]): a `config_reloaded` or `config_reload_failed`
+    /// event.
+    pub async fn wait_reload(&self, mark: usize) -> Value {
+        self.events
+            .wait_after(
+                mark,
+                "a config reload outcome",
+                |e| matches!(kind(e), "config_reloaded" | "config_reload_failed"),
+                PATIENCE,
+            )
+            .await
+    }
+
     /// The folder the gateway loads plugins from.
     pub fn plugins_dir(&self) -> PathBuf {
         self.dir.join("plugins")
@@ -559,6 +596,19 @@ impl Gateway {
     /// The last lines of the gateway's logs.
     pub fn logs(&self) -> String {
         self.proc.stderr_tail()
+    }
+
+    /// Waits until the gateway's logs contain `needle` (log lines are
+    /// written by a background thread, after the event lines on stdout);
+    /// panics with the logs after [`PATIENCE`].
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !self.proc.stderr_tail().contains(needle) {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("no log line with {needle:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -29,6 +29,7 @@
 
 mod checks;
 mod file;
+mod reconfigure;
 pub mod replay;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ use wasmtime::{
 use crate::config::{GatewayConfig, PluginRef, PluginsSection};
 use crate::events::emit;
 use checks::{check_denial, check_edits};
+use reconfigure::{chain_configs, warn_cross_org};
 
 /// Bindings generated from `wit/policy.wit`, once for the whole gateway.
 pub mod bindings {
@@ -255,14 +257,14 @@ struct Version {
 /// change time catch a replacement that keeps size and modification time
 /// (`cp -p`, `rsync -a`, tar): those tools cannot set the change time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     modified: Option<SystemTime>,
     changed: (i64, i64),
     inode: (u64, u64),
     len: u64,
 }
 
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
+pub(crate) fn stamp(path: &Path) -> std::io::Result<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
     Ok(Stamp {
@@ -341,6 +343,17 @@ pub struct ChainEntry {
     pub slot: Arc<Slot>,
     pub config: Arc<str>,
     idle: Mutex<Vec<Warm>>,
+    /// The host's count of idle sandboxes, shared by every configuration
+    /// generation: an entry retired by a live reload gives its idle
+    /// sandboxes (and their pool slots) back when it is dropped.
+    idle_total: Arc<AtomicU32>,
+}
+
+impl Drop for ChainEntry {
+    fn drop(&mut self) {
+        let n = self.idle.get_mut().map_or(0, |v| v.len()) as u32;
+        self.idle_total.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// Most idle sandboxes kept per chain entry: calls do not wait inside a
@@ -375,7 +388,9 @@ pub struct Plugins {
     slots: HashMap<String, Arc<Slot>>,
     /// Idle sandboxes across all chain entries; at most half of
     /// `max_sandboxes`, so requests always find room for fresh ones.
-    idle: AtomicU32,
+    /// Shared with the hosts made by [`Plugins::reconfigure`]: they draw
+    /// on the same pooling allocator.
+    idle: Arc<AtomicU32>,
 }
 
 /// A pooling engine with epoch interruption, async calls and the limits of
@@ -435,48 +450,14 @@ impl Plugins {
         let timeout = Duration::from_millis(limits.call_timeout_ms);
         let engine = engine(&limits).context("starting the plugin engine")?;
 
-        let mut configs: HashMap<String, Vec<String>> = HashMap::new();
-        let chains = cfg
-            .routes
-            .iter()
-            .map(|r| &r.plugins)
-            .chain(std::iter::once(&cfg.routing.plugins));
-        for chain in chains {
-            for p in chain {
-                let list = configs.entry(p.name.clone()).or_default();
-                let text = p.config_text();
-                if !list.contains(&text) {
-                    list.push(text);
-                }
-            }
-        }
-
-        // The host keeps organizations apart itself; only an explicit
-        // opt-out leaves that to the chain, which is worth a warning.
-        let opted_out = cfg
-            .routes
-            .iter()
-            .filter(|r| r.cross_org)
-            .map(|r| (r.name.as_str(), &r.plugins))
-            .chain(
-                cfg.routing
-                    .cross_org
-                    .then_some(("*wildcard*", &cfg.routing.plugins)),
-            );
-        for (route, chain) in opted_out {
-            tracing::warn!(
-                route,
-                org_check = chain.iter().any(|p| p.name == "org-check"),
-                "cross_org = true: callers of any organization reach this route's tunnel \
-                 unless its plugin chain refuses them"
-            );
-        }
+        let configs = chain_configs(cfg);
+        warn_cross_org(cfg);
         let mut host = Plugins {
             engine,
             limits,
             timeout,
             slots: HashMap::new(),
-            idle: AtomicU32::new(0),
+            idle: Arc::new(AtomicU32::new(0)),
         };
         if !configs.is_empty() {
             let dir = host
@@ -562,6 +543,7 @@ impl Plugins {
                     .clone(),
                 config: r.config_text().into(),
                 idle: Mutex::new(Vec::new()),
+                idle_total: self.idle.clone(),
             })
             .collect()
     }
@@ -625,6 +607,20 @@ impl Plugins {
             sha256,
             version,
         };
+        self.init_all(name, &version, configs, replay).await?;
+        Ok(version)
+    }
+
+    /// Runs `init` of `version` with each of `configs`, each in a fresh
+    /// sandbox within the call deadline; the first refusal is the error,
+    /// with the plugin's own message.
+    async fn init_all(
+        &self,
+        name: &Arc<str>,
+        version: &Version,
+        configs: &[String],
+        replay: &Arc<ReplaySet>,
+    ) -> anyhow::Result<()> {
         for config in configs {
             let mut store = self.store(name, replay, Instant::now() + self.timeout);
             let policy = version
@@ -641,7 +637,7 @@ impl Plugins {
                 Err(e) => return Err(anyhow::Error::new(self.classify(e, &store)).context("init")),
             }
         }
-        Ok(version)
+        Ok(())
     }
 
     /// Asks a compiled file who it is; refuses one that is not the plugin
@@ -929,12 +925,16 @@ impl Plugins {
     }
 
     /// Starts the thread that reloads replaced plugin files (when
-    /// `plugins.reload_interval_ms` is not 0 and any plugin is loaded).
-    pub fn spawn_reloader(self: &Arc<Self>) -> std::io::Result<()> {
-        if self.limits.reload_interval_ms == 0 || self.slots.is_empty() {
+    /// `plugins.reload_interval_ms` is not 0). It watches the plugins of
+    /// the host `current` returns at each round: after a live reload of the
+    /// configuration ([`Plugins::reconfigure`]), the new host's.
+    pub fn spawn_reloader(
+        &self,
+        current: impl Fn() -> Arc<Plugins> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if self.limits.reload_interval_ms == 0 {
             return Ok(());
         }
-        let host = self.clone();
         let every = Duration::from_millis(self.limits.reload_interval_ms);
         std::thread::Builder::new()
             .name("plugin-reload".into())
@@ -951,6 +951,7 @@ impl Plugins {
                 };
                 loop {
                     std::thread::sleep(every);
+                    let host = current();
                     for slot in host.slots.values() {
                         rt.block_on(host.check(slot));
                     }

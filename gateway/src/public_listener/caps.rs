@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 // The caller's share of the per-source cap: an IPv4 address (IPv4-mapped
@@ -11,8 +12,10 @@ use crate::per_source::source_of as source_key;
 /// Open connections, in total and per source.
 #[derive(Debug)]
 pub struct Connections {
-    max_total: usize,
-    max_per_source: usize,
+    /// Both caps change with a live reload ([`Connections::set_caps`]);
+    /// connections already open are kept.
+    max_total: AtomicUsize,
+    max_per_source: AtomicUsize,
     state: Mutex<Counts>,
 }
 
@@ -53,8 +56,8 @@ impl Connections {
     /// Caps of `max_total` connections, `max_per_source` from one source.
     pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(Connections {
-            max_total,
-            max_per_source,
+            max_total: AtomicUsize::new(max_total),
+            max_per_source: AtomicUsize::new(max_per_source),
             state: Mutex::new(Counts::default()),
         })
     }
@@ -64,12 +67,12 @@ impl Connections {
     pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<Slot, Refused> {
         let source = peer.map(source_key);
         let mut s = self.state.lock().expect("connection counts lock");
-        if s.total >= self.max_total {
+        if s.total >= self.max_total.load(Ordering::Relaxed) {
             return Err(Refused::Total);
         }
         if let Some(src) = source {
             let n = s.per_source.entry(src).or_insert(0);
-            if *n >= self.max_per_source {
+            if *n >= self.max_per_source.load(Ordering::Relaxed) {
                 return Err(Refused::Source);
             }
             *n += 1;
@@ -79,6 +82,12 @@ impl Connections {
             conns: self.clone(),
             source,
         })
+    }
+
+    /// New caps for connections accepted from now on.
+    pub fn set_caps(&self, max_total: usize, max_per_source: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_source.store(max_per_source, Ordering::Relaxed);
     }
 
     /// Connections open now (total, and from `peer`'s source).

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A field that failed validation, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ fn bad(field: impl Into<String>, reason: String) -> FieldError {
 }
 
 /// OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 pub enum OtlpProtocol {
     /// OTLP over gRPC (collectors listen on 4317).
     #[default]
@@ -52,7 +52,7 @@ impl OtlpProtocol {
 }
 
 /// Trace export to an OpenTelemetry collector. Off unless `endpoint` is set.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySection {
     /// Collector URL, e.g. `http://127.0.0.1:4317` (gRPC) or
@@ -202,7 +202,7 @@ impl TelemetrySection {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One readable line per event.
@@ -213,7 +213,7 @@ pub enum LogFormat {
 }
 
 /// Logs, on stderr.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// `human` or `json`.
@@ -242,7 +242,7 @@ impl LogSection {
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     /// Address to listen on (loopback by default; port 0 picks a free one,

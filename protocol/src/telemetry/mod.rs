@@ -100,11 +100,9 @@ pub fn init(
     follow_incoming_default: bool,
     counters: &ExportCounters,
 ) -> anyhow::Result<Guard> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => {
-            EnvFilter::try_new(v.trim()).map_err(|e| anyhow::anyhow!("RUST_LOG `{v}`: {e}"))?
-        }
-        _ => EnvFilter::try_new(&log.level)
+    let filter = match rust_log() {
+        Some(v) => EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("RUST_LOG `{v}`: {e}"))?,
+        None => EnvFilter::try_new(&log.level)
             .map_err(|e| anyhow::anyhow!("log.level `{}`: {e}", log.level))?,
     };
     // Lines are written by a background thread, off the request path;
@@ -122,11 +120,10 @@ pub fn init(
     // hint, so the global maximum stays at the configured level: `log`
     // records below it (pingora logs at debug and trace) then cost one
     // comparison instead of being formatted and dispatched.
-    let events_only = filter.add_directive(
-        format!("{SPAN_TARGET}=off")
-            .parse()
-            .expect("a valid directive"),
-    );
+    let events_only = without_spans(filter);
+    // Swappable by [`set_log_level`] (a live reload of `log.level`).
+    let (events_only, reload) = tracing_subscriber::reload::Layer::new(events_only);
+    let _ = LOG_FILTER.set(reload);
     let fmt = match log.format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -183,6 +180,55 @@ pub fn init(
         _runtime: runtime,
         _log: log_guard,
     })
+}
+
+/// The log filter [`init`] installed, for [`set_log_level`].
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// `RUST_LOG` when set and not empty: it overrides `log.level`.
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// `filter` for log lines: exported spans are not log lines.
+fn without_spans(filter: EnvFilter) -> EnvFilter {
+    filter.add_directive(
+        format!("{SPAN_TARGET}=off")
+            .parse()
+            .expect("a valid directive"),
+    )
+}
+
+/// What [`set_log_level`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevelChange {
+    /// The new directives filter log lines from now on.
+    Applied,
+    /// `RUST_LOG` is set: it keeps deciding (as at start).
+    OverriddenByRustLog,
+}
+
+/// Replaces the log filter of a running process with `level` (directives
+/// as in `log.level`), for a live reload of the configuration. The
+/// directives must already be valid ([`LogSection::validate`]).
+pub fn set_log_level(level: &str) -> anyhow::Result<LogLevelChange> {
+    if rust_log().is_some() {
+        return Ok(LogLevelChange::OverriddenByRustLog);
+    }
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log.level `{level}`: {e}"))?;
+    let handle = LOG_FILTER
+        .get()
+        .ok_or_else(|| anyhow::anyhow!("logging was not set up by telemetry::init"))?;
+    handle
+        .reload(without_spans(filter))
+        .map_err(|e| anyhow::anyhow!("replacing the log filter: {e}"))?;
+    Ok(LogLevelChange::Applied)
 }
 
 /// `endpoint` for logs: credentials in its userinfo part are left out.

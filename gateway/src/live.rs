@@ -1,0 +1,63 @@
+//! What of the configuration a request reads: routes, plugin chains and
+//! the per-request limits, as one immutable snapshot.
+//!
+//! The proxy takes the current snapshot once, when a request starts
+//! ([`Current::load`]), and keeps it in the request's context until the
+//! request is logged: a request never mixes two configurations, and one in
+//! flight when the configuration is reloaded ([`crate::reload`]) finishes
+//! on the one it started with, even if its route is gone from the new one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::GatewayConfig;
+use crate::plugins::{ChainEntry, Plugins};
+use crate::routes::Routes;
+
+/// One configuration's request-path settings.
+pub struct Live {
+    /// The routing table.
+    pub routes: Routes,
+    /// The plugin host the chains belong to.
+    pub plugins: Arc<Plugins>,
+    /// The plugin chain of each configured route, by index.
+    pub chains: Vec<Arc<[ChainEntry]>>,
+    /// The plugin chain of wildcard (`<tunnel>.<base_domain>`) requests.
+    pub wildcard_chain: Arc<[ChainEntry]>,
+    /// `public.max_header_bytes`: larger header blocks get 431.
+    pub max_header_bytes: usize,
+    /// `public.upstream_timeout_secs`.
+    pub upstream_timeout: Duration,
+    /// `public.keepalive_secs`, for pooled tunnel connections.
+    pub pool_idle: Duration,
+}
+
+impl Live {
+    /// The snapshot of `cfg`, with chains from `plugins` (which must have
+    /// loaded every plugin `cfg` names).
+    pub fn new(cfg: &GatewayConfig, plugins: Arc<Plugins>) -> Self {
+        Live {
+            routes: Routes::new(cfg),
+            chains: cfg
+                .routes
+                .iter()
+                .map(|r| plugins.chain(&r.plugins))
+                .collect(),
+            wildcard_chain: plugins.chain(&cfg.routing.plugins),
+            plugins,
+            max_header_bytes: cfg.public.max_header_bytes,
+            upstream_timeout: Duration::from_secs(cfg.public.upstream_timeout_secs),
+            pool_idle: Duration::from_secs(cfg.public.keepalive_secs),
+        }
+    }
+}
+
+/// The snapshot in force, swapped atomically by a reload.
+pub type Current = Arc<ArcSwap<Live>>;
+
+/// A [`Current`] holding `live`.
+pub fn current(live: Live) -> Current {
+    Arc::new(ArcSwap::from_pointee(live))
+}
