@@ -800,7 +800,11 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_or_expired_caller_is_refused_once_the_tables_are_reread() {
         let (reg, dir) = registry().await;
-        let (rec, token) = reg.store.create_caller_with("acme", None, None).await.unwrap();
+        let (rec, token) = reg
+            .store
+            .create_caller_with("acme", None, None)
+            .await
+            .unwrap();
         let (_, short) = reg
             .store
             .create_caller_with("acme", None, Some(now_secs() + 1))
@@ -814,7 +818,10 @@ mod tests {
         // Expiry needs no reread: it is checked on every lookup.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while reg.caller(&short).await.unwrap().is_some() {
-            assert!(std::time::Instant::now() < deadline, "expired token still accepted");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expired token still accepted"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -302,11 +302,17 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     } else {
         body
     };
-    serde_json::from_slice(body).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
-        )
+    // The path names the field of a wrongly typed value, which serde's
+    // own message leaves out.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." || path.is_empty() {
+            format!("invalid request body: {}", e.inner())
+        } else {
+            format!("invalid field `{path}`: {}", e.inner())
+        };
+        refuse(StatusCode::BAD_REQUEST, message)
     })
 }
 
@@ -515,6 +521,11 @@ mod tests {
             "{}",
             r.message
         );
+        assert!(r.message.contains("`scope`"), "{}", r.message);
+        let r = route(&Method::POST, "/v1/tunnels", "", br#"{"name":"x","org":5}"#)
+            .err()
+            .unwrap();
+        assert!(r.message.contains("invalid field `org`"), "{}", r.message);
         let r = route(&Method::GET, "/v1/audit", "limit=x", b"")
             .err()
             .unwrap();
