@@ -260,8 +260,11 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // PATCH (app-tunnel): a virtual stream (negative id) has
+                        // no descriptor to ask `getpeername`; the pool's key
+                        // (the peer's reuse hash) already names its peer.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if (stream.id() < 0 || peer.matches_fd(stream.id()))
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)

@@ -140,7 +140,9 @@ impl AsRawFd for RawStream {
         match self {
             RawStream::Tcp(s) => s.as_raw_fd(),
             RawStream::Unix(s) => s.as_raw_fd(),
-            RawStream::Virtual(_) => -1, // Virtual stream does not have a real fd
+            // PATCH (app-tunnel): a virtual stream has no real fd; its
+            // unique negative id keeps pooled streams apart.
+            RawStream::Virtual(s) => s.id,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::{
     pin::Pin,
+    sync::atomic::{AtomicI32, Ordering},
     task::{Context, Poll},
 };
 
@@ -27,11 +28,35 @@ pub trait VirtualSocket: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt
 #[derive(Debug)]
 pub struct VirtualSocketStream {
     pub(crate) socket: Box<dyn VirtualSocket>,
+    // PATCH (app-tunnel): a unique negative id standing in for the file
+    // descriptor, so pooled virtual streams do not collide in the
+    // connection pool (keyed by id) and can be told apart from real ones.
+    pub(crate) id: i32,
+}
+
+// PATCH (app-tunnel): the next virtual stream id; counts down from -2 and
+// wraps back to -2 (-1 stays "no descriptor").
+static NEXT_VIRTUAL_ID: AtomicI32 = AtomicI32::new(-2);
+
+fn next_virtual_id() -> i32 {
+    NEXT_VIRTUAL_ID
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| {
+            Some(if id == i32::MIN { -2 } else { id - 1 })
+        })
+        .unwrap_or(-2)
 }
 
 impl VirtualSocketStream {
     pub fn new(socket: Box<dyn VirtualSocket>) -> Self {
-        Self { socket }
+        Self {
+            socket,
+            id: next_virtual_id(),
+        }
+    }
+
+    /// PATCH (app-tunnel): the stream's unique negative id.
+    pub fn id(&self) -> i32 {
+        self.id
     }
 
     #[inline]
