@@ -12,9 +12,8 @@
 //!   header rewriting via [`http_checks`], error statuses; [`retry`]
 //!   decides which failed requests are sent again);
 //! - [`connector`]: the custom L4 connector that turns "connect upstream"
-//!   into "open an HTTP/2 CONNECT stream inside an agent's tunnel";
-//! - [`bridge`]: the Unix socket that splices pingora's pooled
-//!   connections onto tunnel streams;
+//!   into "open an HTTP/2 CONNECT stream inside an agent's tunnel", handed
+//!   to pingora as a virtual socket;
 //! - [`auth_limit`]: the budget of failed caller credentials per source;
 //! - [`registry`]: connected agents per tunnel with in-flight counts, and
 //!   cached tunnels and callers;
@@ -37,7 +36,6 @@ pub use gateway_judge::http_checks;
 /// The one judgement of path and Host (crate `gateway-judge`).
 pub use gateway_judge::judgement;
 pub mod auth_limit;
-pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod connector;

@@ -30,7 +30,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use protocol::telemetry::{self, attr, TraceCtx, SPAN_TARGET};
 
-use crate::bridge::Bridge;
 use crate::config::GatewayConfig;
 use crate::connector::TunnelConnector;
 use crate::http_checks;
@@ -44,13 +43,15 @@ use crate::store::{CallerInfo, TunnelInfo};
 /// Seconds a caller is told to wait when no agent is connected.
 const RETRY_AFTER_SECS: &str = "5";
 
+/// The upstream "address" of every tunnel stream (never a real socket).
+const TUNNEL_PEER: &str = "tunnel-stream.invalid";
+
 /// The gateway's `ProxyHttp` implementation.
 pub struct TunnelProxy {
     /// Routes, plugin chains and per-request limits; each request reads
     /// the snapshot once, in `new_ctx` (see [`crate::live`]).
     live: Current,
     registry: Arc<Registry>,
-    bridge: Arc<Bridge>,
     tls: bool,
     /// Failed caller credentials per source address (its budget is
     /// changed by a live reload; the counts carry over).
@@ -67,14 +68,12 @@ impl TunnelProxy {
     pub fn new(
         cfg: &GatewayConfig,
         registry: Arc<Registry>,
-        bridge: Arc<Bridge>,
         live: Current,
         failures: Arc<crate::auth_limit::FailureBudget>,
     ) -> Self {
         TunnelProxy {
             live,
             registry,
-            bridge,
             tls: cfg.public.tls_cert.is_some(),
             pool_keys: Default::default(),
             failures,
@@ -740,8 +739,9 @@ impl ProxyHttp for TunnelProxy {
             attr(&stream, "tunnel.agent", agent.agent_name.clone());
         }
         ctx.stream_span = stream;
-        let mut peer =
-            HttpPeer::new_uds(&self.bridge.path().to_string_lossy(), false, String::new())?;
+        // The address only names the peer in logs: the connector opens a
+        // tunnel stream, whatever it says.
+        let mut peer = HttpPeer::new_uds(TUNNEL_PEER, false, String::new())?;
         // Pool key per agent connection and caller: a pooled stream never
         // serves another agent (pingora's pool key ignores custom_l4), and
         // never another caller. A local service that ties authentication
@@ -752,7 +752,7 @@ impl ProxyHttp for TunnelProxy {
             let caller = ctx.caller.as_ref().map_or("", |c| c.id.as_str());
             self.pool_keys.hash_one((agent.conn_id, caller))
         };
-        peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent, self.bridge.clone())));
+        peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent)));
         peer.options.read_timeout = (!ctx.upgrade).then_some(ctx.live.upstream_timeout);
         peer.options.write_timeout = Some(ctx.live.upstream_timeout);
         peer.options.idle_timeout = Some(ctx.live.pool_idle);

@@ -14,7 +14,6 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use serde_json::json;
 
 use crate::agent_listener::AgentListener;
-use crate::bridge::{Bridge, BridgeService};
 use crate::config::{parse_listen, GatewayConfig};
 use crate::events::emit;
 use crate::plugins::Plugins;
@@ -38,10 +37,9 @@ fn reserve_port(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAdd
     Ok((s, local))
 }
 
-/// The agent listener and the stream bridge, run on one runtime.
+/// The agent listener and its housekeeping, run on one runtime.
 struct TunnelServices {
     agents: AgentListener,
-    bridge: BridgeService,
     registry: Arc<Registry>,
     refresh: Duration,
 }
@@ -73,7 +71,6 @@ impl BackgroundService for TunnelServices {
         };
         tokio::join!(
             self.agents.start(shutdown.clone()),
-            self.bridge.start(shutdown.clone()),
             refresh,
             enforce
         );
@@ -239,8 +236,6 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let bridge =
-        Bridge::bind(Duration::from_secs(10)).context("creating the stream bridge socket")?;
     let plugins = Plugins::load(&cfg).context("loading policy plugins")?;
     // Routes, chains and per-request limits: one snapshot, swapped by a
     // live reload of the configuration (`crate::reload`).
@@ -255,7 +250,6 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let proxy = TunnelProxy::new(
         &cfg,
         registry.clone(),
-        bridge.clone(),
         live.clone(),
         failures.clone(),
     );
@@ -274,9 +268,8 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     .context("starting the configuration reloader")?;
     server.add_service(public);
 
-    // The agent connections and the bridge share one runtime: every
-    // tunnelled byte crosses both, and wake-ups within a runtime are cheaper
-    // than across runtimes.
+    // The agent connections' runtime: TLS, WebSocket and HTTP/2 framing of
+    // every tunnel.
     let mut agents = background_service(
         "tunnels",
         TunnelServices {
@@ -287,7 +280,6 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
                 cfg.agents.clone(),
                 Duration::from_secs(grace),
             ),
-            bridge: BridgeService(bridge),
             registry: registry.clone(),
             refresh: Duration::from_secs(cfg.store.refresh_secs),
         },
