@@ -263,6 +263,10 @@ pub struct Registry {
     /// verdict (before `agents` knows them) to their end.
     agent_slots: Arc<Mutex<HashMap<String, usize>>>,
     next_conn: AtomicU64,
+    /// Turns of agent choice: where the scan for the least busy agent
+    /// starts, so ties (every agent idle, as for a sequential caller) go
+    /// round the agents instead of always to the first.
+    pick_turn: AtomicU64,
 }
 
 /// The store's callers, admin tokens and tunnels as last read.
@@ -292,6 +296,7 @@ impl Registry {
             agents: RwLock::default(),
             agent_slots: Arc::default(),
             next_conn: AtomicU64::new(1),
+            pick_turn: AtomicU64::new(0),
         }
     }
 
@@ -571,10 +576,16 @@ impl Registry {
         except: Option<u64>,
     ) -> Result<InflightGuard, PickError> {
         let map = self.agents.read().expect("lock");
-        let best = map
-            .get(tunnel_id)
-            .into_iter()
-            .flatten()
+        let list = map.get(tunnel_id).map_or(&[][..], Vec::as_slice);
+        // `min_by_key` keeps the first of equals: starting the scan one
+        // agent further each time spreads ties over every agent.
+        let start = match list.len() {
+            0 | 1 => 0,
+            n => (self.pick_turn.fetch_add(1, Ordering::Relaxed) % n as u64) as usize,
+        };
+        let best = list[start..]
+            .iter()
+            .chain(&list[..start])
             .filter(|a| Some(a.conn_id) != except && a.is_serving())
             .min_by_key(|a| (a.is_stale(), a.inflight()))
             .cloned();
@@ -714,6 +725,31 @@ mod tests {
         let other = if holder.conn_id == a.conn_id { &b } else { &a };
         reg.remove_agent(other);
         assert_eq!(reg.pick("tun_1").unwrap_err(), PickError::NoAgent);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_go_round_every_idle_agent() {
+        let (reg, dir) = registry().await;
+        let a = reg.add_agent(new_agent("a"), sender().await);
+        let b = reg.add_agent(new_agent("b"), sender().await);
+        let c = reg.add_agent(new_agent("c"), sender().await);
+        // One request at a time: every agent is idle at each choice, and
+        // each serves a third of them.
+        let mut served = HashMap::new();
+        for _ in 0..30 {
+            let g = reg.pick("tun_1").unwrap();
+            *served.entry(g.agent().conn_id).or_insert(0) += 1;
+        }
+        for agent in [&a, &b, &c] {
+            assert_eq!(served.get(&agent.conn_id), Some(&10), "{served:?}");
+        }
+        // Ties only: a busy agent still loses to an idle one.
+        let _busy = reg.pick("tun_1").unwrap();
+        let _busy2 = reg.pick("tun_1").unwrap();
+        let idle = reg.pick("tun_1").unwrap();
+        assert_eq!(idle.agent().inflight(), 1);
+        assert_eq!(a.inflight() + b.inflight() + c.inflight(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
