@@ -171,7 +171,7 @@ pub async fn serve(
         .max_send_buf_size(1 << 20)
         .max_concurrent_streams(4096)
         .serve_connection(
-            TokioIo::new(WsByteStream::new(ws)),
+            TokioIo::new(WsByteStream::client(ws)),
             service_fn(move |req| handle(req, shared.clone())),
         );
     tokio::pin!(conn);

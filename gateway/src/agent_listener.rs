@@ -474,6 +474,14 @@ async fn run_tunnel(
     let _close_on_exit = closer.clone().drop_guard();
     let hb = Duration::from_secs(shared.cfg.heartbeat_interval_secs);
     let hb_timeout = Duration::from_secs(shared.cfg.heartbeat_timeout_secs);
+    let mut io = WsByteStream::server(ws).with_cancel(closer.clone());
+    // The agent speaks first (its HTTP/2 SETTINGS): see `peer_spoke`.
+    tokio::time::timeout(
+        Duration::from_secs(shared.cfg.handshake_timeout_secs),
+        io.peer_spoke(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("agent sent nothing after the handshake"))??;
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(hb)
@@ -486,10 +494,7 @@ async fn run_tunnel(
         .initial_connection_window_size(protocol::CONNECTION_WINDOW)
         .max_frame_size(64 << 10)
         .max_send_buf_size(1 << 20)
-        .handshake(TokioIo::new(Counted::new(
-            WsByteStream::with_cancel(ws, closer.clone()),
-            bytes.clone(),
-        )))
+        .handshake(TokioIo::new(Counted::new(io, bytes.clone())))
         .await?;
     let mut conn_task = tokio::spawn(conn);
     let control = match tokio::time::timeout(
