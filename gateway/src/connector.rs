@@ -180,7 +180,9 @@ impl L4Connect for TunnelConnector {
             // The agent connection failed or did not answer: the tunnel is
             // unusable (502, and another agent may take the request), not
             // the local service slow (504).
-            Ok(Err(_)) | Err(_) => Err(self.error(ErrorType::ConnectError, "tunnel connection is gone")),
+            Ok(Err(_)) | Err(_) => {
+                Err(self.error(ErrorType::ConnectError, "tunnel connection is gone"))
+            }
         }
     }
 }

@@ -69,11 +69,7 @@ impl BackgroundService for TunnelServices {
                 }
             }
         };
-        tokio::join!(
-            self.agents.start(shutdown.clone()),
-            refresh,
-            enforce
-        );
+        tokio::join!(self.agents.start(shutdown.clone()), refresh, enforce);
     }
 }
 
@@ -247,12 +243,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let failures = Arc::new(crate::auth_limit::FailureBudget::new(
         cfg.callers.max_failures_per_minute,
     ));
-    let proxy = TunnelProxy::new(
-        &cfg,
-        registry.clone(),
-        live.clone(),
-        failures.clone(),
-    );
+    let proxy = TunnelProxy::new(&cfg, registry.clone(), live.clone(), failures.clone());
     let (public, listener_limits) = crate::public_listener::service(
         &server.configuration,
         proxy,

@@ -142,7 +142,6 @@ impl<S> WsByteStream<S> {
         self
     }
 
-
     /// Bytes held in this stream's buffers (for tests and accounting).
     pub fn buffered_capacity(&self) -> usize {
         self.rbuf.capacity() + self.wbuf.capacity()
@@ -161,7 +160,6 @@ impl<S> WsByteStream<S> {
         }
         Ok(())
     }
-
 }
 
 impl<S> std::fmt::Debug for WsByteStream<S> {
@@ -227,7 +225,9 @@ fn parse_head(b: &[u8]) -> io::Result<Option<Head>> {
         return Ok(None);
     }
     if b[0] & 0x70 != 0 {
-        return Err(protocol_error("reserved bits set (no extension was agreed)"));
+        return Err(protocol_error(
+            "reserved bits set (no extension was agreed)",
+        ));
     }
     let fin = b[0] & 0x80 != 0;
     let opcode = b[0] & 0x0F;
@@ -455,7 +455,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
                             return Poll::Ready(Ok(()));
                         }
                         Some(Control::Ping(payload)) => {
-                                this.queue_control(OP_PONG, &payload);
+                            this.queue_control(OP_PONG, &payload);
                             if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                                 return Poll::Ready(Err(e));
                             }
@@ -697,8 +697,14 @@ mod tests {
     #[tokio::test]
     async fn our_server_talks_to_a_tungstenite_client_and_answers_pings() {
         let (mut ours, mut theirs) = against_tungstenite(Role::Server).await;
-        theirs.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
-        theirs.send(Message::binary(b"after the ping".to_vec())).await.unwrap();
+        theirs
+            .send(Message::Ping(b"are you there".to_vec().into()))
+            .await
+            .unwrap();
+        theirs
+            .send(Message::binary(b"after the ping".to_vec()))
+            .await
+            .unwrap();
         let mut got = [0u8; 14];
         ours.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"after the ping");
@@ -778,7 +784,10 @@ mod tests {
             ),
             (vec![0xC2, 0x80, 0, 0, 0, 0], "reserved bits"),
             (vec![0x83, 0x80, 0, 0, 0, 0], "reserved opcode"),
-            (vec![0x80, 0x80, 0, 0, 0, 0], "continuation frame out of place"),
+            (
+                vec![0x80, 0x80, 0, 0, 0, 0],
+                "continuation frame out of place",
+            ),
         ] {
             let (mut raw, io) = tokio::io::duplex(4096);
             let mut ours = WsByteStream::from_io(io, Role::Server);
@@ -793,7 +802,9 @@ mod tests {
     async fn a_client_refuses_masked_frames() {
         let (mut raw, io) = tokio::io::duplex(4096);
         let mut ours = WsByteStream::from_io(io, Role::Client);
-        raw.write_all(&[0x82, 0x82, 1, 2, 3, 4, 0, 0]).await.unwrap();
+        raw.write_all(&[0x82, 0x82, 1, 2, 3, 4, 0, 0])
+            .await
+            .unwrap();
         let mut buf = [0u8; 8];
         let err = ours.read(&mut buf).await.unwrap_err();
         assert!(err.to_string().contains("masked frame"), "{err}");

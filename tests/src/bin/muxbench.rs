@@ -273,7 +273,10 @@ async fn connect_h2() -> anyhow::Result<Conn> {
         .max_frame_size(64 << 10)
         .max_send_buf_size(1 << 20)
         .max_concurrent_streams(4096)
-        .serve_connection(TokioIo::new(WsByteStream::client(ag)), service_fn(h2_handle));
+        .serve_connection(
+            TokioIo::new(WsByteStream::client(ag)),
+            service_fn(h2_handle),
+        );
     let server = tokio::spawn(async move {
         let _ = server.await;
     });
@@ -287,7 +290,9 @@ async fn connect_h2() -> anyhow::Result<Conn> {
         .initial_connection_window_size(protocol::CONNECTION_WINDOW)
         .max_frame_size(64 << 10)
         .max_send_buf_size(1 << 20)
-        .handshake(TokioIo::new(WsByteStream::server(gw).with_cancel(closer.clone())))
+        .handshake(TokioIo::new(
+            WsByteStream::server(gw).with_cancel(closer.clone()),
+        ))
         .await?;
     let client = tokio::spawn(async move {
         let _ = conn.await;
@@ -366,7 +371,9 @@ async fn connect_yamux(args: &Args) -> anyhow::Result<Conn> {
     });
     let closer = CancellationToken::new();
     let gateway = yamux::Connection::new(
-        WsByteStream::server(gw).with_cancel(closer.clone()).compat(),
+        WsByteStream::server(gw)
+            .with_cancel(closer.clone())
+            .compat(),
         yamux_config(args),
         yamux::Mode::Client,
     );
