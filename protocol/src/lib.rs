@@ -57,14 +57,14 @@ pub const STREAM_WINDOW: u32 = 2 << 20;
 /// HTTP/2 flow-control window of a whole agent connection, in bytes.
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 
-/// Bytes the WebSocket reads from TLS at a time. tungstenite zero-fills
-/// this much per connection up front (its default, 128 KiB, made an idle
-/// agent cost the gateway about 200 KiB); TLS hands over at most a 16 KiB
-/// record per read anyway.
+/// Bytes tungstenite reads from TLS at a time during the handshake's
+/// messages (it zero-fills this much per connection up front; its default,
+/// 128 KiB, made an idle agent cost the gateway about 200 KiB). After the
+/// handshake [`wsio`] frames the bytes itself, with no standing buffer.
 pub const READ_BUFFER: usize = 16 << 10;
 
-/// Builds the WebSocket configuration both sides use: explicit, small limits
-/// instead of the library's 64 MiB defaults.
+/// Builds the WebSocket configuration both sides use for the handshake:
+/// explicit, small limits instead of the library's 64 MiB defaults.
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
