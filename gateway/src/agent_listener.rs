@@ -186,7 +186,11 @@ async fn serve_agent(
 ) {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
-    let admitted = match tokio::time::timeout(timeout, handshake(&shared, tcp)).await {
+    // Boxed, here and for the other one-time steps below: a task keeps the
+    // space of its largest await for its whole life, and an agent's task
+    // lives as long as its connection. The handshake's state (TLS and
+    // WebSocket setup) is freed once it is done.
+    let admitted = match tokio::time::timeout(timeout, Box::pin(handshake(&shared, tcp))).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => return handshake_failed(peer, e),
         Err(_) => {
@@ -478,28 +482,30 @@ async fn run_tunnel(
     // The agent speaks first (its HTTP/2 SETTINGS): see `peer_spoke`.
     tokio::time::timeout(
         Duration::from_secs(shared.cfg.handshake_timeout_secs),
-        io.peer_spoke(),
+        Box::pin(io.peer_spoke()),
     )
     .await
     .map_err(|_| anyhow::anyhow!("agent sent nothing after the handshake"))??;
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(hb)
-        .keep_alive_timeout(hb_timeout)
-        .keep_alive_while_idle(true)
-        // Fixed, generous windows: BDP-adaptive windows start at 64 KiB and
-        // cap a stream at 64 KiB per round trip. The connection window
-        // bounds what one agent connection buffers in total.
-        .initial_stream_window_size(protocol::STREAM_WINDOW)
-        .initial_connection_window_size(protocol::CONNECTION_WINDOW)
-        .max_frame_size(64 << 10)
-        .max_send_buf_size(1 << 20)
-        .handshake(TokioIo::new(Counted::new(io, bytes.clone())))
-        .await?;
+    let (mut sender, conn) = Box::pin(
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(hb)
+            .keep_alive_timeout(hb_timeout)
+            .keep_alive_while_idle(true)
+            // Fixed, generous windows: BDP-adaptive windows start at 64 KiB and
+            // cap a stream at 64 KiB per round trip. The connection window
+            // bounds what one agent connection buffers in total.
+            .initial_stream_window_size(protocol::STREAM_WINDOW)
+            .initial_connection_window_size(protocol::CONNECTION_WINDOW)
+            .max_frame_size(64 << 10)
+            .max_send_buf_size(1 << 20)
+            .handshake(TokioIo::new(Counted::new(io, bytes.clone()))),
+    )
+    .await?;
     let mut conn_task = tokio::spawn(conn);
     let control = match tokio::time::timeout(
         Duration::from_secs(shared.cfg.handshake_timeout_secs),
-        open_stream(&mut sender, protocol::CONTROL_AUTHORITY),
+        Box::pin(open_stream(&mut sender, protocol::CONTROL_AUTHORITY)),
     )
     .await
     {
@@ -515,7 +521,7 @@ async fn run_tunnel(
     };
     // A tunnel created behind the gateway's back (the CLI on the store)
     // must be in the tables before `enforce` looks the agent up there.
-    if let Err(e) = shared.registry.reread_if_changed().await {
+    if let Err(e) = Box::pin(shared.registry.reread_if_changed()).await {
         conn_task.abort();
         anyhow::bail!("store: {e}");
     }
