@@ -400,10 +400,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
         let this = &mut *self;
         this.check_cancelled(cx)?;
         // Pongs and the close reply go out even when nothing else writes;
-        // a blocked transport is retried on the next read or write.
+        // a blocked transport is retried on the next read or write. A peer
+        // that pings without reading the pongs is not read from until they
+        // are out, so what it makes us buffer stays bounded.
         if !this.wbuf.is_empty() {
-            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-                return Poll::Ready(Err(e));
+            match this.poll_drain(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if this.wbuf.len() >= HIGH_WATER => return Poll::Pending,
+                _ => {}
             }
         }
         loop {
@@ -456,8 +460,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
                         }
                         Some(Control::Ping(payload)) => {
                             this.queue_control(OP_PONG, &payload);
-                            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-                                return Poll::Ready(Err(e));
+                            match this.poll_drain(cx) {
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                                Poll::Pending if this.wbuf.len() >= HIGH_WATER => {
+                                    return Poll::Pending
+                                }
+                                _ => {}
                             }
                             continue;
                         }
@@ -808,6 +816,42 @@ mod tests {
         let mut buf = [0u8; 8];
         let err = ours.read(&mut buf).await.unwrap_err();
         assert!(err.to_string().contains("masked frame"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_pings_without_reading_cannot_grow_our_buffers() {
+        let (raw, io) = tokio::io::duplex(4096);
+        let (mut raw_rd, mut raw_wr) = tokio::io::split(raw);
+        let mut ours = WsByteStream::from_io(io, Role::Server);
+        // 4 MiB of pings with full payloads; the flooder never reads.
+        let flood = tokio::spawn(async move {
+            let ping = client_frame(0x89, &[b'p'; 125]);
+            for _ in 0..32_000 {
+                if raw_wr.write_all(&ping).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = [0u8; 64];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(500), ours.read(&mut buf)).await;
+        assert!(read.is_err(), "no data frame was sent, the read must wait");
+        assert!(
+            ours.buffered_capacity() < 2 * HIGH_WATER + 2 * READ_CHUNK,
+            "pongs buffered without bound: {} bytes",
+            ours.buffered_capacity()
+        );
+        assert!(
+            !flood.is_finished(),
+            "reading must stop while pongs are stuck"
+        );
+        // Once the flooder reads its pongs, we read on.
+        let drain = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 << 10];
+            while raw_rd.read(&mut sink).await.unwrap_or(0) > 0 {}
+        });
+        flood.abort();
+        drain.abort();
     }
 
     #[tokio::test]
