@@ -11,6 +11,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -35,8 +36,16 @@ pub struct Syscalls {
 /// ```
 ///
 /// The errors column is blank when a call never failed, so the count is
-/// the fourth field and the name the last.
+/// the fourth field and the name the last. strace writes nothing at all
+/// for a process that made no system call while attached (nginx's master
+/// waiting in `sigsuspend`): zero calls.
 pub fn parse_strace_summary(text: &str) -> anyhow::Result<Syscalls> {
+    if text.trim().is_empty() {
+        return Ok(Syscalls {
+            total: 0,
+            by_name: Vec::new(),
+        });
+    }
     let mut by_name = Vec::new();
     let mut total = None;
     let mut in_table = false;
@@ -86,6 +95,8 @@ pub struct Tracer {
     child: Child,
     out: PathBuf,
     pid: u32,
+    /// What strace said on stderr, shown when its summary is missing.
+    said: Arc<Mutex<Vec<String>>>,
 }
 
 impl Tracer {
@@ -106,22 +117,28 @@ impl Tracer {
         // strace prints "Process N attached [with M threads]" once every
         // thread is seized; a refusal (no ptrace permission) ends it instead.
         let (tx, rx) = std::sync::mpsc::channel();
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let log = said.clone();
         std::thread::spawn(move || {
-            let (mut said, mut attached) = (Vec::new(), false);
+            let mut attached = false;
             // Read to the end so strace never blocks on a full pipe.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !attached && line.contains("attached") {
                     attached = true;
                     let _ = tx.send(Ok(()));
-                } else if !attached {
-                    said.push(line);
                 }
+                log.lock().unwrap().push(line);
             }
             if !attached {
-                let _ = tx.send(Err(said.join("\n")));
+                let _ = tx.send(Err(log.lock().unwrap().join("\n")));
             }
         });
-        let mut tracer = Tracer { child, out, pid };
+        let mut tracer = Tracer {
+            child,
+            out,
+            pid,
+            said,
+        };
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(tracer),
             Ok(Err(said)) => {
@@ -129,42 +146,54 @@ impl Tracer {
                 bail!("strace could not attach to {pid}: {said}")
             }
             Err(_) => {
-                tracer.stop();
+                let _ = tracer.stop();
                 bail!("strace did not attach to {pid} within 10 s")
             }
         }
     }
 
-    fn stop(&mut self) {
+    /// How strace ended: SIGINT makes it detach and write its summary;
+    /// one that has not after 10 s is killed.
+    fn stop(&mut self) -> String {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.to_string();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        "killed: no summary within 10 s of SIGINT".into()
     }
 
     /// Detaches (SIGINT makes strace detach and write its summary) and
     /// reads the counts.
     pub fn finish(mut self) -> anyhow::Result<Syscalls> {
-        self.stop();
+        let ended = self.stop();
+        if ended.starts_with("killed") {
+            bail!("strace of {} {ended}", self.pid);
+        }
         let text = std::fs::read_to_string(&self.out)
             .with_context(|| format!("reading strace's summary for {}", self.pid))?;
-        parse_strace_summary(&text)
+        parse_strace_summary(&text).with_context(|| {
+            format!(
+                "strace of {} ({ended}) said:\n{}",
+                self.pid,
+                self.said.lock().unwrap().join("\n")
+            )
+        })
     }
 }
 
 impl Drop for Tracer {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            self.stop();
+            let _ = self.stop();
         }
     }
 }
@@ -307,8 +336,9 @@ mod checks {
 
     #[test]
     fn an_unreadable_strace_summary_is_an_error_that_shows_it() {
-        // A process that made no system call at all still gets a total row;
-        // a file without one is a failed run.
+        // Nothing at all is a process that made no call (nginx's master);
+        // rows without a total are a failed run, not zero.
+        assert_eq!(parse_strace_summary("\n").unwrap().total, 0);
         let e = parse_strace_summary(
             "strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted",
         )
