@@ -250,6 +250,10 @@ async fn send(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
     let mut req = req.body(body)?;
+    // HTTP/1.1 requires a Host (nginx answers 400 without one); the
+    // target's own headers may name another.
+    req.headers_mut()
+        .insert(http::header::HOST, target.addr.to_string().parse()?);
     for (k, v) in &target.headers {
         req.headers_mut()
             .insert(http::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
