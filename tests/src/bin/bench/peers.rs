@@ -634,6 +634,56 @@ mod checks {
         assert!(!client.contains("pkcs12") && !server.contains("trusted_root"));
     }
 
+    fn shell(name: &'static str, script: &str, dir: &Path) -> Daemon {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Daemon::spawn(name, cmd, dir.join(format!("{name}.log"))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_exits_while_starting_is_named_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut peer = shell(
+            "fake-peer",
+            "echo 'bind() to 127.0.0.1:1 failed' >&2; exit 3",
+            dir.path(),
+        );
+        let nobody = free_port().unwrap();
+        let started = Instant::now();
+        let e = wait_ready("fake-peer", nobody, &mut [&mut peer])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fake-peer exited"), "{e}");
+        assert!(e.contains("exit status: 3"), "{e}");
+        assert!(e.contains("bind() to 127.0.0.1:1 failed"), "{e}");
+        // At once, not at the readiness deadline.
+        assert!(started.elapsed() < READY_WITHIN / 2);
+    }
+
+    #[tokio::test]
+    async fn a_peer_is_ready_once_a_request_through_it_answers_and_is_stopped_when_dropped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut peer = shell("fake-peer", "exec sleep 60", dir.path());
+        wait_ready("fake-peer", addr, &mut [&mut peer])
+            .await
+            .unwrap();
+        let pid = peer.pid();
+        drop(peer);
+        // Reaped: nothing left under that pid that is our sleep.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_ne!(comm.trim(), "sleep");
+    }
+
     #[test]
     fn a_free_port_can_be_bound_again() {
         let a = free_port().unwrap();
