@@ -517,14 +517,35 @@ fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Cargo, without the variables `cargo run` gives the bench about its own
+/// package (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, `OUT_DIR`, ...): build
+/// scripts such as ring's rerun when those change, so a cargo started with
+/// them rebuilt ring and everything above it (pingora, the gateway), and
+/// the next `cargo build` outside rebuilt it all again.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                k,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// Builds the gateway and agent in the profile this benchmark runs in, so
 /// `cargo run --release -p tests --bin bench` measures release binaries.
 fn build_binaries() -> anyhow::Result<()> {
     let release = std::env::current_exe()?
         .components()
         .any(|c| c.as_os_str() == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo_command();
     cmd.args(["build", "-q", "-p", "gateway", "-p", "agent", "--bins"]);
     if release {
         cmd.arg("--release");

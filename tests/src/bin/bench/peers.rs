@@ -75,12 +75,11 @@ pub fn rathole_binary(tools: &Path) -> anyhow::Result<PathBuf> {
         "building rathole {RATHOLE_VERSION} into {} (once, a few minutes)",
         tools.display()
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Not `--locked`: the release's own lockfile pins `time` 0.3.29, which
     // no longer compiles with rustc 1.80 and later (E0282 in
     // `format_description`), so its dependencies resolve to their newest
     // semver-compatible releases.
-    let status = Command::new(cargo)
+    let status = crate::cargo_command()
         .args(["install", "rathole", "--version", RATHOLE_VERSION])
         .args(["--no-default-features", "--features", RATHOLE_FEATURES])
         .arg("--root")
