@@ -2,6 +2,8 @@
 # Installs what a fresh machine lacks for building and testing:
 # cmake (pingora builds zlib-ng with it), the wasm32-wasip2 target
 # (policy plugins) and Python's oauthlib (the OAuth 1.0a end-to-end test).
+# Arguments name more Debian packages, installed when their command is
+# missing (scripts/bench.sh: wrk, nginx, strace, openssl, libssl-dev).
 # Safe to run repeatedly.
 set -euo pipefail
 
@@ -12,7 +14,18 @@ as_root() {
 
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
-for pkg in "$@"; do command -v "$pkg" >/dev/null || missing+=("$pkg"); done
+for pkg in "$@"; do
+  case "$pkg" in
+    # The bench's reverse-proxy peer; Debian puts it in /usr/sbin, which a
+    # user's PATH may lack. The bench runs its own from a temp folder (where
+    # init starts services, the package also starts the system's nginx on
+    # port 80; the bench neither needs nor touches it).
+    nginx) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx) ;;
+    # OpenSSL's headers, for building the bench's rathole (native-tls).
+    libssl-dev) pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config) ;;
+    *) command -v "$pkg" >/dev/null || missing+=("$pkg") ;;
+  esac
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   as_root apt-get update -qq

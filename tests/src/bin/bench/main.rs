@@ -1,12 +1,19 @@
-//! The benchmark: one local origin, measured directly and through the
-//! gateway and an agent (TLS 1.3 tunnel) in the same run, so the ratios
-//! compare like with like on whatever machine runs it.
+//! The benchmark: one local origin, measured directly, through the
+//! gateway and an agent (TLS 1.3 tunnel), and through two peers (nginx as
+//! a reverse proxy, rathole over WebSocket+TLS: [`peers`]) in the same run,
+//! so the ratios compare like with like on whatever machine runs it.
 //!
-//! `cargo run --release -p tests --bin bench [-- --json FILE --secs N]`
+//! `cargo run --release -p tests --bin bench [-- --json FILE --secs N --no-peers --profile]`
 //!
 //! Load comes from `wrk` (installed by `scripts/bench.sh`); bulk transfers
 //! use an in-process hyper client. It exits non-zero only when it could
-//! not measure; a missed target is reported, not fatal.
+//! not measure; a missed target, or a figure where a peer is ahead, is
+//! reported, not fatal. [`report`] prints the table, [`profile`] counts
+//! system calls per request with strace.
+
+mod peers;
+mod profile;
+mod report;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,16 +30,15 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use report::{Figure, Goal, NA};
 use tests::{Agent, AgentOptions, Gateway, GatewayOptions, Route};
 
 const MIB: u64 = 1 << 20;
-/// No direct counterpart: a figure of the tunnel alone.
-const NA: f64 = f64::NAN;
 const BULK: u64 = 100 * MIB;
 const CHUNK: usize = 64 << 10;
 
 #[derive(Debug, Parser)]
-#[command(about = "Direct vs tunnel benchmark")]
+#[command(about = "Direct vs tunnel vs peers (nginx, rathole over WebSocket+TLS) benchmark")]
 struct Args {
     /// Write the figures as JSON to this file.
     #[arg(long)]
@@ -51,51 +57,33 @@ struct Args {
     #[arg(long)]
     keep_dir: Option<PathBuf>,
     /// Measure only these groups (comma-separated): rps, latency,
-    /// no-plugins, bulk, new-conn, rss-4g, idle-agents, traced. All when
-    /// unset.
+    /// no-plugins, bulk, new-conn, rss-4g, idle-agents, traced, profile.
+    /// All but profile when unset.
     #[arg(long, value_delimiter = ',', value_parser = [
         "rps", "latency", "no-plugins", "bulk", "new-conn", "rss-4g", "idle-agents", "traced",
+        "profile",
     ])]
     only: Vec<String>,
+    /// Skip the peers (nginx, rathole): only direct and the tunnel.
+    #[arg(long)]
+    no_peers: bool,
+    /// Also count system calls per request of every process on each path
+    /// (strace; skipped with a note when strace cannot attach).
+    #[arg(long)]
+    profile: bool,
 }
 
-/// What a figure is held to.
-#[derive(Debug, Clone, Copy)]
-enum Goal {
-    /// The tunnel figure over the direct one, at least this.
-    Ratio(f64),
-    /// The tunnel figure, at most this (in the figure's unit).
-    AtMost(f64),
-    /// Reported, no target.
-    Report,
-}
-
-impl Goal {
-    fn text(self) -> String {
-        match self {
-            Goal::Ratio(r) => format!(">= {r:.2}x"),
-            Goal::AtMost(v) => format!("<= {v}"),
-            Goal::Report => "-".into(),
-        }
+impl Args {
+    /// Whether group `g` runs: those `--only` names (every one but the
+    /// profile when unset), plus the profile with `--profile`.
+    fn wants(&self, g: &str) -> bool {
+        let listed = if self.only.is_empty() {
+            g != "profile"
+        } else {
+            self.only.iter().any(|o| o == g)
+        };
+        listed || (g == "profile" && self.profile)
     }
-
-    fn met(self, f: &Figure) -> Option<bool> {
-        match self {
-            Goal::Ratio(r) => Some(f.ratio >= r),
-            Goal::AtMost(v) => Some(f.tunnel <= v),
-            Goal::Report => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Figure {
-    name: &'static str,
-    unit: &'static str,
-    direct: f64,
-    tunnel: f64,
-    ratio: f64,
-    goal: Goal,
 }
 
 type BenchBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -262,6 +250,10 @@ async fn send(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
     let mut req = req.body(body)?;
+    // HTTP/1.1 requires a Host (nginx answers 400 without one); the
+    // target's own headers may name another.
+    req.headers_mut()
+        .insert(http::header::HOST, target.addr.to_string().parse()?);
     for (k, v) in &target.headers {
         req.headers_mut()
             .insert(http::HeaderName::from_bytes(k.as_bytes())?, v.parse()?);
@@ -505,7 +497,11 @@ fn policy_us_median(log: &std::path::Path) -> anyhow::Result<f64> {
     Ok(median(values))
 }
 
+/// The median; not measured (NaN) for no values.
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return NA;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -521,14 +517,35 @@ fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Cargo, without the variables `cargo run` gives the bench about its own
+/// package (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, `OUT_DIR`, ...): build
+/// scripts such as ring's rerun when those change, so a cargo started with
+/// them rebuilt ring and everything above it (pingora, the gateway), and
+/// the next `cargo build` outside rebuilt it all again.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                k,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// Builds the gateway and agent in the profile this benchmark runs in, so
 /// `cargo run --release -p tests --bin bench` measures release binaries.
 fn build_binaries() -> anyhow::Result<()> {
     let release = std::env::current_exe()?
         .components()
         .any(|c| c.as_os_str() == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo_command();
     cmd.args(["build", "-q", "-p", "gateway", "-p", "agent", "--bins"]);
     if release {
         cmd.arg("--release");
@@ -542,22 +559,52 @@ fn build_binaries() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn round_robin<F, Fut>(
-    rounds: usize,
-    direct: &Target,
-    tunnel: &Target,
-    f: F,
-) -> anyhow::Result<(f64, f64)>
+/// Runs `f` on each target in turn, `rounds` times over, so host noise
+/// hits every path alike, and returns each target's median in order.
+async fn alternating<F, Fut>(rounds: usize, targets: &[Target], f: F) -> anyhow::Result<Vec<f64>>
 where
     F: Fn(Target) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<f64>>,
 {
-    let (mut d, mut t) = (Vec::new(), Vec::new());
+    let mut values = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
-        d.push(f(direct.clone()).await?);
-        t.push(f(tunnel.clone()).await?);
+        for (v, t) in values.iter_mut().zip(targets) {
+            v.push(f(t.clone()).await?);
+        }
     }
-    Ok((median(d), median(t)))
+    Ok(values.into_iter().map(median).collect())
+}
+
+/// Direct, ours, nginx, rathole: NaN for a path not measured.
+fn four(values: Vec<f64>) -> [f64; 4] {
+    let mut out = [NA; 4];
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = v;
+    }
+    out
+}
+
+/// A path to the origin and the processes that carry it (none direct).
+#[derive(Clone)]
+struct Subject {
+    target: Target,
+    pids: Vec<u32>,
+}
+
+/// CPU time (user + system) of all `pids` so far, in seconds.
+fn cpu_of(pids: &[u32], ticks: f64) -> anyhow::Result<f64> {
+    pids.iter().map(|p| cpu_secs(*p, ticks)).sum()
+}
+
+/// The bench's own folder for the peers' binaries: `<target>/bench-tools`
+/// (the bench runs from `<target>/<profile>/bench`).
+fn tools_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("the bench runs from <target>/<profile>/")?;
+    Ok(target.join("bench-tools"))
 }
 
 /// Installs wrk through the project's setup script when it is missing, so
@@ -580,6 +627,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure_wrk()?;
     build_binaries()?;
+    // The peers' binaries before anything runs: rathole is built once
+    // (minutes), and a peer that cannot be had stops the run here.
+    let peer_bins = if args.no_peers {
+        None
+    } else {
+        Some((
+            peers::nginx_binary()?,
+            peers::rathole_binary(&tools_dir()?)?,
+        ))
+    };
     let origin = start_origin().await?;
     let ticks = clock_ticks()?;
     // Two routes into the same tunnel: the measured one with org-check,
@@ -616,6 +673,20 @@ async fn main() -> anyhow::Result<()> {
     let token = gateway.create_caller("bench-org").await;
     let agent = Agent::connect(&gateway, &tunnel, origin, AgentOptions::new()).await;
     let pids = [gateway.pid(), agent.pid()];
+    // nginx gets one worker per proxy thread of the gateway (its
+    // `server.threads`, half the cores by default): the same share of the
+    // machine for callers' requests. rathole runs as shipped (tokio's
+    // default runtime: a thread per core).
+    let gateway_threads = args.gateway_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    });
+    let peers = match &peer_bins {
+        Some((nginx, rathole)) => Some((
+            peers::Nginx::start(nginx, origin, gateway_threads).await?,
+            peers::Rathole::start(rathole, origin).await?,
+        )),
+        None => None,
+    };
 
     let direct = Target {
         addr: origin,
@@ -635,90 +706,131 @@ async fn main() -> anyhow::Result<()> {
             ("Proxy-Authorization".into(), format!("Bearer {token}")),
         ],
     };
+    // Every path to the origin, in the order each round visits them:
+    // direct, ours, then nginx and rathole.
+    let mut subjects = vec![
+        Subject {
+            target: direct.clone(),
+            pids: vec![],
+        },
+        Subject {
+            target: through.clone(),
+            pids: pids.to_vec(),
+        },
+    ];
+    if let Some((nginx, rathole)) = &peers {
+        for (addr, pids) in [(nginx.addr, nginx.pids()), (rathole.addr, rathole.pids())] {
+            subjects.push(Subject {
+                target: Target {
+                    addr,
+                    headers: vec![],
+                },
+                pids,
+            });
+        }
+    }
+    let targets: Vec<Target> = subjects.iter().map(|s| s.target.clone()).collect();
     let secs = args.secs;
     let rounds = args.rounds.max(1);
-    // Warm up both paths (pools, caches, page faults).
-    wrk(&direct, "/1k", 16, 1, &[])?;
-    wrk(&bare, "/1k", 16, 1, &[])?;
-    wrk(&through, "/1k", 16, 1, &[])?;
+    // Warm up every path (pools, caches, page faults).
+    for t in targets.iter().chain([&bare]) {
+        wrk(t, "/1k", 16, 1, &[])?;
+    }
+    // Idle memory of each process once every path has served: the server
+    // side (gateway; nginx master and workers; rathole's server) and the
+    // client side (agent; rathole's client).
+    let mut idle_rss = vec![
+        ("gateway".to_string(), rss_kib(gateway.pid())),
+        ("agent".to_string(), rss_kib(agent.pid())),
+    ];
+    let (mut idle_nginx, mut idle_rathole) = ((NA, NA), (NA, NA));
+    if let Some((nginx, rathole)) = &peers {
+        let named = nginx.named_pids().into_iter().chain(rathole.named_pids());
+        idle_rss.extend(named.map(|(name, pid)| (name, rss_kib(pid))));
+        idle_nginx = (nginx.pids().iter().map(|p| rss_kib(*p)).sum(), NA);
+        idle_rathole = (rss_kib(rathole.server_pid()), rss_kib(rathole.client_pid()));
+    }
 
     let mut figures = Vec::new();
-    let mut add = |name, unit, direct: f64, tunnel: f64, goal: Goal| {
-        let ratio = if direct.is_finite() {
-            tunnel / direct
-        } else {
-            f64::NAN
-        };
-        let f = Figure {
-            name,
-            unit,
-            direct,
-            tunnel,
-            ratio,
-            goal,
-        };
+    let mut add = |f: Figure| {
         eprintln!(
-            "  {:<30} {:>12.1} {:>12.1} {}",
-            f.name, f.direct, f.tunnel, f.unit
+            "  {:<30} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {}",
+            f.name, f.direct, f.tunnel, f.nginx, f.rathole, f.unit
         );
         figures.push(f);
     };
 
-    let want = |g: &str| args.only.is_empty() || args.only.iter().any(|o| o == g);
+    let want = |g: &str| args.wants(g);
     let (mut cpu_us_per_req, mut plugin_chain_us, mut rss_growth_4g_mib, mut idle_agent_kib) =
         (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     let mut plugins_p50 = f64::NAN;
     if want("rps") {
-        // Requests per second at 64 connections, with the gateway's and the
-        // agent's CPU time per request over the same runs.
-        let cpu_of_both =
-            || -> anyhow::Result<f64> { pids.iter().map(|p| cpu_secs(*p, ticks)).sum() };
-        let (mut d, mut t, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+        // Requests per second at 64 connections, with the CPU time per
+        // request of each path's processes over the same runs.
+        let mut rps = vec![Vec::new(); subjects.len()];
+        let mut cpu = vec![Vec::new(); subjects.len()];
         for _ in 0..rounds {
-            d.push(parse_rps(&wrk(&direct, "/1k", 64, secs, &[])?)?);
-            let before = cpu_of_both()?;
-            let out = wrk(&through, "/1k", 64, secs, &[])?;
-            let after = cpu_of_both()?;
-            t.push(parse_rps(&out)?);
-            cpu.push((after - before) * 1e6 / parse_requests(&out)?);
+            for (i, s) in subjects.iter().enumerate() {
+                let before = cpu_of(&s.pids, ticks)?;
+                let out = wrk(&s.target, "/1k", 64, secs, &[])?;
+                let after = cpu_of(&s.pids, ticks)?;
+                rps[i].push(parse_rps(&out)?);
+                if !s.pids.is_empty() {
+                    cpu[i].push((after - before) * 1e6 / parse_requests(&out)?);
+                }
+            }
         }
-        cpu_us_per_req = median(cpu);
-        add("rps_c64", "req/s", median(d), median(t), Goal::Ratio(0.5));
-        add(
-            "cpu_us_per_req",
-            "us",
-            NA,
-            cpu_us_per_req,
-            Goal::AtMost(25.0),
-        );
+        let [d, t, n, r] = four(rps.into_iter().map(median).collect());
+        let [_, ct, cn, cr] = four(cpu.into_iter().map(median).collect());
+        cpu_us_per_req = ct;
+        add(Figure::new("rps_c64", "req/s", d, t, Goal::Ratio(0.5)).peers(n, r));
+        add(Figure::new("cpu_us_per_req", "us", NA, ct, Goal::AtMost(25.0)).peers(cn, cr));
     }
     if want("latency") {
-        let (d, t) = round_robin(rounds, &direct, &through, |tg| async move {
+        let v = alternating(rounds, &targets, |tg| async move {
             parse_p50_us(&wrk(&tg, "/1k", 1, secs.div_ceil(2), &[])?)
         })
         .await?;
-        add("latency_c1_p50_us", "us", d, t, Goal::Report);
+        let [d, t, n, r] = four(v);
+        add(Figure::new("latency_c1_p50_us", "us", d, t, Goal::Report).peers(n, r));
         plugins_p50 = t;
     }
     if want("no-plugins") {
         // The same two through the route without plugins.
-        let (d, t) = round_robin(rounds, &direct, &bare, |tg| async move {
-            parse_rps(&wrk(&tg, "/1k", 64, secs, &[])?)
-        })
-        .await?;
-        add("rps_c64_no_plugins", "req/s", d, t, Goal::Report);
-        let (d, t) = round_robin(rounds, &direct, &bare, |tg| async move {
-            parse_p50_us(&wrk(&tg, "/1k", 1, secs.div_ceil(2), &[])?)
-        })
-        .await?;
-        add("latency_c1_p50_us_no_plugins", "us", d, t, Goal::Report);
-        add(
+        let pair = [direct.clone(), bare.clone()];
+        let [d, t, ..] = four(
+            alternating(rounds, &pair, |tg| async move {
+                parse_rps(&wrk(&tg, "/1k", 64, secs, &[])?)
+            })
+            .await?,
+        );
+        add(Figure::new(
+            "rps_c64_no_plugins",
+            "req/s",
+            d,
+            t,
+            Goal::Report,
+        ));
+        let [d, t, ..] = four(
+            alternating(rounds, &pair, |tg| async move {
+                parse_p50_us(&wrk(&tg, "/1k", 1, secs.div_ceil(2), &[])?)
+            })
+            .await?,
+        );
+        add(Figure::new(
+            "latency_c1_p50_us_no_plugins",
+            "us",
+            d,
+            t,
+            Goal::Report,
+        ));
+        add(Figure::new(
             "plugin_latency_added_us",
             "us",
             NA,
             plugins_p50 - t,
             Goal::Report,
-        );
+        ));
     }
     // The chain's own time per request, as the gateway measures it around
     // the plugin calls (`policy_us` in its access log of the runs above).
@@ -729,37 +841,30 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("plugin_chain_us not measured: {e:#}");
             f64::NAN
         });
-        add(
+        add(Figure::new(
             "plugin_chain_us",
             "us",
             NA,
             plugin_chain_us,
             Goal::AtMost(10.0),
-        );
+        ));
     }
 
     if want("bulk") {
-        let (d, t) = round_robin(rounds, &direct, &through, |tg| async move {
-            download(&tg).await
-        })
-        .await?;
-        add("download_100m", "MiB/s", d, t, Goal::Ratio(0.4));
-
-        let (d, t) = round_robin(
-            rounds,
-            &direct,
-            &through,
-            |tg| async move { upload(&tg).await },
-        )
-        .await?;
-        add("upload_100m", "MiB/s", d, t, Goal::Ratio(0.4));
+        let v = alternating(rounds, &targets, |tg| async move { download(&tg).await }).await?;
+        let [d, t, n, r] = four(v);
+        add(Figure::new("download_100m", "MiB/s", d, t, Goal::Ratio(0.4)).peers(n, r));
+        let v = alternating(rounds, &targets, |tg| async move { upload(&tg).await }).await?;
+        let [d, t, n, r] = four(v);
+        add(Figure::new("upload_100m", "MiB/s", d, t, Goal::Ratio(0.4)).peers(n, r));
     }
     if want("new-conn") {
-        let (d, t) = round_robin(rounds, &direct, &through, |tg| async move {
+        let v = alternating(rounds, &targets, |tg| async move {
             parse_rps(&wrk(&tg, "/1k", 16, secs, &["-H", "Connection: close"])?)
         })
         .await?;
-        add("new_conn_per_s", "conn/s", d, t, Goal::Ratio(0.5));
+        let [d, t, n, r] = four(v);
+        add(Figure::new("new_conn_per_s", "conn/s", d, t, Goal::Ratio(0.5)).peers(n, r));
     }
     if want("rss-4g") {
         // 4 GiB each way: the gateway's and agent's RSS must not grow with
@@ -767,32 +872,70 @@ async fn main() -> anyhow::Result<()> {
         let down = transfer_rss_growth(&through, &pids, 4 << 30, false).await?;
         let up = transfer_rss_growth(&through, &pids, 4 << 30, true).await?;
         rss_growth_4g_mib = down.max(up);
-        add(
+        add(Figure::new(
             "rss_growth_4g_mib",
             "MiB",
             NA,
             rss_growth_4g_mib,
             Goal::AtMost(4.0),
-        );
+        ));
     }
+    add(Figure::new(
+        "rss_idle_server_kib",
+        "KiB",
+        NA,
+        idle_rss[0].1,
+        Goal::Report,
+    )
+    .peers(idle_nginx.0, idle_rathole.0));
+    add(Figure::new(
+        "rss_idle_client_kib",
+        "KiB",
+        NA,
+        idle_rss[1].1,
+        Goal::Report,
+    )
+    .peers(idle_nginx.1, idle_rathole.1));
     let g = rss_kib(gateway.pid());
     let a = rss_kib(agent.pid());
-    add("rss_gateway_kib", "KiB", NA, g, Goal::Report);
-    add("rss_agent_kib", "KiB", NA, a, Goal::Report);
+    add(Figure::new("rss_gateway_kib", "KiB", NA, g, Goal::Report));
+    add(Figure::new("rss_agent_kib", "KiB", NA, a, Goal::Report));
+
+    let mut profile_lines = Vec::new();
+    if want("profile") {
+        // Before the idle agents, so the gateway holds only the one agent.
+        let mut paths = vec![(
+            "tunnel",
+            through.clone(),
+            vec![
+                ("gateway".to_string(), gateway.pid()),
+                ("agent".to_string(), agent.pid()),
+            ],
+        )];
+        if let Some((nginx, rathole)) = &peers {
+            paths.push(("nginx", subjects[2].target.clone(), nginx.named_pids()));
+            paths.push(("rathole", subjects[3].target.clone(), rathole.named_pids()));
+        }
+        match profile::run(&paths, secs)? {
+            Ok(lines) => profile_lines = lines,
+            Err(why) => eprintln!("profile skipped: {why}"),
+        }
+    }
 
     if want("idle-agents") {
         // 1,000 more agents on the tunnel, connected and idle.
         let (kib, idle) = idle_agents(&gateway, agent.config_path(), 1000).await?;
         idle_agent_kib = kib;
-        add(
+        add(Figure::new(
             "idle_agent_kib",
             "KiB",
             NA,
             idle_agent_kib,
             Goal::AtMost(16.0),
-        );
+        ));
         drop(idle);
     }
+    drop(peers);
     drop(agent);
     drop(gateway);
 
@@ -831,76 +974,46 @@ async fn main() -> anyhow::Result<()> {
             ],
         };
         wrk(&traced, "/1k", 16, 1, &[])?;
-        let (d, t) = round_robin(rounds, &direct, &traced, |tg| async move {
-            parse_rps(&wrk(&tg, "/1k", 64, secs, &[])?)
-        })
-        .await?;
-        add("rps_c64_traced", "req/s", d, t, Goal::Report);
+        let [d, t, ..] = four(
+            alternating(rounds, &[direct.clone(), traced], |tg| async move {
+                parse_rps(&wrk(&tg, "/1k", 64, secs, &[])?)
+            })
+            .await?,
+        );
+        add(Figure::new("rps_c64_traced", "req/s", d, t, Goal::Report));
         let m = tests::scrape::metrics(traced_gateway.admin()).await;
         let exported = m.sum("tunnel_gateway_otel_spans_exported_total", &[]);
         let dropped = m.sum("tunnel_gateway_otel_spans_dropped_total", &[]);
-        add(
+        add(Figure::new(
             "traced_spans_dropped_pct",
             "%",
             NA,
             100.0 * dropped / (exported + dropped).max(1.0),
             Goal::Report,
-        );
+        ));
     }
-    // The table: every figure with TLS on the tunnel and the three plugins
-    // on the route, unless its name says otherwise.
-    let cell = |x: f64| {
-        if x.is_finite() {
-            format!("{x:.1}")
-        } else {
-            "-".into()
-        }
-    };
-    println!(
-        "{:<30} {:>7} {:>12} {:>12} {:>7} {:>9} {:>4}",
-        "figure", "unit", "direct", "tunnel", "ratio", "target", "met"
-    );
-    for f in &figures {
-        let ratio = if f.ratio.is_finite() {
-            format!("{:.2}x", f.ratio)
-        } else {
-            "-".into()
-        };
-        let met = match f.goal.met(f) {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "",
-        };
-        println!(
-            "{:<30} {:>7} {:>12} {:>12} {:>7} {:>9} {:>4}",
-            f.name,
-            f.unit,
-            cell(f.direct),
-            cell(f.tunnel),
-            ratio,
-            f.goal.text(),
-            met
-        );
+    print!("{}", report::table(&figures, peer_bins.is_some()));
+    if !profile_lines.is_empty() {
+        let how = format!("wrk {secs} s on 16 connections per path");
+        print!("\n{}", profile::table(&how, &profile_lines));
     }
 
     if let Some(path) = args.json {
-        let num = |x: f64| {
-            if x.is_finite() {
-                serde_json::json!(x)
-            } else {
-                serde_json::Value::Null
-            }
-        };
-        let figs: Vec<_> = figures
+        let num = report::num;
+        let figs: Vec<_> = figures.iter().map(report::json).collect();
+        let rss: serde_json::Map<_, _> = idle_rss
             .iter()
-            .map(|f| {
-                serde_json::json!({
-                    "name": f.name, "unit": f.unit, "direct": num(f.direct),
-                    "tunnel": num(f.tunnel), "ratio": num(f.ratio),
-                    "target": f.goal.text(), "met": f.goal.met(f),
-                })
-            })
+            .map(|(name, kib)| (name.clone(), num(*kib)))
             .collect();
+        let peers_json = peer_bins.as_ref().map(|_| {
+            serde_json::json!({
+                "nginx": {"workers": gateway_threads, "upstream_keepalive": true,
+                          "access_log": "buffered 64k, flushed every second"},
+                "rathole": {"version": peers::RATHOLE_VERSION, "features": peers::RATHOLE_FEATURES,
+                            "transport": "websocket, tls = true (native-tls: OpenSSL)"},
+            })
+        });
+        let profile_json: Vec<_> = profile_lines.iter().map(profile::Line::json).collect();
         std::fs::write(
             &path,
             serde_json::to_string_pretty(&serde_json::json!({
@@ -908,7 +1021,10 @@ async fn main() -> anyhow::Result<()> {
                 "idle_agent_kib": num(idle_agent_kib),
                 "rss_growth_4g_mib": num(rss_growth_4g_mib),
                 "plugin_chain_us": num(plugin_chain_us),
+                "rss_idle_kib": rss,
+                "peers": peers_json,
                 "figures": figs,
+                "profile": profile_json,
             }))?,
         )?;
         println!("wrote {}", path.display());
@@ -985,33 +1101,17 @@ Transfer/sec:     18.77MB
     }
 
     #[test]
-    fn targets_are_judged_by_ratio_or_ceiling() {
-        let fig = |direct: f64, tunnel: f64, goal| Figure {
-            name: "x",
-            unit: "u",
-            direct,
-            tunnel,
-            ratio: tunnel / direct,
-            goal,
-        };
-        assert_eq!(
-            Goal::Ratio(0.5).met(&fig(100.0, 50.0, Goal::Report)),
-            Some(true)
-        );
-        assert_eq!(
-            Goal::Ratio(0.5).met(&fig(100.0, 49.0, Goal::Report)),
-            Some(false)
-        );
-        assert_eq!(
-            Goal::AtMost(10.0).met(&fig(f64::NAN, 10.0, Goal::Report)),
-            Some(true)
-        );
-        assert_eq!(
-            Goal::AtMost(10.0).met(&fig(f64::NAN, 10.5, Goal::Report)),
-            Some(false)
-        );
-        assert_eq!(Goal::Report.met(&fig(1.0, 1.0, Goal::Report)), None);
-        assert_eq!(Goal::Ratio(0.4).text(), ">= 0.40x");
-        assert_eq!(Goal::AtMost(16.0).text(), "<= 16");
+    fn the_profile_runs_only_when_asked_for() {
+        let args = |a: &[&str]| Args::try_parse_from([&["bench"], a].concat()).unwrap();
+        let all = args(&[]);
+        assert!(all.wants("rps") && all.wants("traced") && !all.wants("profile"));
+        assert!(!all.no_peers);
+        let plus = args(&["--profile"]);
+        assert!(plus.wants("rps") && plus.wants("profile"));
+        let alone = args(&["--only", "profile"]);
+        assert!(alone.wants("profile") && !alone.wants("rps"));
+        let some = args(&["--only", "rps", "--profile", "--no-peers"]);
+        assert!(some.wants("rps") && some.wants("profile") && !some.wants("bulk"));
+        assert!(some.no_peers);
     }
 }
