@@ -150,7 +150,7 @@ impl PluginRef {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Worker threads of the public proxy, and again of the tunnel side
-    /// (agent connections and the stream bridge). Defaults to half the
+    /// (the agent connections' TLS, WebSocket and HTTP/2). Defaults to half the
     /// cores (at least 1): the two sides together then use every core
     /// without oversubscribing it, which measured fastest.
     pub threads: usize,
