@@ -1,5 +1,5 @@
 //! Counts the bytes that pass through a connection, for the admin API's
-//! agent list.
+//! agent list, and notes when the connection has ended.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -31,11 +31,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.counts
             .from_agent
             .fetch_add(n as u64, Ordering::Relaxed);
+        match &r {
+            Poll::Ready(Err(_)) => self.counts.transport_ended.store(true, Ordering::Release),
+            Poll::Ready(Ok(())) if n == 0 && room => {
+                self.counts.transport_ended.store(true, Ordering::Release)
+            }
+            _ => {}
+        }
         r
     }
 }

@@ -37,11 +37,17 @@ pub struct NewAgent {
     pub bytes: Arc<ByteCounts>,
 }
 
-/// Bytes through one agent connection, counted as they pass.
+/// Bytes through one agent connection, counted as they pass, and whether
+/// its transport has ended.
 #[derive(Debug, Default)]
 pub struct ByteCounts {
     pub from_agent: AtomicU64,
     pub to_agent: AtomicU64,
+    /// Set when a read met the end of the connection or an error, before
+    /// HTTP/2 hears of it: a stream that breaks because its agent died
+    /// then never finds that agent still "serving" (tunnel streams reach
+    /// pingora directly, possibly before the registry drops the agent).
+    pub transport_ended: AtomicBool,
 }
 
 /// One connected agent.
@@ -132,7 +138,9 @@ impl AgentConn {
     /// Whether new requests may go to this agent: not draining, and its
     /// connection still up.
     pub fn is_serving(&self) -> bool {
-        !self.is_draining() && !self.sender.is_closed()
+        !self.is_draining()
+            && !self.sender.is_closed()
+            && !self.bytes.transport_ended.load(Ordering::Acquire)
     }
 
     /// A sender for opening a new stream on this agent's connection.
