@@ -334,11 +334,7 @@ async fn forward(
 }
 
 /// Serves one tunnel stream until either side closes it.
-pub async fn serve_stream(
-    tunnel: hyper::upgrade::Upgraded,
-    local: TcpStream,
-    shared: Arc<StreamShared>,
-) {
+pub async fn serve_stream(tunnel: protocol::H2Stream, local: TcpStream, shared: Arc<StreamShared>) {
     METRICS.streams_active.inc();
     let _active = scopeguard(|| {
         METRICS.streams_active.dec();
@@ -367,7 +363,7 @@ pub async fn serve_stream(
         .auto_date_header(false)
         .max_headers(MAX_HEADERS)
         .serve_connection(
-            tunnel,
+            TokioIo::new(tunnel),
             service_fn(move |req| forward(req, sender.clone(), shared.clone(), up.clone())),
         )
         .with_upgrades();

@@ -3,22 +3,20 @@
 //! HTTP/1.1 requests on the stream are forwarded on it one by one
 //! ([`crate::forward`]; flow control from HTTP/2 on one side, TCP on the
 //! other, so nothing is buffered beyond a window). The control stream
-//! carries the drain notice.
+//! carries the drain notice. HTTP/2 is the `h2` crate directly, each
+//! stream a byte stream ([`protocol::H2Stream`]).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use protocol::{Control, WsByteStream};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{Method, Request, Response, StatusCode};
+use protocol::{Control, H2Stream, WsByteStream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::config::AgentConfig;
 use crate::dial::GatewayWs;
@@ -38,20 +36,30 @@ struct Shared {
     local: (String, u16),
     allow_remote: bool,
     local_timeout: Duration,
-    control_tx: mpsc::Sender<hyper::upgrade::Upgraded>,
     streams: Arc<StreamShared>,
 }
 
-fn empty(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+/// Answers a stream with `status` and no body.
+fn answer(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    let mut r = Response::new(());
     *r.status_mut() = status;
-    r
+    let _ = respond.send_response(r, true);
+}
+
+/// Accepts the stream: a `200` whose body is the byte stream.
+fn accept(mut respond: SendResponse<Bytes>, body: RecvStream) -> Option<H2Stream> {
+    match respond.send_response(Response::new(()), false) {
+        Ok(send) => Some(H2Stream::new(send, body)),
+        Err(e) => {
+            tracing::debug!("stream closed before it was accepted: {e}");
+            None
+        }
+    }
 }
 
 async fn connect_local(shared: &Shared) -> std::io::Result<TcpStream> {
     connect_to_local(&shared.local, shared.allow_remote).await
 }
-
 /// A TCP connection to the local service at `local`, refusing addresses
 /// that are not loopback unless `allow_remote` (also `agent check`'s probe).
 pub async fn connect_to_local(
@@ -81,57 +89,64 @@ pub async fn connect_to_local(
     Err(last)
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<Response<Empty<Bytes>>, Infallible> {
+/// A data stream: connects to the local service, then answers. Runs in a
+/// task of its own, so a slow local service never holds up other streams.
+async fn open_data_stream(mut respond: SendResponse<Bytes>, body: RecvStream, shared: Arc<Shared>) {
+    let local = match tokio::time::timeout(shared.local_timeout, connect_local(&shared)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            METRICS.local_connect_failures.inc();
+            tracing::warn!(
+                "local service {}:{} refused: {e}",
+                shared.local.0,
+                shared.local.1
+            );
+            return answer(&mut respond, StatusCode::BAD_GATEWAY);
+        }
+        Err(_) => {
+            METRICS.local_connect_failures.inc();
+            tracing::warn!(
+                "local service {}:{} did not accept in time",
+                shared.local.0,
+                shared.local.1
+            );
+            return answer(&mut respond, StatusCode::GATEWAY_TIMEOUT);
+        }
+    };
+    if let Some(stream) = accept(respond, body) {
+        serve_stream(stream, local, shared.streams.clone()).await;
+    }
+}
+
+/// What a new stream from the gateway is for.
+enum Opened {
+    Control(H2Stream),
+    Data,
+    Refused,
+}
+
+/// Sorts a new stream: the control stream is accepted here, a data stream
+/// goes to a task ([`open_data_stream`]), anything else is refused.
+fn open(req: Request<RecvStream>, respond: SendResponse<Bytes>, shared: &Arc<Shared>) -> Opened {
+    let mut respond = respond;
     if req.method() != Method::CONNECT {
-        return Ok(empty(StatusCode::BAD_REQUEST));
+        answer(&mut respond, StatusCode::BAD_REQUEST);
+        return Opened::Refused;
     }
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
     match authority.as_deref() {
-        Some(a) if a == protocol::CONTROL_AUTHORITY => {
-            let tx = shared.control_tx.clone();
-            tokio::spawn(async move {
-                if let Ok(up) = hyper::upgrade::on(req).await {
-                    let _ = tx.send(up).await;
-                }
-            });
-            Ok(empty(StatusCode::OK))
-        }
+        Some(a) if a == protocol::CONTROL_AUTHORITY => match accept(respond, req.into_body()) {
+            Some(s) => Opened::Control(s),
+            None => Opened::Refused,
+        },
         Some(a) if a == protocol::STREAM_AUTHORITY => {
-            let local =
-                match tokio::time::timeout(shared.local_timeout, connect_local(&shared)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        METRICS.local_connect_failures.inc();
-                        tracing::warn!(
-                            "local service {}:{} refused: {e}",
-                            shared.local.0,
-                            shared.local.1
-                        );
-                        return Ok(empty(StatusCode::BAD_GATEWAY));
-                    }
-                    Err(_) => {
-                        METRICS.local_connect_failures.inc();
-                        tracing::warn!(
-                            "local service {}:{} did not accept in time",
-                            shared.local.0,
-                            shared.local.1
-                        );
-                        return Ok(empty(StatusCode::GATEWAY_TIMEOUT));
-                    }
-                };
-            let streams = shared.streams.clone();
-            tokio::spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(up) => serve_stream(up, local, streams).await,
-                    Err(e) => tracing::debug!("stream upgrade failed: {e}"),
-                }
-            });
-            Ok(empty(StatusCode::OK))
+            tokio::spawn(open_data_stream(respond, req.into_body(), shared.clone()));
+            Opened::Data
         }
-        _ => Ok(empty(StatusCode::NOT_FOUND)),
+        _ => {
+            answer(&mut respond, StatusCode::NOT_FOUND);
+            Opened::Refused
+        }
     }
 }
 
@@ -145,7 +160,6 @@ pub async fn serve(
     tunnel_name: &str,
     mut drain: watch::Receiver<bool>,
 ) -> Ended {
-    let (control_tx, mut control_rx) = mpsc::channel(1);
     let local = cfg.local_target().expect("validated at start");
     let shared = Arc::new(Shared {
         streams: Arc::new(StreamShared {
@@ -156,26 +170,33 @@ pub async fn serve(
         local,
         allow_remote: cfg.local.allow_remote,
         local_timeout: Duration::from_secs(cfg.local.connect_timeout_secs),
-        control_tx,
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(cfg.heartbeat.interval_secs))
-        .keep_alive_timeout(Duration::from_secs(cfg.heartbeat.timeout_secs))
-        // Fixed, generous windows: BDP-adaptive windows start at 64 KiB and
-        // cap a stream at 64 KiB per round trip. The connection window
-        // bounds what one agent connection buffers in total.
-        .initial_stream_window_size(protocol::STREAM_WINDOW)
+    let handshake = h2::server::Builder::new()
+        // Fixed, generous windows: the default 64 KiB caps a stream at
+        // 64 KiB per round trip. The connection window bounds what one
+        // agent connection buffers in total.
+        .initial_window_size(protocol::STREAM_WINDOW)
         .initial_connection_window_size(protocol::CONNECTION_WINDOW)
         .max_frame_size(64 << 10)
-        .max_send_buf_size(1 << 20)
+        .max_send_buffer_size(1 << 20)
         .max_concurrent_streams(4096)
-        .serve_connection(
-            TokioIo::new(WsByteStream::client(ws)),
-            service_fn(move |req| handle(req, shared.clone())),
-        );
-    tokio::pin!(conn);
-    let mut control: Option<TokioIo<hyper::upgrade::Upgraded>> = None;
+        .handshake::<_, Bytes>(WsByteStream::client(ws));
+    let mut conn = match Box::pin(handshake).await {
+        Ok(c) => c,
+        Err(e) => return Ended::Lost(format!("connection failed: {e}")),
+    };
+    // Both sides ping every heartbeat interval, idle or not: a hung gateway
+    // (no FIN, no crash) is noticed once a pong is the timeout late.
+    let ping = conn
+        .ping_pong()
+        .expect("taken once, right after the handshake");
+    let heartbeat = protocol::h2io::heartbeat(
+        ping,
+        Duration::from_secs(cfg.heartbeat.interval_secs),
+        Duration::from_secs(cfg.heartbeat.timeout_secs),
+    );
+    tokio::pin!(heartbeat);
+    let mut control: Option<H2Stream> = None;
     let mut drain_sent = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let grace = Duration::from_secs(cfg.drain.grace_secs);
@@ -186,23 +207,34 @@ pub async fn serve(
                 if let Err(e) = c.write_all(Control::Drain.as_line()).await {
                     return Ended::Lost(format!("control stream: {e}"));
                 }
-                let _ = c.flush().await;
             }
             drain_deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
         }
         let deadline = drain_deadline;
         tokio::select! {
-            r = conn.as_mut() => {
-                return match (r, drain_deadline.is_some()) {
-                    (_, true) => Ended::Drained,
-                    (Ok(()), false) => Ended::Lost("gateway closed the connection".into()),
-                    (Err(e), false) => Ended::Lost(format!("connection failed: {e}")),
-                };
-            }
-            up = control_rx.recv(), if control.is_none() => {
-                if let Some(up) = up {
-                    control = Some(TokioIo::new(up));
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    if let Opened::Control(c) = open(req, respond, &shared) {
+                        if control.is_none() {
+                            control = Some(c);
+                        }
+                    }
                 }
+                end => {
+                    return match (end, drain_deadline.is_some()) {
+                        (_, true) => Ended::Drained,
+                        (None, false) => Ended::Lost("gateway closed the connection".into()),
+                        (Some(Err(e)), false) => Ended::Lost(format!("connection failed: {e}")),
+                        (Some(Ok(_)), false) => unreachable!("matched above"),
+                    };
+                }
+            },
+            e = &mut heartbeat => {
+                return if drain_deadline.is_some() {
+                    Ended::Drained
+                } else {
+                    Ended::Lost(format!("connection failed: {e}"))
+                };
             }
             _ = drain.changed(), if drain_deadline.is_none() => {}
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use protocol::handshake::{self, Message, REJECTED_REASON};
@@ -472,7 +472,7 @@ async fn run_tunnel(
         _admission,
     } = admitted;
     let bytes = Arc::new(ByteCounts::default());
-    // hyper drives the HTTP/2 connection in a task of its own; cancelling
+    // The HTTP/2 connection is driven by a task of its own; cancelling
     // this token is how we close the connection (drained, shutdown).
     let closer = tokio_util::sync::CancellationToken::new();
     let _close_on_exit = closer.clone().drop_guard();
@@ -486,26 +486,39 @@ async fn run_tunnel(
     )
     .await
     .map_err(|_| anyhow::anyhow!("agent sent nothing after the handshake"))??;
-    let (mut sender, conn) = Box::pin(
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(hb)
-            .keep_alive_timeout(hb_timeout)
-            .keep_alive_while_idle(true)
-            // Fixed, generous windows: BDP-adaptive windows start at 64 KiB and
-            // cap a stream at 64 KiB per round trip. The connection window
-            // bounds what one agent connection buffers in total.
-            .initial_stream_window_size(protocol::STREAM_WINDOW)
+    let (sender, mut conn) = Box::pin(
+        h2::client::Builder::new()
+            // Fixed, generous windows: the default 64 KiB caps a stream at
+            // 64 KiB per round trip. The connection window bounds what one
+            // agent connection buffers in total.
+            .initial_window_size(protocol::STREAM_WINDOW)
             .initial_connection_window_size(protocol::CONNECTION_WINDOW)
             .max_frame_size(64 << 10)
-            .max_send_buf_size(1 << 20)
-            .handshake(TokioIo::new(Counted::new(io, bytes.clone()))),
+            .max_send_buffer_size(1 << 20)
+            // CONNECT streams, never server push.
+            .enable_push(false)
+            .handshake::<_, Bytes>(Counted::new(io, bytes.clone())),
     )
     .await?;
-    let mut conn_task = tokio::spawn(conn);
+    // Both sides ping every heartbeat interval, idle or not: a hung agent
+    // (no FIN, no crash) is dropped once a pong is `hb_timeout` late.
+    let ping = conn
+        .ping_pong()
+        .expect("taken once, right after the handshake");
+    let ended = bytes.clone();
+    let mut conn_task = tokio::spawn(async move {
+        let r = tokio::select! {
+            r = conn => r.map_err(|e| e.to_string()),
+            e = protocol::h2io::heartbeat(ping, hb, hb_timeout) => Err(e.to_string()),
+        };
+        ended
+            .transport_ended
+            .store(true, std::sync::atomic::Ordering::Release);
+        r
+    });
     let control = match tokio::time::timeout(
         Duration::from_secs(shared.cfg.handshake_timeout_secs),
-        Box::pin(open_stream(&mut sender, protocol::CONTROL_AUTHORITY)),
+        Box::pin(open_stream(sender.clone(), protocol::CONTROL_AUTHORITY)),
     )
     .await
     {
@@ -541,7 +554,7 @@ async fn run_tunnel(
 
     // Control lines are at most 64 bytes: a default 8 KiB buffer would be
     // 8 KiB more per connected agent.
-    let mut control = BufReader::with_capacity(128, TokioIo::new(control));
+    let mut control = BufReader::with_capacity(128, control);
     let mut line = Vec::with_capacity(64);
     let mut draining = false;
     let mut by_operator = false;

@@ -17,15 +17,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use h2::client::SendRequest;
 use pingora_core::connectors::L4Connect;
 use pingora_core::protocols::l4::socket::SocketAddr as L4SocketAddr;
 use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_error::{Error, ErrorType};
+use protocol::H2Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::registry::AgentConn;
@@ -38,7 +36,7 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("tunnel connection is gone: {0}")]
-    Tunnel(#[from] hyper::Error),
+    Tunnel(#[from] h2::Error),
     #[error("agent could not reach its local service (status {0})")]
     Refused(http::StatusCode),
     #[error("timed out opening a tunnel stream")]
@@ -47,29 +45,32 @@ pub enum OpenError {
 
 /// Opens a `CONNECT` stream to `authority` on an agent connection.
 pub async fn open_stream(
-    sender: &mut SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     authority: &str,
-) -> Result<Upgraded, OpenError> {
+) -> Result<H2Stream, OpenError> {
     let req = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(authority)
-        .body(Empty::new())
+        .body(())
         .expect("static CONNECT request is valid");
-    let resp = sender.send_request(req).await?;
+    // `ready` waits while the agent's concurrent-stream limit is reached.
+    let mut sender = sender.ready().await?;
+    let (resp, send) = sender.send_request(req, false)?;
+    let resp = resp.await?;
     if resp.status() != http::StatusCode::OK {
         return Err(OpenError::Refused(resp.status()));
     }
-    Ok(hyper::upgrade::on(resp).await?)
+    Ok(H2Stream::new(send, resp.into_body()))
 }
 
-/// One tunnel stream as pingora's virtual socket. hyper's `Upgraded` is
+/// One tunnel stream as pingora's virtual socket. h2's stream halves are
 /// `Send` but not `Sync`, which a virtual socket must be; the mutex is
 /// never locked (every poll has `&mut self`, so `get_mut` suffices).
 #[derive(Debug)]
-struct TunnelSocket(Mutex<TokioIo<Upgraded>>);
+struct TunnelSocket(Mutex<H2Stream>);
 
 impl TunnelSocket {
-    fn io(self: Pin<&mut Self>) -> Pin<&mut TokioIo<Upgraded>> {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut H2Stream> {
         let io = self
             .get_mut()
             .0
@@ -96,18 +97,6 @@ impl AsyncWrite for TunnelSocket {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.io().poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.io().poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -154,15 +143,14 @@ impl TunnelConnector {
 #[async_trait]
 impl L4Connect for TunnelConnector {
     async fn connect(&self, _addr: &L4SocketAddr) -> pingora_error::Result<Stream> {
-        let mut sender = self.agent.sender();
         let opened = tokio::time::timeout(
             OPEN_TIMEOUT,
-            open_stream(&mut sender, protocol::STREAM_AUTHORITY),
+            open_stream(self.agent.sender(), protocol::STREAM_AUTHORITY),
         )
         .await;
         match opened {
             Ok(Ok(up)) => {
-                let socket = TunnelSocket(Mutex::new(TokioIo::new(up)));
+                let socket = TunnelSocket(Mutex::new(up));
                 Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
             }
             // The agent answers 504 when its local service did not accept

@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
+use h2::client::SendRequest;
 use tokio::sync::Notify;
 
 use tokio_util::sync::CancellationToken;
@@ -47,6 +46,8 @@ pub struct ByteCounts {
     /// HTTP/2 hears of it: a stream that breaks because its agent died
     /// then never finds that agent still "serving" (tunnel streams reach
     /// pingora directly, possibly before the registry drops the agent).
+    /// Also set when the HTTP/2 connection ends for any other reason (a
+    /// protocol error, a missed heartbeat).
     pub transport_ended: AtomicBool,
 }
 
@@ -63,7 +64,7 @@ pub struct AgentConn {
     /// Unix seconds.
     pub connected_at: i64,
     pub bytes: Arc<ByteCounts>,
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     inflight: AtomicUsize,
     draining: AtomicBool,
     /// Authenticated with the previous key of a rotated tunnel: served
@@ -138,13 +139,11 @@ impl AgentConn {
     /// Whether new requests may go to this agent: not draining, and its
     /// connection still up.
     pub fn is_serving(&self) -> bool {
-        !self.is_draining()
-            && !self.sender.is_closed()
-            && !self.bytes.transport_ended.load(Ordering::Acquire)
+        !self.is_draining() && !self.bytes.transport_ended.load(Ordering::Acquire)
     }
 
     /// A sender for opening a new stream on this agent's connection.
-    pub fn sender(&self) -> SendRequest<Empty<Bytes>> {
+    pub fn sender(&self) -> SendRequest<Bytes> {
         self.sender.clone()
     }
 
@@ -508,7 +507,7 @@ impl Registry {
     }
 
     /// Adds a freshly authenticated agent connection.
-    pub fn add_agent(&self, new: NewAgent, sender: SendRequest<Empty<Bytes>>) -> Arc<AgentConn> {
+    pub fn add_agent(&self, new: NewAgent, sender: SendRequest<Bytes>) -> Arc<AgentConn> {
         let conn = Arc::new(AgentConn {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             tunnel: new.tunnel,
@@ -630,7 +629,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     async fn registry() -> (Registry, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("gwreg-{}", rand::random::<u64>()));
@@ -647,14 +645,15 @@ mod tests {
     }
 
     /// A sender on a live (if silent) HTTP/2 connection.
-    async fn sender() -> SendRequest<Empty<Bytes>> {
+    async fn sender() -> SendRequest<Bytes> {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let (tx, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .unwrap();
+        let accept = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server).await.unwrap();
+            while conn.accept().await.is_some() {}
+        });
+        let (tx, conn) = h2::client::handshake(client).await.unwrap();
         tokio::spawn(async move {
-            let _server = server;
+            let _accept = accept;
             let _ = conn.await;
         });
         tx

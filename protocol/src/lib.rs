@@ -19,6 +19,7 @@
 //! With the `telemetry` feature, `telemetry` holds what both binaries share
 //! for logs, traces, metrics and the admin listener.
 
+pub mod h2io;
 pub mod handshake;
 pub mod private_file;
 pub mod secret;
@@ -26,6 +27,7 @@ pub mod secret;
 pub mod telemetry;
 pub mod wsio;
 
+pub use h2io::H2Stream;
 pub use handshake::{Control, HandshakeError, Message, PROTOCOL_VERSION};
 pub use secret::TunnelKey;
 pub use wsio::WsByteStream;
