@@ -73,6 +73,47 @@ impl BackgroundService for TunnelServices {
     }
 }
 
+/// The public proxy and the tunnels on one runtime. Every request crosses
+/// from the caller's connection into an agent's HTTP/2 connection and back;
+/// when both are driven by the same worker threads a request's wake-ups
+/// stay on one thread instead of crossing between two runtimes (a futex
+/// wake and a context switch each way).
+struct PublicAndTunnels<A> {
+    public: pingora_core::services::listening::Service<A>,
+    tunnels: TunnelServices,
+    threads: usize,
+}
+
+#[async_trait]
+impl<A> pingora_core::services::Service for PublicAndTunnels<A>
+where
+    A: pingora_core::apps::ServerApp + Send + Sync + 'static,
+{
+    async fn start_service(
+        &mut self,
+        fds: Option<pingora_core::server::ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let public = self
+            .public
+            .start_service(fds, shutdown.clone(), listeners_per_fd);
+        tokio::join!(public, self.tunnels.start(shutdown));
+    }
+
+    fn name(&self) -> &str {
+        "public"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(self.threads)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        pingora_core::services::Service::listen_addresses(&self.public)
+    }
+}
+
 /// What `/readyz` reports: up once the public listener accepts
 /// connections, and no longer once a graceful shutdown has begun.
 #[derive(Default)]
@@ -257,13 +298,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         listener_limits,
     ))
     .context("starting the configuration reloader")?;
-    server.add_service(public);
-
-    // The agent connections' runtime: TLS, WebSocket and HTTP/2 framing of
-    // every tunnel.
-    let mut agents = background_service(
-        "tunnels",
-        TunnelServices {
+    // The agent connections (TLS, WebSocket and HTTP/2 framing of every
+    // tunnel) run on the public proxy's runtime: see `PublicAndTunnels`.
+    server.add_service(PublicAndTunnels {
+        public,
+        threads: cfg.server.threads,
+        tunnels: TunnelServices {
             agents: AgentListener::new(
                 agents_listener,
                 agent_tls,
@@ -274,9 +314,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             registry: registry.clone(),
             refresh: Duration::from_secs(cfg.store.refresh_secs),
         },
-    );
-    agents.threads = Some(cfg.server.threads);
-    server.add_service(agents);
+    });
     if let Some(listener) = admin_listener {
         let r = readiness.clone();
         let api_state = Arc::new(crate::admin::api::ApiState {
