@@ -162,11 +162,17 @@ pub fn init(
             .with_filter(Targets::new().with_target(SPAN_TARGET, tracing::Level::INFO))
     });
 
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+    // Not `.with(otel)` on the `Option`: a `None` layer answers "always
+    // interested" for every callsite, which would build every span in the
+    // registry (and fill its attributes) on every request with no collector
+    // to send it to. Without the layer, the only filter left turns the span
+    // target off and the spans stay disabled.
+    let logs = tracing_subscriber::registry().with(fmt);
+    match otel {
+        Some(otel) => logs.with(otel).try_init(),
+        None => logs.try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
     if let Some(endpoint) = &telemetry.endpoint {
         tracing::info!(
             endpoint = %without_userinfo(endpoint),
