@@ -92,60 +92,43 @@ pub async fn connect_to_local(
 /// A data stream: connects to the local service, then answers. Runs in a
 /// task of its own, so a slow local service never holds up other streams.
 async fn open_data_stream(mut respond: SendResponse<Bytes>, body: RecvStream, shared: Arc<Shared>) {
-    let local = match tokio::time::timeout(shared.local_timeout, connect_local(&shared)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            METRICS.local_connect_failures.inc();
-            tracing::warn!(
-                "local service {}:{} refused: {e}",
-                shared.local.0,
-                shared.local.1
-            );
-            return answer(&mut respond, StatusCode::BAD_GATEWAY);
+    let connected = tokio::time::timeout(shared.local_timeout, connect_local(&shared)).await;
+    let (status, why) = match connected {
+        Ok(Ok(local)) => {
+            if let Some(stream) = accept(respond, body) {
+                serve_stream(stream, local, shared.streams.clone()).await;
+            }
+            return;
         }
-        Err(_) => {
-            METRICS.local_connect_failures.inc();
-            tracing::warn!(
-                "local service {}:{} did not accept in time",
-                shared.local.0,
-                shared.local.1
-            );
-            return answer(&mut respond, StatusCode::GATEWAY_TIMEOUT);
-        }
+        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("refused: {e}")),
+        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "did not accept in time".into()),
     };
-    if let Some(stream) = accept(respond, body) {
-        serve_stream(stream, local, shared.streams.clone()).await;
-    }
+    METRICS.local_connect_failures.inc();
+    tracing::warn!("local service {}:{} {why}", shared.local.0, shared.local.1);
+    answer(&mut respond, status);
 }
 
-/// What a new stream from the gateway is for.
-enum Opened {
-    Control(H2Stream),
-    Data,
-    Refused,
-}
-
-/// Sorts a new stream: the control stream is accepted here, a data stream
-/// goes to a task ([`open_data_stream`]), anything else is refused.
-fn open(req: Request<RecvStream>, respond: SendResponse<Bytes>, shared: &Arc<Shared>) -> Opened {
-    let mut respond = respond;
+/// Sorts a new stream: the control stream is accepted and returned, a
+/// data stream goes to a task ([`open_data_stream`]), anything else is
+/// refused.
+fn open(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    shared: &Arc<Shared>,
+) -> Option<H2Stream> {
     if req.method() != Method::CONNECT {
         answer(&mut respond, StatusCode::BAD_REQUEST);
-        return Opened::Refused;
+        return None;
     }
-    let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    match authority.as_deref() {
-        Some(a) if a == protocol::CONTROL_AUTHORITY => match accept(respond, req.into_body()) {
-            Some(s) => Opened::Control(s),
-            None => Opened::Refused,
-        },
-        Some(a) if a == protocol::STREAM_AUTHORITY => {
+    match req.uri().authority().map(|a| a.as_str()) {
+        Some(protocol::CONTROL_AUTHORITY) => accept(respond, req.into_body()),
+        Some(protocol::STREAM_AUTHORITY) => {
             tokio::spawn(open_data_stream(respond, req.into_body(), shared.clone()));
-            Opened::Data
+            None
         }
         _ => {
             answer(&mut respond, StatusCode::NOT_FOUND);
-            Opened::Refused
+            None
         }
     }
 }
@@ -214,10 +197,8 @@ pub async fn serve(
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    if let Opened::Control(c) = open(req, respond, &shared) {
-                        if control.is_none() {
-                            control = Some(c);
-                        }
+                    if let Some(c) = open(req, respond, &shared) {
+                        control.get_or_insert(c);
                     }
                 }
                 end => {
