@@ -86,6 +86,12 @@ pub struct GatewaySection {
     /// names the gateway's host, as curl reads them.
     #[serde(default)]
     pub proxy: Option<crate::proxy::ProxyText>,
+    /// The protocol version to speak (default: the newest, 2). `1` lets
+    /// this agent serve a gateway that is older than it (upgrade the
+    /// gateway first and this is never needed; a gateway serves agents of
+    /// either version).
+    #[serde(default = "default_protocol_version")]
+    pub protocol_version: u32,
 }
 
 /// Which cipher protects the stored tunnel key.
@@ -192,6 +198,9 @@ impl Default for DrainSection {
     }
 }
 
+fn default_protocol_version() -> u32 {
+    protocol::PROTOCOL_VERSION
+}
 fn default_connect_timeout() -> u64 {
     10
 }
@@ -258,6 +267,13 @@ impl AgentConfig {
         self.admin.address(DEFAULT_ADMIN_LISTEN)?;
         self.gateway_url()?;
         self.proxy()?;
+        let versions = protocol::MIN_PROTOCOL_VERSION..=protocol::PROTOCOL_VERSION;
+        if !versions.contains(&self.gateway.protocol_version) {
+            return Err(invalid(
+                "gateway.protocol_version",
+                "must be 1 or 2 (the versions this agent speaks)",
+            ));
+        }
         if !protocol::handshake::valid_name(&self.tunnel.id) {
             return Err(invalid(
                 "tunnel.id",

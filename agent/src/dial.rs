@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::handshake::{self, Message, PROTOCOL_VERSION};
+use protocol::handshake::{self, Message};
 use protocol::TunnelKey;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -218,7 +218,7 @@ pub async fn authenticate(
     let tunnel_id = cfg.tunnel.id.clone();
     ws.send(WsMessage::text(
         Message::Hello {
-            version: PROTOCOL_VERSION,
+            version: cfg.gateway.protocol_version,
             tunnel_id: tunnel_id.clone(),
             agent: agent.clone(),
             software: Some(env!("CARGO_PKG_VERSION").into()),

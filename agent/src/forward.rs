@@ -1,5 +1,7 @@
-//! One tunnel stream: HTTP/1.1 from the gateway, forwarded request by
-//! request on one connection to the local service.
+//! One `CONNECT` tunnel stream (a caller's WebSocket upgrade): HTTP/1.1
+//! from the gateway, forwarded request by request on one connection to the
+//! local service. Ordinary requests come as streams of their own
+//! ([`crate::exchange`]).
 //!
 //! hyper parses both sides (header case preserved, no `Date` added), so
 //! each request gets its spans, its metrics and its access-log line, and
@@ -101,19 +103,19 @@ impl Drop for Counted {
 /// abandoned, or the request is dropped before an answer, e.g. when the
 /// gateway gives up on a slow service): spans ended, metrics counted,
 /// access line written.
-struct Finish {
-    span: tracing::Span,
-    trace_id: String,
-    response_span: tracing::Span,
-    started: Instant,
-    method: http::Method,
-    status: u16,
-    bytes_in: Arc<AtomicU64>,
-    shared: Arc<StreamShared>,
+pub(crate) struct Finish {
+    pub(crate) span: tracing::Span,
+    pub(crate) trace_id: String,
+    pub(crate) response_span: tracing::Span,
+    pub(crate) started: Instant,
+    pub(crate) method: http::Method,
+    pub(crate) status: u16,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) shared: Arc<StreamShared>,
 }
 
 impl Finish {
-    fn complete(self, bytes_out: u64, complete: bool) {
+    pub(crate) fn complete(self, bytes_out: u64, complete: bool) {
         let elapsed = self.started.elapsed();
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         let m = &*METRICS;
@@ -399,7 +401,7 @@ pub async fn serve_stream(tunnel: protocol::H2Stream, local: TcpStream, shared: 
 }
 
 /// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
+pub(crate) fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
     impl<F: FnOnce()> Drop for Guard<F> {
         fn drop(&mut self) {

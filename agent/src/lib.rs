@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod dial;
 pub mod events;
+pub mod exchange;
 pub mod forward;
 pub mod keystore;
 pub mod metrics;

@@ -1,10 +1,11 @@
 //! One authenticated connection: an HTTP/2 server over the WebSocket. Each
-//! `CONNECT` stream gets a TCP connection to the local service, and the
-//! HTTP/1.1 requests on the stream are forwarded on it one by one
-//! ([`crate::forward`]; flow control from HTTP/2 on one side, TCP on the
-//! other, so nothing is buffered beyond a window). The control stream
-//! carries the drain notice. HTTP/2 is the `h2` crate directly, each
-//! stream a byte stream ([`protocol::H2Stream`]).
+//! request stream is one caller request, forwarded on a kept-alive
+//! connection to the local service ([`crate::exchange`]). A `CONNECT`
+//! stream (a WebSocket upgrade) gets a TCP connection of its own, and the
+//! HTTP/1.1 on the stream is forwarded on it ([`crate::forward`]; flow
+//! control from HTTP/2 on one side, TCP on the other, so nothing is
+//! buffered beyond a window). The control stream carries the drain notice.
+//! HTTP/2 is the `h2` crate directly.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,11 @@ pub enum Ended {
 }
 
 struct Shared {
+    /// Kept-alive connections for requests sent as streams of their own.
+    pool: Arc<crate::exchange::Local>,
+    /// Request streams are protocol 2: an agent that announced protocol 1
+    /// refuses them, as agents of that version do.
+    request_streams: bool,
     local: (String, u16),
     allow_remote: bool,
     local_timeout: Duration,
@@ -108,16 +114,26 @@ async fn open_data_stream(mut respond: SendResponse<Bytes>, body: RecvStream, sh
     answer(&mut respond, status);
 }
 
-/// Sorts a new stream: the control stream is accepted and returned, a
-/// data stream goes to a task ([`open_data_stream`]), anything else is
-/// refused.
+/// Sorts a new stream: a request goes to a task ([`crate::exchange`]),
+/// the control stream is accepted and returned, a `CONNECT` data stream
+/// (a WebSocket upgrade) goes to a task ([`open_data_stream`]), anything
+/// else is refused.
 fn open(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     shared: &Arc<Shared>,
 ) -> Option<H2Stream> {
     if req.method() != Method::CONNECT {
-        answer(&mut respond, StatusCode::BAD_REQUEST);
+        if !shared.request_streams {
+            answer(&mut respond, StatusCode::BAD_REQUEST);
+            return None;
+        }
+        tokio::spawn(crate::exchange::serve(
+            req,
+            respond,
+            shared.pool.clone(),
+            shared.streams.clone(),
+        ));
         return None;
     }
     match req.uri().authority().map(|a| a.as_str()) {
@@ -144,7 +160,14 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) -> Ended {
     let local = cfg.local_target().expect("validated at start");
+    let local_timeout = Duration::from_secs(cfg.local.connect_timeout_secs);
     let shared = Arc::new(Shared {
+        pool: Arc::new(crate::exchange::Local::new(
+            local.clone(),
+            cfg.local.allow_remote,
+            local_timeout,
+        )),
+        request_streams: cfg.gateway.protocol_version >= 2,
         streams: Arc::new(StreamShared {
             tunnel: tunnel_name.to_string(),
             agent: cfg.agent_name(),
@@ -152,7 +175,7 @@ pub async fn serve(
         }),
         local,
         allow_remote: cfg.local.allow_remote,
-        local_timeout: Duration::from_secs(cfg.local.connect_timeout_secs),
+        local_timeout,
     });
     let handshake = h2::server::Builder::new()
         // Fixed, generous windows: the default 64 KiB caps a stream at

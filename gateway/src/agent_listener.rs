@@ -96,6 +96,8 @@ struct Admitted {
     tunnel: TunnelInfo,
     agent: String,
     software: Option<String>,
+    /// The protocol version the agent speaks.
+    protocol: u32,
     key_generation: i64,
     _admission: Admission,
 }
@@ -295,13 +297,13 @@ async fn handshake(shared: &Shared, tcp: TcpStream) -> Result<Admitted, HsError>
     )
     .await?;
 
-    let (tunnel_id, agent, software) = match recv(&mut ws).await? {
+    let (tunnel_id, agent, software, protocol) = match recv(&mut ws).await? {
         Message::Hello {
             tunnel_id,
             agent,
             software,
-            ..
-        } => (tunnel_id, agent, software),
+            version,
+        } => (tunnel_id, agent, software, version),
         other => {
             return Err(handshake::HandshakeError::Unexpected {
                 expected: "hello",
@@ -395,6 +397,7 @@ async fn handshake(shared: &Shared, tcp: TcpStream) -> Result<Admitted, HsError>
                 tunnel: info,
                 agent,
                 software: software.map(|s| s.chars().take(64).collect()),
+                protocol,
                 key_generation,
                 _admission: admission,
             })
@@ -468,6 +471,7 @@ async fn run_tunnel(
         tunnel,
         agent: agent_name,
         software,
+        protocol,
         key_generation,
         _admission,
     } = admitted;
@@ -545,6 +549,7 @@ async fn run_tunnel(
             key_generation,
             remote: peer,
             software,
+            protocol,
             bytes,
         },
         sender,

@@ -1,9 +1,9 @@
-//! The seam between pingora and the tunnel: a custom L4 connector whose
-//! "connection" is a new HTTP/2 `CONNECT` stream inside an agent's tunnel,
-//! handed to pingora as a virtual socket. pingora then speaks HTTP/1.1
-//! over it exactly as over a TCP socket, so its proxy loop, pooling (keyed
-//! by agent and caller through `group_key`) and upgrade handling all apply
-//! unchanged.
+//! The seam between pingora and the tunnel for WebSocket upgrades: a
+//! custom L4 connector whose "connection" is a new HTTP/2 `CONNECT` stream
+//! inside an agent's tunnel, handed to pingora as a virtual socket. pingora
+//! then speaks HTTP/1.1 over it exactly as over a TCP socket, so its proxy
+//! loop and upgrade handling apply unchanged. (Every other request is an
+//! HTTP/2 request stream of its own: `crate::proxy`'s `exchange`.)
 //!
 //! pingora 0.9 never reuses a pooled virtual socket; the vendored
 //! pingora-core carries the patch that lets it (`third_party/README.md`),

@@ -32,6 +32,8 @@ pub struct NewAgent {
     pub remote: std::net::SocketAddr,
     /// The agent's software version, as it said.
     pub software: Option<String>,
+    /// The protocol version it speaks (`protocol::PROTOCOL_VERSION`).
+    pub protocol: u32,
     /// Bytes received from and sent to the agent on its connection.
     pub bytes: Arc<ByteCounts>,
 }
@@ -61,6 +63,9 @@ pub struct AgentConn {
     pub key_generation: i64,
     pub remote: std::net::SocketAddr,
     pub software: Option<String>,
+    /// The protocol version it speaks: below 2, every request goes through
+    /// a `CONNECT` stream (`crate::proxy`).
+    pub protocol: u32,
     /// Unix seconds.
     pub connected_at: i64,
     pub bytes: Arc<ByteCounts>,
@@ -86,6 +91,9 @@ pub struct AgentView {
     pub tunnel_id: String,
     pub agent: String,
     pub version: Option<String>,
+    /// The protocol version it speaks (1: every request a `CONNECT`
+    /// stream; 2: a stream per request).
+    pub protocol: u32,
     pub remote_addr: String,
     pub connected_at: i64,
     pub inflight: usize,
@@ -190,6 +198,7 @@ impl AgentConn {
             tunnel_id: self.tunnel.id.clone(),
             agent: self.agent_name.clone(),
             version: self.software.clone(),
+            protocol: self.protocol,
             remote_addr: self.remote.to_string(),
             connected_at: self.connected_at,
             inflight: self.inflight(),
@@ -515,6 +524,7 @@ impl Registry {
             key_generation: new.key_generation,
             remote: new.remote,
             software: new.software,
+            protocol: new.protocol,
             connected_at: now_secs(),
             bytes: new.bytes,
             sender,
@@ -670,6 +680,7 @@ mod tests {
             key_generation: 0,
             remote: "127.0.0.1:1".parse().unwrap(),
             software: None,
+            protocol: protocol::PROTOCOL_VERSION,
             bytes: Arc::default(),
         }
     }
@@ -850,7 +861,9 @@ mod tests {
             .unwrap();
         let (_, short) = reg
             .store
-            .create_caller_with("acme", None, Some(now_secs() + 1))
+            // Three seconds: long enough that a busy machine still finds it
+            // valid right after creating it (one second was not).
+            .create_caller_with("acme", None, Some(now_secs() + 3))
             .await
             .unwrap();
         assert!(reg.caller(&token).await.unwrap().is_some());
@@ -859,7 +872,7 @@ mod tests {
         reg.reread_now().await.unwrap();
         assert!(reg.caller(&token).await.unwrap().is_none());
         // Expiry needs no reread: it is checked on every lookup.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while reg.caller(&short).await.unwrap().is_some() {
             assert!(
                 std::time::Instant::now() < deadline,

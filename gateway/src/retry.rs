@@ -20,6 +20,12 @@
 //!   arrived, an ordinary race): the request goes once more to that agent.
 //!   Everything else ends in 502 naming the agent.
 //!
+//! A request sent as an HTTP/2 stream of its own (every request but an
+//! upgrade) adds one case HTTP/2 makes certain: a stream the agent did not
+//! take (`REFUSED_STREAM`, a `GOAWAY` below it, a connection gone before
+//! the request left) was not processed, so any method goes to another
+//! agent, at most [`MAX_STALE_RETRIES`] times (label `connect`).
+//!
 //! PUT and DELETE are idempotent in RFC 9110 and nginx retries them, but
 //! not here: idempotent means the *state* ends the same, not that a replay
 //! is harmless. The services behind tunnels (issue trackers, wikis, CI)

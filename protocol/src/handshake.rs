@@ -27,8 +27,17 @@ use subtle::ConstantTimeEq;
 
 use crate::TunnelKey;
 
-/// Version of the handshake and stream protocol. The gateway refuses others.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the handshake and stream protocol this side speaks:
+///
+/// - 1: every caller connection is one `CONNECT` stream carrying HTTP/1.1;
+/// - 2: every caller request is one HTTP/2 request stream
+///   ([`crate::exchange`]), and only a WebSocket upgrade is a `CONNECT`
+///   stream.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest version the gateway still serves: a gateway upgraded before
+/// its agents keeps serving them, with the data path of their version.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Length of the gateway's challenge and of the TLS exporter value.
 pub const NONCE_LEN: usize = 32;
@@ -79,7 +88,7 @@ pub enum HandshakeError {
     TooLarge(usize),
     #[error("malformed handshake message: {0}")]
     Malformed(String),
-    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})")]
+    #[error("unsupported protocol version {0} (this side speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})")]
     Version(u32),
     #[error("{0} must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -")]
     BadName(&'static str),
@@ -123,7 +132,7 @@ impl Message {
             if software.as_deref().is_some_and(|s| !valid_name(s)) {
                 return Err(HandshakeError::BadName("software"));
             }
-            if *version != PROTOCOL_VERSION {
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(version) {
                 return Err(HandshakeError::Version(*version));
             }
             if !valid_name(tunnel_id) {
@@ -298,8 +307,15 @@ mod tests {
 
     #[test]
     fn hello_is_validated() {
-        let v2 = r#"{"type":"hello","version":2,"tunnel_id":"t","agent":"a"}"#;
-        assert_eq!(Message::decode(v2), Err(HandshakeError::Version(2)));
+        // Versions 1 and 2 are spoken; any other is refused, naming it.
+        for v in [0, 3] {
+            let hello = format!(r#"{{"type":"hello","version":{v},"tunnel_id":"t","agent":"a"}}"#);
+            assert_eq!(Message::decode(&hello), Err(HandshakeError::Version(v)));
+        }
+        for v in [1, 2] {
+            let hello = format!(r#"{{"type":"hello","version":{v},"tunnel_id":"t","agent":"a"}}"#);
+            assert!(Message::decode(&hello).is_ok(), "version {v}");
+        }
         let empty = r#"{"type":"hello","version":1,"tunnel_id":"","agent":"a"}"#;
         assert_eq!(
             Message::decode(empty),

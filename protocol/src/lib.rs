@@ -10,15 +10,17 @@
 //!    welcomes or rejects it. The key never crosses the wire.
 //! 2. **Streams**: the WebSocket then carries a byte stream ([`wsio`]) on which
 //!    the gateway runs an HTTP/2 client and the agent an HTTP/2 server. Every
-//!    tunnelled caller connection is one `CONNECT` stream ([`STREAM_AUTHORITY`]),
-//!    so multiplexing, per-stream flow control, PING heartbeats and GOAWAY
-//!    come from the maintained `h2` implementation in hyper rather than our
-//!    own code. One extra long-lived stream ([`CONTROL_AUTHORITY`]) carries
-//!    [`Control`] lines such as the agent's drain notice.
+//!    caller request is one HTTP/2 request stream ([`exchange`]); a WebSocket
+//!    upgrade is one `CONNECT` stream ([`STREAM_AUTHORITY`]) carrying the
+//!    caller's connection. Multiplexing, per-stream flow control, PING
+//!    heartbeats and GOAWAY come from the maintained `h2` crate rather than
+//!    our own code. One extra long-lived stream ([`CONTROL_AUTHORITY`])
+//!    carries [`Control`] lines such as the agent's drain notice.
 //!
 //! With the `telemetry` feature, `telemetry` holds what both binaries share
 //! for logs, traces, metrics and the admin listener.
 
+pub mod exchange;
 pub mod h2io;
 pub mod handshake;
 pub mod private_file;
@@ -28,7 +30,7 @@ pub mod telemetry;
 pub mod wsio;
 
 pub use h2io::H2Stream;
-pub use handshake::{Control, HandshakeError, Message, PROTOCOL_VERSION};
+pub use handshake::{Control, HandshakeError, Message, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 pub use secret::TunnelKey;
 pub use wsio::WsByteStream;
 
@@ -38,8 +40,9 @@ pub const AGENT_PATH: &str = "/_tunnel/v1";
 /// TLS exporter label binding an agent's proof to its TLS session.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-app-tunnel-agent-auth-v1";
 
-/// `CONNECT` authority of a stream that carries one caller connection to the
-/// agent's local service.
+/// `CONNECT` authority of a stream that carries one caller connection (a
+/// WebSocket upgrade) to the agent's local service; also the authority of
+/// every request stream.
 pub const STREAM_AUTHORITY: &str = "stream.tunnel.invalid:0";
 
 /// `CONNECT` authority of the control stream (one per agent connection).

@@ -75,6 +75,87 @@ async fn the_signed_parts_of_a_request_arrive_byte_for_byte() {
     assert_eq!(values("x-forwarded-for"), ["127.0.0.1"], "{head}");
 }
 
+/// The header names of a raw head as written, in order.
+fn names_as_written(head: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(head)
+        .split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_their_case_and_order_both_ways_and_odd_targets_arrive_as_sent() {
+    // HTTP/2 inside the tunnel writes names in lower case; what the caller
+    // and the service wrote must still be what the other side sees.
+    let t = WikiTunnel::start_with(GatewayOptions::new(), upstream::raw().await).await;
+    // A target with what normalising code likes to touch: an escaped
+    // space, a broken escape, `+`, an empty pair and every sub-delimiter.
+    let target: &[u8] = b"/wiki/A~b/x%20y?q=%zz&r=a+b&s=%E2%82%AC&&t=/?:@!$'()*,;=";
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(
+        format!(
+            " HTTP/1.1\r\nHost: wiki.test\r\nX-Request-ID: 7\r\nx-lower: a\r\n\
+             X-MiXeD-Case: b\r\nProxy-Authorization: Bearer {}\r\nSOAPAction: \"urn:x\"\r\n\
+             Connection: close\r\n\r\n",
+            t.token
+        )
+        .as_bytes(),
+    );
+    let reply = wire::exchange(t.gateway.public_addr(), &request, Duration::from_secs(10)).await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+
+    let heads = t.wiki.raw_heads();
+    assert_eq!(heads.len(), 1, "one request reaches the service");
+    let head = &heads[0];
+    let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap();
+    let mut expected_line = b"GET ".to_vec();
+    expected_line.extend_from_slice(target);
+    expected_line.extend_from_slice(b" HTTP/1.1");
+    assert_eq!(
+        String::from_utf8_lossy(&head[..line_end]),
+        String::from_utf8_lossy(&expected_line),
+        "request line changed"
+    );
+    let sent = names_as_written(head);
+    let callers: Vec<&str> = sent
+        .iter()
+        .map(String::as_str)
+        .filter(|n| {
+            [
+                "Host",
+                "X-Request-ID",
+                "x-lower",
+                "X-MiXeD-Case",
+                "SOAPAction",
+            ]
+            .contains(n)
+        })
+        .collect();
+    assert_eq!(
+        callers,
+        [
+            "Host",
+            "X-Request-ID",
+            "x-lower",
+            "X-MiXeD-Case",
+            "SOAPAction"
+        ],
+        "names as the service saw them: {sent:?}"
+    );
+
+    // And back: the service's names reach the caller as it wrote them.
+    let got = names_as_written(&reply.bytes);
+    for name in ["X-Answered-By", "X-lower-Then-UPPER"] {
+        assert!(
+            got.iter().any(|n| n == name),
+            "{name} not as the service wrote it: {got:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_and_forwarding_headers_belong_to_the_gateway() {
     let t = WikiTunnel::start().await;

@@ -27,7 +27,7 @@ async fn serve(mut stream: TcpStream, stats: Arc<Stats>) {
             return;
         }
         let mut answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nX-Answered-By: raw\r\nX-lower-Then-UPPER: 1\r\ncontent-length: {}\r\n\r\n",
             head.len()
         )
         .into_bytes();

@@ -4,8 +4,12 @@
 //!   caller credential (401), tunnel (404/503), declared body size (413),
 //!   then the route's policy plugin chain (the plugin's denial, or 500/503
 //!   when a plugin fails);
+//! - then every request but a WebSocket upgrade is one HTTP/2 stream to
+//!   the least busy agent of the tunnel ([`exchange`]), written from this
+//!   phase; an upgrade goes on through pingora's proxy loop:
 //! - `upstream_peer`: the least busy agent of the tunnel, reached through a
-//!   [`TunnelConnector`] with the agent's connection id as pool group key;
+//!   [`TunnelConnector`] (a `CONNECT` stream) with the agent's connection
+//!   id and the caller as pool group key;
 //! - `upstream_request_filter`: hop-by-hop and caller-forbidden headers out,
 //!   the plugins' header edits applied, forwarding headers in; request line, query, `Host` and `Authorization`
 //!   untouched;
@@ -36,9 +40,11 @@ use crate::http_checks;
 use crate::judgement::{judge_host, judge_path, JudgedHost, PathError, PathOptions};
 use crate::live::{Current, Live};
 use crate::plugins::{ChainEntry, HeaderEdit, PolicyContext, PolicyRequest, Verdict, WitHeader};
-use crate::registry::{InflightGuard, Registry};
+use crate::registry::{AgentConn, InflightGuard, Registry};
 use crate::retry::{self, Attempt, Decision, NotRetried, RetryReason};
 use crate::store::{CallerInfo, TunnelInfo};
+
+mod exchange;
 
 /// Seconds a caller is told to wait when no agent is connected.
 const RETRY_AFTER_SECS: &str = "5";
@@ -123,6 +129,12 @@ pub struct Ctx {
     /// Retries so far, by kind (see [`crate::retry`] for the bounds).
     stale_retries: u32,
     lost_retries: u32,
+    /// An agent `exchange` picked that speaks protocol 1: the request goes
+    /// to it through pingora's proxy loop.
+    picked: Option<Arc<AgentConn>>,
+    /// The final response head went to the caller (a stream of its own,
+    /// [`exchange`]): no retry after that.
+    response_started: bool,
 }
 
 /// A request whose tunnel stream broke after the request was written.
@@ -293,6 +305,175 @@ impl TunnelProxy {
     /// (400), header size (431), Host and target (400), route (404), caller
     /// (401), tunnel (404), declared body size (413), then the route's
     /// plugin chain (or, for a route without plugins, organization: 403).
+    /// Keys kept-alive connections by agent connection and caller: a
+    /// connection never serves another agent, and never another caller.
+    fn pool_key(&self, ctx: &Ctx, agent: &AgentConn) -> u64 {
+        use std::hash::BuildHasher;
+        let caller = ctx.caller.as_ref().map_or("", |c| c.id.as_str());
+        self.pool_keys.hash_one((agent.conn_id, caller))
+    }
+
+    /// The least busy agent of the request's tunnel (not the one a retry
+    /// must avoid), held in `ctx.guard` until the request is logged, with
+    /// this attempt's stream span.
+    fn pick_agent(&self, ctx: &mut Ctx) -> Result<Arc<AgentConn>> {
+        let tunnel = ctx
+            .tunnel
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no tunnel resolved"))?;
+        // A retry picks again; release the previous agent first.
+        ctx.guard = None;
+        let select = tracing::info_span!(target: SPAN_TARGET, parent: &ctx.span, "select agent");
+        let traced = !select.is_disabled();
+        if traced {
+            attr(&select, "tunnel.name", tunnel.name.clone());
+        }
+        let guard = match self.registry.pick_except(&tunnel.id, ctx.avoid_agent) {
+            Ok(g) => g,
+            Err(_) => {
+                ctx.no_agent = true;
+                telemetry::error(&select, "no agent connected");
+                return Error::e_explain(ErrorType::HTTPStatus(503), "no agent connected");
+            }
+        };
+        let agent = guard.agent().clone();
+        if traced {
+            attr(&select, "tunnel.agent", agent.agent_name.clone());
+            attr(&select, "tunnel.agent.inflight", agent.inflight() as i64);
+        }
+        drop(select);
+        ctx.guard = Some(guard);
+        // One stream span per attempt; a retry's replaces (and ends) the last.
+        let stream = tracing::info_span!(target: SPAN_TARGET, parent: &ctx.span, "tunnel stream", otel.kind = "client");
+        if traced {
+            attr(&stream, "tunnel.name", tunnel.name.clone());
+            attr(&stream, "tunnel.agent", agent.agent_name.clone());
+        }
+        ctx.stream_span = stream;
+        Ok(agent)
+    }
+
+    /// The head sent on: hop-by-hop and caller-forbidden headers out, the
+    /// plugins' header edits applied, forwarding headers in; request line,
+    /// query, `Host` and `Authorization` untouched.
+    fn rewrite_head(
+        &self,
+        session: &Session,
+        upstream: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        for name in http_checks::headers_to_strip(&upstream.headers, ctx.upgrade) {
+            upstream.remove_header(&name);
+        }
+        // The plugins' edits, in chain order; names and values were checked
+        // by the plugin host, and gateway-managed headers are refused there.
+        // pingora calls this again for every retry, on a fresh copy of the
+        // request: the edits must apply each time.
+        for edit in &ctx.edits {
+            match edit {
+                HeaderEdit::Set(h) => {
+                    upstream.insert_header(h.name.clone(), h.value.as_slice())?;
+                }
+                HeaderEdit::Append(h) => {
+                    upstream.append_header(h.name.clone(), h.value.as_slice())?;
+                }
+                HeaderEdit::Remove(n) => {
+                    upstream.remove_header(n);
+                }
+            }
+        }
+        if !upstream.headers.contains_key(header::HOST) {
+            if let Some(a) = upstream.uri.authority().map(|a| a.as_str().to_string()) {
+                upstream.insert_header(header::HOST, a)?;
+            }
+        }
+        let proto = if self.tls { "https" } else { "http" };
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(ip) = ip {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            let node = if ip.is_ipv6() {
+                format!("\"[{ip}]\"")
+            } else {
+                ip.to_string()
+            };
+            upstream.insert_header(
+                "forwarded",
+                format!("for={node};proto={proto};host=\"{}\"", ctx.authority),
+            )?;
+        }
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header("x-forwarded-host", ctx.authority.as_str())?;
+        Ok(())
+    }
+
+    /// Whether a failed attempt goes again (`retry::decide`), with the
+    /// request's retry counts, the agent to avoid and the loss recorded in
+    /// `ctx`.
+    fn judge_failure(
+        &self,
+        e: &Error,
+        method: &http::Method,
+        response_started: bool,
+        body_truncated: bool,
+        ctx: &mut Ctx,
+    ) -> bool {
+        let agent = ctx.guard.as_ref().map(|g| g.agent().clone());
+        let other_agent = match (&ctx.tunnel, &agent) {
+            (Some(t), Some(a)) => self.registry.has_other_agent(&t.id, a.conn_id),
+            _ => false,
+        };
+        let decision = retry::decide(&Attempt {
+            error: e,
+            method,
+            response_started,
+            body_truncated,
+            stale_retries: ctx.stale_retries,
+            lost_retries: ctx.lost_retries,
+            other_agent,
+            same_agent_serving: agent.as_ref().is_some_and(|a| a.is_serving()),
+        });
+        let agent_name = agent.as_ref().map_or("?", |a| a.agent_name.as_str());
+        let tunnel = ctx.tunnel.as_ref().map_or("?", |t| t.name.as_str());
+        match decision {
+            Decision::Retry(reason) => {
+                match reason {
+                    RetryReason::StreamClosed => {
+                        ctx.lost_retries += 1;
+                        ctx.lost = Some(Lost {
+                            agent: agent_name.to_string(),
+                            not_retried: None,
+                        });
+                    }
+                    RetryReason::AgentLost => {
+                        ctx.lost_retries += 1;
+                        ctx.avoid_agent = agent.as_ref().map(|a| a.conn_id);
+                        ctx.lost = Some(Lost {
+                            agent: agent_name.to_string(),
+                            not_retried: None,
+                        });
+                    }
+                    _ => ctx.stale_retries += 1,
+                }
+                tracing::info!(%tunnel, agent = agent_name, reason = reason.label(), trace_id = %ctx.trace_id, "tunnel stream broke before a response; sending the request again");
+                crate::metrics::request_retried(reason.label());
+                true
+            }
+            Decision::Lost(why) => {
+                tracing::warn!(%tunnel, agent = agent_name, reason = why.label(), trace_id = %ctx.trace_id, "tunnel stream broke after the request was sent; not sending it again");
+                crate::metrics::request_lost(why.label());
+                ctx.lost = Some(Lost {
+                    agent: agent_name.to_string(),
+                    not_retried: Some(why),
+                });
+                false
+            }
+            Decision::Other => false,
+        }
+    }
+
     async fn admit(
         &self,
         session: &mut Session,
@@ -631,6 +812,8 @@ impl ProxyHttp for TunnelProxy {
             lost: None,
             stale_retries: 0,
             lost_retries: 0,
+            response_started: false,
+            picked: None,
         }
     }
 
@@ -645,7 +828,11 @@ impl ProxyHttp for TunnelProxy {
         ctx.trace_id = trace.trace_id();
         ctx.trace = Some(trace);
         match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
+            // A WebSocket upgrade goes through pingora's proxy loop on a
+            // `CONNECT` stream (`upstream_peer`); every other request is
+            // one HTTP/2 stream of its own ([`exchange`]).
+            Ok(()) if ctx.upgrade => Ok(false),
+            Ok(()) => self.exchange(session, ctx).await,
             Err(mut r) => {
                 // A body left unread would have to be drained before the
                 // connection could serve another request: close instead.
@@ -706,39 +893,12 @@ impl ProxyHttp for TunnelProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let tunnel = ctx
-            .tunnel
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no tunnel resolved"))?;
-        // A retry picks again; release the previous agent first.
-        ctx.guard = None;
-        let select = tracing::info_span!(target: SPAN_TARGET, parent: &ctx.span, "select agent");
-        let traced = !select.is_disabled();
-        if traced {
-            attr(&select, "tunnel.name", tunnel.name.clone());
-        }
-        let guard = match self.registry.pick_except(&tunnel.id, ctx.avoid_agent) {
-            Ok(g) => g,
-            Err(_) => {
-                ctx.no_agent = true;
-                telemetry::error(&select, "no agent connected");
-                return Error::e_explain(ErrorType::HTTPStatus(503), "no agent connected");
-            }
+        // An agent of protocol 1, picked by `exchange`, takes the request
+        // over a `CONNECT` stream; a retry picks again.
+        let agent = match ctx.picked.take() {
+            Some(agent) => agent,
+            None => self.pick_agent(ctx)?,
         };
-        let agent = guard.agent().clone();
-        if traced {
-            attr(&select, "tunnel.agent", agent.agent_name.clone());
-            attr(&select, "tunnel.agent.inflight", agent.inflight() as i64);
-        }
-        drop(select);
-        ctx.guard = Some(guard);
-        // One stream span per attempt; a retry's replaces (and ends) the last.
-        let stream = tracing::info_span!(target: SPAN_TARGET, parent: &ctx.span, "tunnel stream", otel.kind = "client");
-        if traced {
-            attr(&stream, "tunnel.name", tunnel.name.clone());
-            attr(&stream, "tunnel.agent", agent.agent_name.clone());
-        }
-        ctx.stream_span = stream;
         // The address only names the peer in logs: the connector opens a
         // tunnel stream, whatever it says.
         let mut peer = HttpPeer::new_uds(TUNNEL_PEER, false, String::new())?;
@@ -747,11 +907,7 @@ impl ProxyHttp for TunnelProxy {
         // never another caller. A local service that ties authentication
         // to the TCP connection (NTLM, Negotiate) would otherwise answer a
         // later caller on an earlier caller's authenticated connection.
-        peer.group_key = {
-            use std::hash::BuildHasher;
-            let caller = ctx.caller.as_ref().map_or("", |c| c.id.as_str());
-            self.pool_keys.hash_one((agent.conn_id, caller))
-        };
+        peer.group_key = self.pool_key(ctx, &agent);
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector::new(agent)));
         peer.options.read_timeout = (!ctx.upgrade).then_some(ctx.live.upstream_timeout);
         peer.options.write_timeout = Some(ctx.live.upstream_timeout);
@@ -789,58 +945,15 @@ impl ProxyHttp for TunnelProxy {
         // whose reused stream closed before the response, even after the
         // agent received it. `retry::decide` holds our rules.
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let agent = ctx.guard.as_ref().map(|g| g.agent().clone());
-        let other_agent = match (&ctx.tunnel, &agent) {
-            (Some(t), Some(a)) => self.registry.has_other_agent(&t.id, a.conn_id),
-            _ => false,
-        };
-        let decision = retry::decide(&Attempt {
-            error: &e,
-            method: &session.req_header().method,
-            response_started: session.response_written().is_some(),
-            body_truncated: session.as_ref().retry_buffer_truncated(),
-            stale_retries: ctx.stale_retries,
-            lost_retries: ctx.lost_retries,
-            other_agent,
-            same_agent_serving: agent.as_ref().is_some_and(|a| a.is_serving()),
-        });
-        let agent_name = agent.as_ref().map_or("?", |a| a.agent_name.as_str());
-        let tunnel = ctx.tunnel.as_ref().map_or("?", |t| t.name.as_str());
-        match decision {
-            Decision::Retry(reason) => {
-                match reason {
-                    RetryReason::StreamClosed => {
-                        ctx.lost_retries += 1;
-                        ctx.lost = Some(Lost {
-                            agent: agent_name.to_string(),
-                            not_retried: None,
-                        });
-                    }
-                    RetryReason::AgentLost => {
-                        ctx.lost_retries += 1;
-                        ctx.avoid_agent = agent.as_ref().map(|a| a.conn_id);
-                        ctx.lost = Some(Lost {
-                            agent: agent_name.to_string(),
-                            not_retried: None,
-                        });
-                    }
-                    _ => ctx.stale_retries += 1,
-                }
-                tracing::info!(%tunnel, agent = agent_name, reason = reason.label(), trace_id = %ctx.trace_id, "tunnel stream broke before a response; sending the request again");
-                crate::metrics::request_retried(reason.label());
-                e.set_retry(true);
-            }
-            Decision::Lost(why) => {
-                tracing::warn!(%tunnel, agent = agent_name, reason = why.label(), trace_id = %ctx.trace_id, "tunnel stream broke after the request was sent; not sending it again");
-                crate::metrics::request_lost(why.label());
-                ctx.lost = Some(Lost {
-                    agent: agent_name.to_string(),
-                    not_retried: Some(why),
-                });
-                e.set_retry(false);
-            }
-            Decision::Other => e.set_retry(false),
-        }
+        let method = session.req_header().method.clone();
+        let retry = self.judge_failure(
+            &e,
+            &method,
+            session.response_written().is_some(),
+            session.as_ref().retry_buffer_truncated(),
+            ctx,
+        );
+        e.set_retry(retry);
         e
     }
 
@@ -850,63 +963,8 @@ impl ProxyHttp for TunnelProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        for name in http_checks::headers_to_strip(&upstream.headers, ctx.upgrade) {
-            upstream.remove_header(&name);
-        }
-        // The plugins' edits, in chain order; names and values were checked
-        // by the plugin host, and gateway-managed headers are refused there.
-        // pingora calls this again for every retry, on a fresh copy of the
-        // request: the edits must apply each time.
-        for edit in &ctx.edits {
-            match edit {
-                HeaderEdit::Set(h) => {
-                    upstream.insert_header(h.name.clone(), h.value.as_slice())?;
-                }
-                HeaderEdit::Append(h) => {
-                    upstream.append_header(h.name.clone(), h.value.as_slice())?;
-                }
-                HeaderEdit::Remove(n) => {
-                    upstream.remove_header(n);
-                }
-            }
-        }
-        if !upstream.headers.contains_key(header::HOST) {
-            if let Some(a) = upstream.uri.authority().map(|a| a.as_str().to_string()) {
-                upstream.insert_header(header::HOST, a)?;
-            }
-        }
-        let proto = if self.tls { "https" } else { "http" };
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(ip) = ip {
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
-            let node = if ip.is_ipv6() {
-                format!("\"[{ip}]\"")
-            } else {
-                ip.to_string()
-            };
-            upstream.insert_header(
-                "forwarded",
-                format!("for={node};proto={proto};host=\"{}\"", ctx.authority),
-            )?;
-        }
-        upstream.insert_header("x-forwarded-proto", proto)?;
-        upstream.insert_header("x-forwarded-host", ctx.authority.as_str())?;
-        // The trace goes on through the tunnel: the agent's spans become
-        // children of this attempt's stream span.
-        if let Some(trace) = &ctx.trace {
-            let (parent, state) = trace.traceparent(&ctx.stream_span);
-            upstream.insert_header("traceparent", parent)?;
-            match state {
-                Some(state) => upstream.insert_header("tracestate", state)?,
-                None => {
-                    upstream.remove_header("tracestate");
-                }
-            }
-        }
-        Ok(())
+        self.rewrite_head(session, upstream, ctx)?;
+        set_traceparent(upstream, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -1050,6 +1108,22 @@ impl ProxyHttp for TunnelProxy {
         ctx.stream_span = tracing::Span::none();
         ctx.span = tracing::Span::none();
     }
+}
+
+/// The trace goes on through the tunnel: the agent's spans become children
+/// of this attempt's stream span.
+fn set_traceparent(upstream: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    if let Some(trace) = &ctx.trace {
+        let (parent, state) = trace.traceparent(&ctx.stream_span);
+        upstream.insert_header("traceparent", parent)?;
+        match state {
+            Some(state) => upstream.insert_header("tracestate", state)?,
+            None => {
+                upstream.remove_header("tracestate");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The request's span, continuing the caller's `traceparent` when valid.
