@@ -25,8 +25,8 @@ use pingora_core::protocols::l4::stream::Stream as TcpIo;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_http::RequestHeader;
 use protocol::exchange::{
-    is_connection_specific, pack_names, send_data, send_end, unpack_names, LOCAL_ERROR_HEADER,
-    LOCAL_REFUSED, LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
+    is_connection_specific, is_reserved, pack_names, send_data, send_end, unpack_names,
+    LOCAL_ERROR_HEADER, LOCAL_REFUSED, LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
 };
 use protocol::telemetry::{self, attr, TraceCtx, SPAN_TARGET};
 
@@ -193,7 +193,9 @@ fn h2_response(session: &HttpSession) -> Option<Response<()>> {
     let mut names: Vec<&[u8]> = Vec::with_capacity(resp.headers.len());
     for (name, value) in resp.case_header_iter_or_lower() {
         let lower = header::HeaderName::from_bytes(name).ok()?;
-        if is_connection_specific(&lower, value) {
+        // A service's field named like the protocol's own is dropped: the
+        // gateway would read it as the agent's (`is_reserved`).
+        if is_connection_specific(&lower, value) || is_reserved(&lower) {
             continue;
         }
         names.push(name);

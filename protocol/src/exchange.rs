@@ -51,6 +51,15 @@ pub const LOCAL_REFUSED: &str = "refused";
 /// The local service did not accept the connection in time.
 pub const LOCAL_TIMEOUT: &str = "timeout";
 
+/// Whether a field of a caller's request or a service's response must be
+/// dropped before it enters a stream: the names above belong to this
+/// protocol. A caller's `tunnel-target` would otherwise make the agent ask
+/// for another target than the one routed and judged, and a service's
+/// `tunnel-local-error` would turn its answer into the gateway's 502.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    [NAMES_HEADER, TARGET_HEADER, POOL_HEADER, LOCAL_ERROR_HEADER].contains(&name.as_str())
+}
+
 /// Whether HTTP/2 forbids the field (RFC 9113 §8.2.2): it describes one
 /// HTTP/1.1 connection, and each side frames its own.
 pub fn is_connection_specific(name: &HeaderName, value: &HeaderValue) -> bool {
@@ -176,6 +185,15 @@ mod tests {
         assert!(unpack_names(b"Host", &h).is_none());
         assert!(unpack_names(b"Host,X-Other", &h).is_none());
         assert!(unpack_names(b"Host,Accept", &h).is_some());
+    }
+
+    #[test]
+    fn the_protocols_own_names_are_reserved() {
+        for name in [NAMES_HEADER, TARGET_HEADER, POOL_HEADER, LOCAL_ERROR_HEADER] {
+            assert!(is_reserved(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(!is_reserved(&HeaderName::from_static("tunnel-id")));
+        assert!(!is_reserved(&header::HOST));
     }
 
     #[test]

@@ -157,6 +157,41 @@ async fn header_names_keep_their_case_and_order_both_ways_and_odd_targets_arrive
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_steer_the_agent_with_the_tunnels_own_header_names() {
+    // The tunnel's protocol carries a request's target, its names' case
+    // and its caller's pool beside HTTP/2 under names of its own; a caller
+    // sending those names must change nothing the service sees.
+    let t = WikiTunnel::start_with(GatewayOptions::new(), upstream::raw().await).await;
+    let request = format!(
+        "GET /public/page HTTP/1.1\r\nHost: wiki.test\r\n\
+         tunnel-target: /admin/delete-everything\r\n\
+         tunnel-header-names: HOST,TUNNEL-TARGET,X\r\ntunnel-pool: 1\r\n\
+         tunnel-local-error: refused\r\n\
+         Proxy-Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        t.token
+    );
+    let reply = wire::exchange(
+        t.gateway.public_addr(),
+        request.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text());
+    let heads = t.wiki.raw_heads();
+    assert_eq!(heads.len(), 1);
+    let head = String::from_utf8_lossy(&heads[0]).into_owned();
+    assert!(
+        head.starts_with("GET /public/page HTTP/1.1\r\n"),
+        "the service was asked for another target:\n{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("\r\ntunnel-"),
+        "the tunnel's own names reached the service:\n{head}"
+    );
+    assert!(head.contains("\r\nHost: wiki.test\r\n"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_and_forwarding_headers_belong_to_the_gateway() {
     let t = WikiTunnel::start().await;
     let echo = t

@@ -20,8 +20,8 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use protocol::exchange::{
-    is_connection_specific, pack_names, send_data, send_end, unpack_names, LOCAL_ERROR_HEADER,
-    LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
+    is_connection_specific, is_reserved, pack_names, send_data, send_end, unpack_names,
+    LOCAL_ERROR_HEADER, LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
 };
 use tokio::time::Instant;
 
@@ -404,7 +404,9 @@ fn h2_request(head: &RequestHeader) -> Result<Request<()>> {
     for (name, value) in fields {
         let lower = header::HeaderName::from_bytes(name)
             .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header name", e))?;
-        if !is_connection_specific(&lower, value) {
+        // A caller's field named like the protocol's own is dropped: it
+        // would steer the agent (`is_reserved`).
+        if !is_connection_specific(&lower, value) && !is_reserved(&lower) {
             headers.append(lower, value.clone());
             names.push(name);
         }
