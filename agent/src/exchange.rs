@@ -25,10 +25,10 @@ use pingora_core::protocols::l4::stream::Stream as TcpIo;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_http::RequestHeader;
 use protocol::exchange::{
-    is_connection_specific, is_reserved, pack_names, send_data, send_end, unpack_names,
-    LOCAL_ERROR_HEADER, LOCAL_REFUSED, LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
+    cased_fields, put_fields, send_data, send_end, LOCAL_ERROR_HEADER, LOCAL_REFUSED,
+    LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
 };
-use protocol::telemetry::{self, attr, TraceCtx, SPAN_TARGET};
+use protocol::telemetry::{self, attr, SPAN_TARGET};
 
 use crate::forward::{Finish, StreamShared};
 use crate::metrics::METRICS;
@@ -152,20 +152,8 @@ fn local_head(
     let headers = req.headers();
     let mut head = RequestHeader::build(req.method().clone(), path, Some(headers.len() + 2))?;
     head.set_version(Version::HTTP_11);
-    let cased = names
-        .as_ref()
-        .and_then(|n| unpack_names(n.as_bytes(), headers));
-    match cased {
-        Some(cased) => {
-            for ((_, value), name) in headers.iter().zip(cased) {
-                head.append_header(Bytes::copy_from_slice(name), value.clone())?;
-            }
-        }
-        None => {
-            for (name, value) in headers {
-                head.append_header(name.clone(), value.clone())?;
-            }
-        }
+    for (name, value) in cased_fields(headers, names.as_ref()) {
+        head.append_header(Bytes::copy_from_slice(name), value.clone())?;
     }
     // HTTP/2 carries no framing headers: a body of unknown length goes to
     // the service chunked.
@@ -189,21 +177,7 @@ fn h2_response(session: &HttpSession) -> Option<Response<()>> {
     let resp = session.resp_header()?;
     let mut out = Response::new(());
     *out.status_mut() = resp.status;
-    let headers = out.headers_mut();
-    let mut names: Vec<&[u8]> = Vec::with_capacity(resp.headers.len());
-    for (name, value) in resp.case_header_iter_or_lower() {
-        let lower = header::HeaderName::from_bytes(name).ok()?;
-        // A service's field named like the protocol's own is dropped: the
-        // gateway would read it as the agent's (`is_reserved`).
-        if is_connection_specific(&lower, value) || is_reserved(&lower) {
-            continue;
-        }
-        names.push(name);
-        headers.append(lower, value.clone());
-    }
-    if let Some(packed) = pack_names(names) {
-        headers.insert(NAMES_HEADER, packed);
-    }
+    put_fields(out.headers_mut(), resp.case_header_iter_or_lower()).ok()?;
     Some(out)
 }
 
@@ -234,36 +208,8 @@ pub async fn serve(
     let _active = crate::forward::scopeguard(|| {
         METRICS.streams_active.dec();
     });
-    let span = tracing::info_span!(target: SPAN_TARGET, "tunnel request", otel.kind = "server");
-    let trace = TraceCtx::start(
-        &span,
-        req.headers().get("traceparent").map(|v| v.as_bytes()),
-        req.headers().get("tracestate").map(|v| v.as_bytes()),
-    );
-    let traced = !span.is_disabled();
-    if traced {
-        attr(
-            &span,
-            "http.request.method",
-            req.method().as_str().to_string(),
-        );
-        attr(
-            &span,
-            "url.path",
-            req.uri().path().chars().take(512).collect::<String>(),
-        );
-        attr(&span, "tunnel.name", shared.tunnel.clone());
-        attr(&span, "tunnel.agent", shared.agent.clone());
-    }
-    let forward_span = tracing::info_span!(
-        target: SPAN_TARGET,
-        parent: &span,
-        "forward to local service",
-        otel.kind = "client",
-    );
-    if traced {
-        attr(&forward_span, "server.address", shared.local.clone());
-    }
+    let (span, forward_span, trace) =
+        crate::forward::request_spans(req.method(), req.uri().path(), req.headers(), &shared);
     let (parent, state) = trace.traceparent(&forward_span);
     let bytes_in = Arc::new(AtomicU64::new(0));
     let mut finish = Finish {

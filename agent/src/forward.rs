@@ -184,15 +184,15 @@ impl Drop for Pending {
     }
 }
 
-/// Forwards one request; an error closes the tunnel stream (the gateway
-/// then answers 502, or retries a request that was never sent).
-async fn forward(
-    mut req: Request<Incoming>,
-    sender: Sender,
-    shared: Arc<StreamShared>,
-    upgrading: Arc<AtomicBool>,
-) -> Result<Response<Counted>, hyper::Error> {
-    let started = Instant::now();
+/// A request's spans on the agent: the request (continuing the gateway's
+/// `traceparent`) and its forward to the local service; attributes are
+/// filled only when tracing is on.
+pub(crate) fn request_spans(
+    method: &http::Method,
+    path: &str,
+    headers: &http::HeaderMap,
+    shared: &StreamShared,
+) -> (tracing::Span, tracing::Span, TraceCtx) {
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "tunnel request",
@@ -200,25 +200,20 @@ async fn forward(
     );
     let trace = TraceCtx::start(
         &span,
-        req.headers().get("traceparent").map(|v| v.as_bytes()),
-        req.headers().get("tracestate").map(|v| v.as_bytes()),
+        headers.get("traceparent").map(|v| v.as_bytes()),
+        headers.get("tracestate").map(|v| v.as_bytes()),
     );
     let traced = !span.is_disabled();
     if traced {
-        attr(
-            &span,
-            "http.request.method",
-            req.method().as_str().to_string(),
-        );
+        attr(&span, "http.request.method", method.as_str().to_string());
         attr(
             &span,
             "url.path",
-            req.uri().path().chars().take(512).collect::<String>(),
+            path.chars().take(512).collect::<String>(),
         );
         attr(&span, "tunnel.name", shared.tunnel.clone());
         attr(&span, "tunnel.agent", shared.agent.clone());
     }
-
     let forward_span = tracing::info_span!(
         target: SPAN_TARGET,
         parent: &span,
@@ -228,6 +223,21 @@ async fn forward(
     if traced {
         attr(&forward_span, "server.address", shared.local.clone());
     }
+    (span, forward_span, trace)
+}
+
+/// Forwards one request; an error closes the tunnel stream (the gateway
+/// then answers 502, or retries a request that was never sent).
+async fn forward(
+    mut req: Request<Incoming>,
+    sender: Sender,
+    shared: Arc<StreamShared>,
+    upgrading: Arc<AtomicBool>,
+) -> Result<Response<Counted>, hyper::Error> {
+    let started = Instant::now();
+    let (span, forward_span, trace) =
+        request_spans(req.method(), req.uri().path(), req.headers(), &shared);
+    let traced = !span.is_disabled();
     // The local service continues the trace from the forward span.
     let (parent, state) = trace.traceparent(&forward_span);
     let headers = req.headers_mut();

@@ -104,6 +104,45 @@ pub fn unpack_names<'a>(packed: &'a [u8], headers: &HeaderMap) -> Option<Vec<&'a
     matches.then_some(names)
 }
 
+/// Appends `fields` (names as written) to `headers`, leaving out what
+/// HTTP/2 forbids and the protocol's reserved names, and packs the names
+/// into [`NAMES_HEADER`] when one is not all lower-case.
+pub fn put_fields<'a>(
+    headers: &mut HeaderMap,
+    fields: impl IntoIterator<Item = (&'a [u8], &'a HeaderValue)>,
+) -> Result<(), header::InvalidHeaderName> {
+    let mut names: Vec<&[u8]> = Vec::new();
+    for (name, value) in fields {
+        let lower = HeaderName::from_bytes(name)?;
+        // A caller's or a service's field named like the protocol's own is
+        // dropped: it would steer the other side (`is_reserved`).
+        if !is_connection_specific(&lower, value) && !is_reserved(&lower) {
+            headers.append(lower, value.clone());
+            names.push(name);
+        }
+    }
+    if let Some(packed) = pack_names(names) {
+        headers.insert(NAMES_HEADER, packed);
+    }
+    Ok(())
+}
+
+/// The fields of `headers` with their names as [`put_fields`] packed them
+/// (`packed`, already taken out of `headers`), in lower case when it does
+/// not describe them.
+pub fn cased_fields<'a>(
+    headers: &'a HeaderMap,
+    packed: Option<&'a HeaderValue>,
+) -> Vec<(&'a [u8], &'a HeaderValue)> {
+    match packed.and_then(|p| unpack_names(p.as_bytes(), headers)) {
+        Some(names) => names.into_iter().zip(headers.values()).collect(),
+        None => headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v))
+            .collect(),
+    }
+}
+
 /// Sends `data` on `send` within HTTP/2 flow control: waits for window
 /// rather than letting h2 queue beyond it, so a slow reader holds back the
 /// writer instead of filling memory. A reset by the peer ends the wait.
@@ -157,6 +196,26 @@ mod tests {
             );
         }
         m
+    }
+
+    #[test]
+    fn fields_put_and_read_back_keep_their_names() {
+        let (a, b, c) = (
+            HeaderValue::from_static("1"),
+            HeaderValue::from_static("2"),
+            HeaderValue::from_static("close"),
+        );
+        let fields = [
+            (&b"X-Request-ID"[..], &a),
+            (&b"Connection"[..], &c),
+            (&b"tunnel-target"[..], &a),
+            (&b"accept"[..], &b),
+        ];
+        let mut h = HeaderMap::new();
+        put_fields(&mut h, fields).unwrap();
+        let packed = h.remove(NAMES_HEADER);
+        let back = cased_fields(&h, packed.as_ref());
+        assert_eq!(back, vec![(&b"X-Request-ID"[..], &a), (&b"accept"[..], &b)]);
     }
 
     #[test]

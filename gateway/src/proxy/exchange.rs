@@ -20,8 +20,8 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use protocol::exchange::{
-    is_connection_specific, is_reserved, pack_names, send_data, send_end, unpack_names,
-    LOCAL_ERROR_HEADER, LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
+    cased_fields, put_fields, send_data, send_end, LOCAL_ERROR_HEADER, LOCAL_TIMEOUT, NAMES_HEADER,
+    POOL_HEADER, TARGET_HEADER,
 };
 use tokio::time::Instant;
 
@@ -394,27 +394,14 @@ fn h2_request(head: &RequestHeader) -> Result<Request<()>> {
     let mut req = Request::new(());
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
-    let headers = req.headers_mut();
     let fields: Box<dyn Iterator<Item = (&[u8], &HeaderValue)>> = if head.has_case() {
         Box::new(head.case_header_iter().map(|(n, v)| (n.as_slice(), v)))
     } else {
         Box::new(head.headers.iter().map(|(n, v)| (n.as_str().as_bytes(), v)))
     };
-    let mut names: Vec<&[u8]> = Vec::with_capacity(head.headers.len());
-    for (name, value) in fields {
-        let lower = header::HeaderName::from_bytes(name)
-            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header name", e))?;
-        // A caller's field named like the protocol's own is dropped: it
-        // would steer the agent (`is_reserved`).
-        if !is_connection_specific(&lower, value) && !is_reserved(&lower) {
-            headers.append(lower, value.clone());
-            names.push(name);
-        }
-    }
-    let packed = pack_names(names);
-    if let Some(packed) = packed {
-        headers.insert(NAMES_HEADER, packed);
-    }
+    put_fields(req.headers_mut(), fields)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header name", e))?;
+    let headers = req.headers_mut();
     if !fits {
         let target = HeaderValue::from_bytes(raw)
             .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request target", e))?;
@@ -434,20 +421,8 @@ fn response_head(
 ) -> Result<ResponseHeader> {
     let names = headers.remove(NAMES_HEADER);
     let mut out = ResponseHeader::build(status, Some(headers.len() + 1))?;
-    let cased = names
-        .as_ref()
-        .and_then(|n| unpack_names(n.as_bytes(), &headers));
-    match cased {
-        Some(cased) => {
-            for ((_, value), name) in headers.iter().zip(cased) {
-                out.append_header(Bytes::copy_from_slice(name), value.clone())?;
-            }
-        }
-        None => {
-            for (name, value) in &headers {
-                out.append_header(name.clone(), value.clone())?;
-            }
-        }
+    for (name, value) in cased_fields(&headers, names.as_ref()) {
+        out.append_header(Bytes::copy_from_slice(name), value.clone())?;
     }
     let bodiless = *method == Method::HEAD
         || status.is_informational()
