@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 (cd plugins && cargo test --target-dir ../target/plugins)
+(cd plugins/template && cargo test --target-dir ../../target/plugins)
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2

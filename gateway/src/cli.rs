@@ -74,6 +74,37 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Check policy plugin files before installing them.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+/// Plugin commands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Check a plugin file as the gateway would at load: size, pin,
+    /// compiling, imports, `identify`, and `init` with each configuration.
+    /// Exits non-zero with the gateway's message when it would be refused.
+    Check {
+        /// The `.wasm` file, e.g. a build in target/wasm32-wasip2/release.
+        file: PathBuf,
+        /// A configuration to run `init` with, as a route's `config` gives
+        /// it (the text, e.g. JSON). Repeat for several. Without any: the
+        /// configurations of the routes in --gateway-config that list the
+        /// plugin, else an empty one (a route without `config`).
+        #[arg(long = "config", value_name = "TEXT")]
+        configs: Vec<String>,
+        /// The name it will be installed under (`<name>.wasm`); the plugin
+        /// must identify as it. By default, the name it identifies as.
+        #[arg(long)]
+        name: Option<String>,
+        /// The gateway's configuration file: its `[plugins]` limits and
+        /// pins apply, and its routes give the configurations.
+        #[arg(long, value_name = "FILE")]
+        gateway_config: Option<PathBuf>,
+    },
 }
 
 /// Tunnel commands.
@@ -286,6 +317,73 @@ fn dispatch(cfg: &GatewayConfig, op: Op) -> anyhow::Result<Value> {
     })
 }
 
+/// `gateway plugin check`: prints what a load would say, or fails with
+/// the message the gateway would refuse the file with.
+fn plugin_check(
+    file: &std::path::Path,
+    configs: Vec<String>,
+    name: Option<&str>,
+    gateway_config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use crate::plugins::Plugins;
+
+    let cfg = gateway_config.map(GatewayConfig::load).transpose()?;
+    let limits = cfg.as_ref().map(|c| c.plugins.clone()).unwrap_or_default();
+    let given = !configs.is_empty();
+    let configs_for = |plugin: &str| match &cfg {
+        Some(cfg) if !given => crate::plugins::route_configs(cfg, plugin),
+        _ => configs.clone(),
+    };
+    let found = Plugins::check_candidate(&limits, file, name, &configs_for)
+        .with_context(|| format!("plugin check of {}", file.display()))?;
+    let id = &found.identity;
+    println!("ok: plugin {} {} would load", id.name, id.version);
+    println!("  file     {} ({} bytes)", file.display(), found.bytes);
+    println!(
+        "  sha256   {}{}",
+        found.sha256,
+        if found.pinned {
+            " (matches plugins.sha256)"
+        } else {
+            ""
+        }
+    );
+    let imports = match found.imports.join(", ") {
+        none if none.is_empty() => "nothing".to_string(),
+        some => some,
+    };
+    println!("  imports  {imports}");
+    let n = found.configs.len();
+    let source = if given {
+        "from --config"
+    } else if cfg.is_none() {
+        "an empty one, as for a route without `config`"
+    } else if found.configs != [String::new()] {
+        "those of the routes that list it"
+    } else {
+        "no route lists it with a `config`: an empty one"
+    };
+    println!(
+        "  init     accepted {n} configuration{} ({source})",
+        if n == 1 { "" } else { "s" }
+    );
+    let dir = limits
+        .dir
+        .as_ref()
+        .map_or_else(|| "<plugins.dir>".to_string(), |d| d.display().to_string());
+    println!("  install  {dir}/{}.wasm", id.name);
+    let file_name = file.file_name().map(|f| f.to_string_lossy().into_owned());
+    if file_name.as_deref() != Some(&format!("{}.wasm", id.name)) {
+        println!(
+            "note: this file is named {}; the gateway loads the plugin {} only from {}.wasm",
+            file_name.unwrap_or_default(),
+            id.name,
+            id.name
+        );
+    }
+    Ok(())
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve { config } = cli.command {
@@ -300,8 +398,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return crate::serve::serve(cfg);
     }
     let _plain = protocol::telemetry::init_plain();
+    if let Command::Plugin {
+        command:
+            PluginCommand::Check {
+                file,
+                configs,
+                name,
+                gateway_config,
+            },
+    } = cli.command
+    {
+        return plugin_check(&file, configs, name.as_deref(), gateway_config.as_deref());
+    }
     let (common, op, show): (Common, Op, fn(&Value)) = match cli.command {
-        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Plugin { .. } => unreachable!("handled above"),
         Command::Tunnel { command } => match command {
             TunnelCommand::Create { common, org, name } => {
                 (common, Op::CreateTunnel { org, name }, show_new_tunnel)

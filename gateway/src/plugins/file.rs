@@ -28,6 +28,22 @@ pub fn read(path: &Path, max_bytes: u64, pin: Option<&str>) -> anyhow::Result<Pl
     let file = std::fs::File::open(path)?;
     // The opened file's own metadata: what is checked is what is read.
     refuse_writable_by_others(path, &file.metadata()?).context("the plugin file is not private")?;
+    read_open(file, max_bytes, pin)
+}
+
+/// Reads a file that is not in the plugin folder yet (`gateway plugin
+/// check` of a build): the size limit and the pin, without the folder's
+/// permission checks, which are about where it will be installed.
+pub fn read_candidate(
+    path: &Path,
+    max_bytes: u64,
+    pin: Option<&str>,
+) -> anyhow::Result<PluginFile> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    read_open(file, max_bytes, pin)
+}
+
+fn read_open(file: std::fs::File, max_bytes: u64, pin: Option<&str>) -> anyhow::Result<PluginFile> {
     let mut bytes = Vec::new();
     file.take(max_bytes + 1).read_to_end(&mut bytes)?;
     anyhow::ensure!(

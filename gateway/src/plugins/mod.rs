@@ -27,6 +27,7 @@
 //! - The replay set plugins reach through `insert-if-absent` is scoped by
 //!   route and tunnel and shared fairly between organizations ([`replay`]).
 
+mod candidate;
 mod checks;
 mod file;
 mod reconfigure;
@@ -49,6 +50,7 @@ use wasmtime::{
 use crate::config::{GatewayConfig, PluginRef, PluginsSection};
 use crate::events::emit;
 use checks::{check_denial, check_edits};
+pub use reconfigure::route_configs;
 use reconfigure::{chain_configs, warn_cross_org};
 
 /// Bindings generated from `wit/policy.wit`, once for the whole gateway.
@@ -66,6 +68,7 @@ pub use bindings::tunnel::policy::types::{
     Request as PolicyRequest,
 };
 use bindings::PolicyPre;
+pub use candidate::Candidate;
 pub use replay::{ReplaySet, Scope};
 
 /// The WIT package this gateway hosts (`wit/policy.wit`).
@@ -251,6 +254,13 @@ struct Version {
     sha256: String,
     /// What its `identify` said: name (the slot's) and version.
     version: String,
+}
+
+/// Who a plugin says it is (`identify`).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub version: String,
 }
 
 /// What identifies a file version cheaply between polls. The inode and
@@ -565,7 +575,36 @@ impl Plugins {
         replay: &Arc<ReplaySet>,
     ) -> anyhow::Result<Version> {
         let pin = self.limits.sha256.get(&**name).map(String::as_str);
-        let file::PluginFile { bytes, sha256 } = file::read(path, self.limits.max_file_bytes, pin)?;
+        let file = file::read(path, self.limits.max_file_bytes, pin)?;
+        let (_, version) = self
+            .prepare_bytes(name, Some(name), file, configs, replay)
+            .await?;
+        Ok(version)
+    }
+
+    /// Compiles and checks a file's bytes: a component that exports
+    /// `policy`, imports nothing but `tunnel:policy/host`, identifies as
+    /// `expect` (when given), and whose `init` accepts every configuration
+    /// in `configs`. Returns who the plugin says it is, with the compiled
+    /// version. `label` tags the sandboxes' log lines.
+    async fn prepare_bytes(
+        &self,
+        label: &Arc<str>,
+        expect: Option<&str>,
+        file: file::PluginFile,
+        configs: &[String],
+        replay: &Arc<ReplaySet>,
+    ) -> anyhow::Result<(Identity, Version)> {
+        let file::PluginFile { bytes, sha256 } = file;
+        anyhow::ensure!(
+            bytes.starts_with(b"\0asm"),
+            "not a valid WebAssembly component: the file does not start with `\\0asm`"
+        );
+        anyhow::ensure!(
+            bytes.get(4..8) != Some(&[1, 0, 0, 0]),
+            "not a valid WebAssembly component but a core module: build the plugin for \
+             wasm32-wasip2 (see plugins/README.md)"
+        );
         let component = Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
             .context("not a valid WebAssembly component")?;
@@ -601,14 +640,25 @@ impl Plugins {
              (init, on-request, identify): built against an older WIT? Rebuild it \
              with the current plugins/sdk"
             ))?;
-        let version = self.identify(name, &pre, replay).await?;
+        let claimed = self.identify(label, &pre, replay).await?;
+        // Checked before `init` runs with configurations written for
+        // another plugin.
+        if let Some(expect) = expect {
+            anyhow::ensure!(
+                claimed.name == expect,
+                "the file holds the plugin {:?} (version {:?}), not {expect:?}: a file \
+                 <name>.wasm must hold the plugin <name>",
+                claimed.name,
+                claimed.version,
+            );
+        }
         let version = Version {
             pre,
             sha256,
-            version,
+            version: claimed.version.clone(),
         };
-        self.init_all(name, &version, configs, replay).await?;
-        Ok(version)
+        self.init_all(label, &version, configs, replay).await?;
+        Ok((claimed, version))
     }
 
     /// Runs `init` of `version` with each of `configs`, each in a fresh
@@ -640,14 +690,13 @@ impl Plugins {
         Ok(())
     }
 
-    /// Asks a compiled file who it is; refuses one that is not the plugin
-    /// `name`. Returns its version.
+    /// Asks a compiled file who it is (name and version, clipped).
     async fn identify(
         &self,
         name: &Arc<str>,
         pre: &PolicyPre<Sandbox>,
         replay: &Arc<ReplaySet>,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<Identity> {
         let mut store = self.store(name, replay, Instant::now() + self.timeout);
         let policy = pre
             .instantiate_async(&mut store)
@@ -657,17 +706,10 @@ impl Plugins {
             .call_identify(&mut store)
             .await
             .map_err(|e| anyhow::Error::new(self.classify(e, &store)).context("identify"))?;
-        let (claimed, version) = (
-            clip(id.name, MAX_IDENTITY_CHARS),
-            clip(id.version, MAX_IDENTITY_CHARS),
-        );
-        anyhow::ensure!(
-            claimed == **name,
-            "the file holds the plugin {claimed:?} (version {version:?}), not {:?}: \
-             a file <name>.wasm must hold the plugin <name>",
-            &**name
-        );
-        Ok(version)
+        Ok(Identity {
+            name: clip(id.name, MAX_IDENTITY_CHARS),
+            version: clip(id.version, MAX_IDENTITY_CHARS),
+        })
     }
 
     fn store(

@@ -44,6 +44,11 @@ pub(super) fn chain_configs(cfg: &GatewayConfig) -> HashMap<String, Vec<String>>
     configs
 }
 
+/// The configurations the routes of `cfg` give plugin `name` (each once).
+pub fn route_configs(cfg: &GatewayConfig, name: &str) -> Vec<String> {
+    chain_configs(cfg).remove(name).unwrap_or_default()
+}
+
 /// The host keeps organizations apart itself; only an explicit opt-out
 /// leaves that to the chain, which is worth a warning.
 pub(super) fn warn_cross_org(cfg: &GatewayConfig) {

@@ -25,14 +25,10 @@ use alloc::{
 };
 use core::{fmt, marker::PhantomData};
 
-use plugin_sdk as _;
+use plugin_sdk::{Context, Decision, Denial, Policy, Request};
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
-
-wit_bindgen::generate!({ path: "../../wit", world: "policy" });
-
-use tunnel::policy::types::{Denial, Header};
 
 /// Most rules a configuration may hold.
 pub const MAX_RULES: usize = 1_000;
@@ -390,14 +386,6 @@ fn describe(value: &Value) -> String {
 // Decisions
 // ---------------------------------------------------------------------------
 
-/// The path part of a `path-with-query` (everything before the first `?`).
-pub fn path_of(path_with_query: &str) -> &str {
-    match path_with_query.split_once('?') {
-        Some((path, _query)) => path,
-        None => path_with_query,
-    }
-}
-
 /// Whether `prefix` matches `path` on a segment boundary, comparing raw
 /// bytes: `/wiki` matches `/wiki`, `/wiki/` and `/wiki/x` but not
 /// `/wikipedia`; a prefix ending in `/` matches anything below it.
@@ -426,57 +414,34 @@ impl Rule {
 /// The decision for one request.
 pub fn decide(config: &Config, ctx: &Context, req: &Request) -> Decision {
     if config.rules.is_empty() {
-        return Decision::Allow(Vec::new());
+        return Decision::allow();
     }
-    let path = path_of(&req.path_with_query);
+    let path = req.path();
     if config
         .rules
         .iter()
         .any(|r| r.matches(&req.method, path, &ctx.caller_id, &ctx.caller_org))
     {
-        return Decision::Allow(Vec::new());
+        return Decision::allow();
     }
     // The query is never echoed: it may carry tokens.
     let method = clip(&req.method, MAX_ECHO_CHARS);
     let path = clip(path, MAX_ECHO_CHARS);
     let status = config.deny_status;
-    Decision::Deny(Denial {
+    let phrase = match plugin_sdk::status_phrase(status) {
+        "" => status.to_string(),
+        phrase => format!("{status} {phrase}"),
+    };
+    Denial::new(
         status,
-        headers: text_headers(),
-        body: format!(
-            "{}: no authz rule allows {method} {path}\n",
-            status_line(status)
-        )
-        .into_bytes(),
-        reason: format!(
+        format!(
             "no authz rule allows {method} {path} for caller {:?} (org {:?})",
             clip(&ctx.caller_id, MAX_ECHO_CHARS),
             clip(&ctx.caller_org, MAX_ECHO_CHARS)
         ),
-    })
-}
-
-/// What `on-request` answers when no configuration was loaded: fail closed.
-fn not_configured() -> Decision {
-    Decision::Deny(Denial {
-        status: 500,
-        headers: text_headers(),
-        body: b"500 Internal Server Error: authz policy is not configured\n".to_vec(),
-        reason: String::from("authz: on-request without a successful init (fail closed)"),
-    })
-}
-
-fn text_headers() -> Vec<Header> {
-    alloc::vec![
-        Header {
-            name: String::from("content-type"),
-            value: b"text/plain; charset=utf-8".to_vec(),
-        },
-        Header {
-            name: String::from("x-content-type-options"),
-            value: b"nosniff".to_vec(),
-        },
-    ]
+    )
+    .with_body(format!("{phrase}: no authz rule allows {method} {path}\n"))
+    .into()
 }
 
 /// At most `max` characters of `s`, with `...` appended when cut.
@@ -487,118 +452,36 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
-/// "403 Forbidden", or just "499" for a status without a standard phrase.
-fn status_line(status: u16) -> String {
-    let phrase = match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Range Not Satisfiable",
-        417 => "Expectation Failed",
-        421 => "Misdirected Request",
-        422 => "Unprocessable Content",
-        423 => "Locked",
-        424 => "Failed Dependency",
-        425 => "Too Early",
-        426 => "Upgrade Required",
-        428 => "Precondition Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        451 => "Unavailable For Legal Reasons",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        506 => "Variant Also Negotiates",
-        507 => "Insufficient Storage",
-        508 => "Loop Detected",
-        510 => "Not Extended",
-        511 => "Network Authentication Required",
-        _ => "",
-    };
-    if phrase.is_empty() {
-        status.to_string()
-    } else {
-        format!("{status} {phrase}")
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Component exports
 // ---------------------------------------------------------------------------
 
-/// The configuration `init` accepted. The gateway calls `init` at load and
-/// again in every fresh per-request instance before `on-request`.
-static mut CONFIG: Option<Config> = None;
+/// The plugin: the configuration `init` accepted.
+pub struct Authz(Config);
 
-struct Authz;
-
-impl Guest for Authz {
-    plugin_sdk::identify!();
-
-    fn init(config: String) -> Result<(), String> {
-        let parsed = parse_config(&config);
-        let result = parsed.as_ref().map(|_| ()).map_err(String::clone);
-        // SAFETY: a component instance is single-threaded. A refused
-        // configuration clears any earlier one, so `on-request` fails closed.
-        unsafe { CONFIG = parsed.ok() };
-        result
+impl Policy for Authz {
+    fn init(config: &str) -> Result<Self, String> {
+        parse_config(config).map(Authz)
     }
 
-    fn on_request(ctx: Context, req: Request) -> Decision {
-        // SAFETY: a component instance is single-threaded, and `init` (the
-        // only writer) is not running.
-        #[allow(static_mut_refs)]
-        let config = unsafe { CONFIG.as_ref() };
-        match config {
-            Some(config) => decide(config, &ctx, &req),
-            None => not_configured(),
-        }
+    fn on_request(&self, ctx: &Context, req: &Request) -> Decision {
+        decide(&self.0, ctx, req)
     }
 }
 
-export!(Authz);
+plugin_sdk::export_policy!(Authz);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use plugin_sdk::testing::request as req;
+
     fn ctx(caller_id: &str, caller_org: &str) -> Context {
         Context {
-            route: "wiki".into(),
-            tunnel_id: "t1".into(),
-            tunnel_name: "wiki".into(),
-            tunnel_org: "acme".into(),
             caller_org: caller_org.into(),
             caller_id: caller_id.into(),
-            client_address: "127.0.0.1".into(),
-            trace_id: "0".repeat(32),
-        }
-    }
-
-    fn req(method: &str, path_with_query: &str) -> Request {
-        Request {
-            method: method.into(),
-            scheme: "https".into(),
-            authority: "wiki.test".into(),
-            path_with_query: path_with_query.into(),
-            headers: Vec::new(),
-            body_prefix: None,
+            ..plugin_sdk::testing::context()
         }
     }
 
@@ -777,9 +660,9 @@ mod tests {
 
     #[test]
     fn the_query_is_stripped_before_matching() {
-        assert_eq!(path_of("/a/b?c=d?e"), "/a/b");
-        assert_eq!(path_of("/a/b"), "/a/b");
-        assert_eq!(path_of("?x"), "");
+        assert_eq!(req("GET", "/a/b?c=d?e").path(), "/a/b");
+        assert_eq!(req("GET", "/a/b").path(), "/a/b");
+        assert_eq!(req("GET", "?x").path(), "");
         let c = config(r#"{"rules": [{"path_prefixes": ["/wiki"]}]}"#);
         assert!(allowed(&c, "x", "y", "GET", "/wiki?page=1"));
         assert!(allowed(&c, "x", "y", "GET", "/wiki/x?a=/b"));
@@ -1038,25 +921,26 @@ mod tests {
         assert_eq!(without_position("x"), "x");
     }
 
-    /// The only test that touches the component's global slot.
+    /// Through the component's exports, as the gateway calls them.
     #[test]
     fn guest_init_and_on_request() {
+        use plugin_sdk::bindings::Guest;
         let on = |method: &str, path: &str| {
-            <Authz as Guest>::on_request(ctx("caller-id-1", "acme"), req(method, path))
+            __PolicyComponent::on_request(ctx("caller-id-1", "acme"), req(method, path))
         };
         // Before any init: fail closed.
         match on("GET", "/wiki/") {
             Decision::Deny(d) => assert_eq!(d.status, 500),
             Decision::Allow(_) => panic!("allowed before init"),
         }
-        <Authz as Guest>::init(String::from(EXAMPLE)).unwrap();
+        __PolicyComponent::init(String::from(EXAMPLE)).unwrap();
         assert!(matches!(on("GET", "/wiki/x"), Decision::Allow(_)));
         assert!(matches!(on("GET", "/admin"), Decision::Deny(d) if d.status == 403));
         // A refused config does not leave the earlier one in force.
-        let e = <Authz as Guest>::init(String::from(r#"{"rules": [{"methods": []}]}"#));
+        let e = __PolicyComponent::init(String::from(r#"{"rules": [{"methods": []}]}"#));
         assert!(e.unwrap_err().contains("empty list"));
         assert!(matches!(on("GET", "/wiki/x"), Decision::Deny(d) if d.status == 500));
-        <Authz as Guest>::init(String::new()).unwrap();
+        __PolicyComponent::init(String::new()).unwrap();
         assert!(matches!(on("DELETE", "/admin"), Decision::Allow(_)));
     }
 }

@@ -16,9 +16,7 @@
 
 extern crate alloc;
 
-use plugin_sdk as _;
-
-wit_bindgen::generate!({ path: "../../wit", world: "policy" });
+pub use plugin_sdk::{Context, Decision, Denial, Header, Request};
 
 pub mod config;
 pub mod encoding;
@@ -39,83 +37,46 @@ pub trait Host {
     fn insert_if_absent(&mut self, key: &str, ttl_secs: u32) -> bool;
 }
 
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use alloc::{format, string::String};
-    use core::cell::RefCell;
+/// The gateway's clock and replay set, through the SDK (natively, the
+/// test thread's fake host).
+struct SdkHost;
 
-    use crate::tunnel::policy::host::{insert_if_absent, log, now, Level};
-    use crate::tunnel::policy::types::{Denial, Header};
-    use crate::{Context, Decision, Guest, Host, Policy, Request, Verdict};
-
-    /// The host's clock and nonce set.
-    struct WasmHost;
-
-    impl Host for WasmHost {
-        fn now(&self) -> u64 {
-            now().0
-        }
-
-        fn insert_if_absent(&mut self, key: &str, ttl_secs: u32) -> bool {
-            insert_if_absent(key, ttl_secs)
-        }
+impl Host for SdkHost {
+    fn now(&self) -> u64 {
+        plugin_sdk::host::now_secs()
     }
 
-    /// The configuration `init` checked, for `on-request` in the same
-    /// sandbox.
-    struct Loaded(RefCell<Option<Policy>>);
-
-    // SAFETY: a wasm32 component instance has exactly one thread; nothing
-    // can reach this static concurrently.
-    unsafe impl Sync for Loaded {}
-
-    static LOADED: Loaded = Loaded(RefCell::new(None));
-
-    struct OAuth1;
-
-    impl Guest for OAuth1 {
-        plugin_sdk::identify!();
-
-        fn init(config: String) -> Result<(), String> {
-            let policy = Policy::new(&config)?;
-            *LOADED.0.borrow_mut() = Some(policy);
-            Ok(())
-        }
-
-        fn on_request(_ctx: Context, req: Request) -> Decision {
-            let loaded = LOADED.0.borrow();
-            let Some(policy) = loaded.as_ref() else {
-                // The gateway always calls init first; if it did not, fail
-                // closed rather than let an unchecked request through.
-                return Decision::Deny(Denial {
-                    status: 500,
-                    headers: alloc::vec![Header {
-                        name: String::from("content-type"),
-                        value: b"text/plain; charset=utf-8".to_vec(),
-                    }],
-                    body: b"500 Internal Server Error\n".to_vec(),
-                    reason: String::from("oauth1 was not initialized"),
-                });
-            };
-            match policy.evaluate(&req, &mut WasmHost) {
-                // Denials carry their reason to the gateway's log already;
-                // only an allowed request would leave no trace of who it was.
-                Ok(verdict) => {
-                    if let Verdict::Verified { consumer } = &verdict {
-                        log(
-                            Level::Debug,
-                            &format!("oauth1: verified request of consumer {consumer:?}"),
-                        );
-                    }
-                    Decision::Allow(alloc::vec::Vec::new())
-                }
-                Err(refusal) => Decision::Deny(policy.denial(refusal)),
-            }
-        }
+    fn insert_if_absent(&mut self, key: &str, ttl_secs: u32) -> bool {
+        plugin_sdk::host::insert_if_absent(key, ttl_secs)
     }
-
-    crate::export!(OAuth1 with_types_in crate);
 }
+
+/// The plugin as the gateway runs it: the configuration `init` checked.
+pub struct OAuth1(pub Policy);
+
+impl plugin_sdk::Policy for OAuth1 {
+    fn init(config: &str) -> Result<Self, alloc::string::String> {
+        Policy::new(config).map(OAuth1)
+    }
+
+    fn on_request(&self, _ctx: &Context, req: &Request) -> Decision {
+        match self.0.evaluate(req, &mut SdkHost) {
+            // Denials carry their reason to the gateway's log already;
+            // only an allowed request would leave no trace of who it was.
+            Ok(Verdict::Verified { consumer }) => {
+                plugin_sdk::host::log(
+                    plugin_sdk::Level::Debug,
+                    &alloc::format!("oauth1: verified request of consumer {consumer:?}"),
+                );
+                Decision::allow()
+            }
+            Ok(_) => Decision::allow(),
+            Err(refusal) => self.0.denial(refusal).into(),
+        }
+    }
+}
+
+plugin_sdk::export_policy!(OAuth1);
 
 #[cfg(test)]
 mod tests;

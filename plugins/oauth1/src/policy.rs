@@ -19,8 +19,7 @@ use crate::signature::{
     base_string, base_string_uri, decode_signature, hmac_key, hmac_verify, normalized_parameters,
     rsa_verify, Method,
 };
-use crate::tunnel::policy::types::{Denial, Header};
-use crate::{Decision, Host, Request};
+use crate::{Decision, Denial, Header, Host, Request};
 
 /// An `Authorization` header longer than this is refused. A real OAuth
 /// header is a few hundred bytes (an RSA signature is the longest part).

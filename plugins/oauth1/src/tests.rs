@@ -20,7 +20,7 @@ use crate::signature::{
     base_string, base_string_uri, decode_signature, encode_signature, hmac_key, hmac_sign,
     hmac_verify, normalized_parameters, parse_rsa_public_key, rsa_verify, Method,
 };
-use crate::tunnel::policy::types::Header;
+use crate::Header;
 use crate::{nonce_key, Decision, Host, Policy, Problem, Refusal, Request, Verdict};
 
 // ---------------------------------------------------------------- fixtures
@@ -1123,7 +1123,7 @@ fn unknown_consumer_reads_like_a_bad_signature() {
         Decision::Allow(_) => panic!("allowed"),
     };
     let (a, b) = (deny(&unknown), deny(&known));
-    let headers = |d: &crate::tunnel::policy::types::Denial| -> Vec<(String, Vec<u8>)> {
+    let headers = |d: &crate::Denial| -> Vec<(String, Vec<u8>)> {
         d.headers
             .iter()
             .map(|h| (h.name.clone(), h.value.clone()))
@@ -1612,4 +1612,45 @@ fn empty_oauth_token_is_signed_but_means_no_token() {
         Ok(verified("jira"))
     );
     assert_eq!(host.inserts[0].0, nonce_key("jira", "", 1000, "2lo"));
+}
+
+/// Through the component's glue (`OAuth1` and the SDK's host calls), as
+/// the gateway runs it: the clock and the replay set are the host's, and a
+/// verified consumer is logged.
+#[test]
+fn the_plugin_uses_the_hosts_clock_and_replay_set_and_logs_the_consumer() {
+    use plugin_sdk::{testing, Policy as _};
+
+    testing::reset();
+    testing::set_now(RFC_1_2_TIME);
+    let config = serde_json::json!({
+        "public_base_url": "http://photos.example.net",
+        "consumers": [{
+            "key": "dpf43f3p2l4k3l03",
+            "secret": "kd94hf93k423kf44",
+            "token_secrets": {"nnch734d00sl2jdk": "pfkkdhi9sl3r4s00"}
+        }]
+    });
+    let plugin = crate::OAuth1::init(&config.to_string()).unwrap();
+    let req = rfc_1_2_request("MdpQcU8iPSUjWoN/UDMsK2sui9I=");
+    let ctx = testing::context();
+
+    assert!(plugin.on_request(&ctx, &req).is_allow());
+    let logs = testing::logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert!(logs[0].1.contains("\"dpf43f3p2l4k3l03\""), "{logs:?}");
+
+    let replayed = plugin.on_request(&ctx, &req);
+    let denial = replayed.denial().expect("a replayed nonce is refused");
+    assert_eq!(denial.status, 401);
+    assert_eq!(denial.body, b"oauth_problem=nonce_used\n");
+
+    // The host's clock decides the timestamp window.
+    testing::reset();
+    testing::set_now(RFC_1_2_TIME + 3_600);
+    let late = plugin.on_request(&ctx, &req);
+    assert_eq!(
+        late.denial().map(|d| d.body.as_slice()),
+        Some(&b"oauth_problem=timestamp_refused\n"[..])
+    );
 }

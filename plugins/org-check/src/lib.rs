@@ -8,13 +8,9 @@
 
 extern crate alloc;
 
-use alloc::{string::String, vec::Vec};
+use alloc::string::String;
 
-use plugin_sdk as _;
-
-wit_bindgen::generate!({ path: "../../wit", world: "policy" });
-
-use tunnel::policy::types::{Denial, Header};
+use plugin_sdk::{Context, Decision, Denial, Policy, Request};
 
 /// Checks the configuration: the plugin takes none (an empty text or `{}`).
 pub fn check_config(config: &str) -> Result<(), String> {
@@ -33,39 +29,35 @@ pub fn decide(ctx: &Context) -> Decision {
     // Organization ids are not secrets; a plain comparison is fine. An empty
     // organization never matches, so a missing value cannot grant access.
     if !ctx.caller_org.is_empty() && ctx.caller_org == ctx.tunnel_org {
-        Decision::Allow(Vec::new())
+        Decision::allow()
     } else {
-        Decision::Deny(Denial {
-            status: 403,
-            headers: alloc::vec![Header {
-                name: String::from("content-type"),
-                value: b"text/plain; charset=utf-8".to_vec(),
-            }],
-            body: b"403 Forbidden: this tunnel belongs to another organization\n".to_vec(),
-            reason: alloc::format!(
+        Denial::new(
+            403,
+            alloc::format!(
                 "caller org {:?} is not the tunnel's org {:?}",
                 ctx.caller_org,
                 ctx.tunnel_org
             ),
-        })
+        )
+        .with_body("403 Forbidden: this tunnel belongs to another organization\n")
+        .into()
     }
 }
 
-struct OrgCheck;
+/// The plugin: it holds no state.
+pub struct OrgCheck;
 
-impl Guest for OrgCheck {
-    plugin_sdk::identify!();
-
-    fn init(config: String) -> Result<(), String> {
-        check_config(&config)
+impl Policy for OrgCheck {
+    fn init(config: &str) -> Result<Self, String> {
+        check_config(config).map(|()| OrgCheck)
     }
 
-    fn on_request(ctx: Context, _req: Request) -> Decision {
-        decide(&ctx)
+    fn on_request(&self, ctx: &Context, _req: &Request) -> Decision {
+        decide(ctx)
     }
 }
 
-export!(OrgCheck);
+plugin_sdk::export_policy!(OrgCheck);
 
 #[cfg(test)]
 mod tests {
@@ -73,14 +65,9 @@ mod tests {
 
     fn ctx(caller: &str, tunnel: &str) -> Context {
         Context {
-            route: "wiki".into(),
-            tunnel_id: "t1".into(),
-            tunnel_name: "wiki".into(),
             tunnel_org: tunnel.into(),
             caller_org: caller.into(),
-            caller_id: "c1".into(),
-            client_address: "127.0.0.1".into(),
-            trace_id: "0".repeat(32),
+            ..plugin_sdk::testing::context()
         }
     }
 
@@ -107,7 +94,7 @@ mod tests {
 
     #[test]
     fn identifies_with_its_package_name_and_version() {
-        let id = <OrgCheck as Guest>::identify();
+        let id = <__PolicyComponent as plugin_sdk::bindings::Guest>::identify();
         assert_eq!(
             (id.name.as_str(), id.version.as_str()),
             ("org-check", env!("CARGO_PKG_VERSION"))

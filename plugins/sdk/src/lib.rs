@@ -1,195 +1,280 @@
-//! Shared by every plugin in this workspace.
+//! The policy plugin SDK: write one type, call one macro.
+//!
+//! ```ignore
+//! use plugin_sdk::{Context, Decision, Denial, Policy, Request};
+//!
+//! struct NoDeletes;
+//!
+//! impl Policy for NoDeletes {
+//!     fn init(config: &str) -> Result<Self, String> {
+//!         if config.trim().is_empty() { Ok(NoDeletes) } else { Err("no-deletes takes no configuration".into()) }
+//!     }
+//!
+//!     fn on_request(&self, _ctx: &Context, req: &Request) -> Decision {
+//!         if req.method == "DELETE" {
+//!             Denial::new(405, "DELETE is not allowed on this route").into()
+//!         } else {
+//!             Decision::allow()
+//!         }
+//!     }
+//! }
+//!
+//! plugin_sdk::export_policy!(NoDeletes);
+//! ```
+//!
+//! - [`Policy`] is the plugin: `init` parses the route's configuration into
+//!   the plugin's value, `on_request` judges one request with it.
+//! - [`export_policy!`] turns that type into the component the gateway
+//!   loads (`wit/policy.wit`): it implements `identify` (the plugin's name
+//!   is its package name, its file is `<name>.wasm`), keeps the value `init`
+//!   returned in one cell audited here (no plugin needs `unsafe`), and
+//!   denies with 500 if a request ever came before a successful `init`.
+//! - [`host`] is what the gateway offers: a log, a clock and a replay set.
+//!   Natively (in `cargo test`) the same functions reach a fake host the
+//!   test controls ([`testing`]).
+//! - Helpers on the WIT types: [`Decision::allow`], [`Denial::new`] and its
+//!   builders, [`Request::header`], [`Request::path`], [`HeaderEdit::set`].
 //!
 //! On `wasm32` the plugins are `no_std`: Rust's standard library would make
 //! the component import WASI (stdio, environment, exit) even when the code
 //! never uses it, and the gateway offers plugins nothing but
-//! `tunnel:policy/host`. This crate supplies what `std` would have: a global
-//! allocator and a panic handler that traps (the gateway turns a trap into a
-//! fail-closed 500).
+//! `tunnel:policy/host`. This crate supplies what `std` would have
+//! (`runtime.rs`): a global allocator and a panic handler that traps (the
+//! gateway turns a trap into a fail-closed 500). A plugin crate starts with
+//! `#![cfg_attr(target_arch = "wasm32", no_std)]` and `extern crate alloc;`.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
-// The allocator below relies on a plugin instance being single-threaded.
-#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
-compile_error!("plugin-sdk's allocator is for single-threaded wasm32 only");
+extern crate alloc;
+// The bindings below name this crate by its absolute path, so that the
+// export macro they generate works from a plugin's crate too.
+extern crate self as plugin_sdk;
 
-#[cfg(target_arch = "wasm32")]
-#[global_allocator]
-static ALLOCATOR: bump::Bump = bump::Bump::new();
+mod helpers;
+pub mod host;
+mod runtime;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
-/// A bump allocator, because a plugin instance is short-lived.
-///
-/// The gateway retires a sandbox as soon as its memory grows: the requests
-/// one sandbox serves share its initial memory, and memory never needs to
-/// be reused. A bump
-/// allocator starts at `__heap_base` inside the initial memory (1 MiB, set
-/// in `plugins/.cargo/config.toml`) and only asks for `memory.grow` when a
-/// request needs more. A general-purpose allocator (dlmalloc) grows memory
-/// on its first allocation whatever the initial size, and growing is the
-/// most expensive thing a fresh sandbox does (the host must change page
-/// protections, and change them back when the sandbox is recycled).
-/// The most recent block can still be freed or resized in place, which
-/// covers the common grow-a-`Vec` and temporary-string patterns; anything
-/// else is reclaimed when the sandbox is dropped. The gateway's memory
-/// limit bounds a plugin that allocates without end.
-#[cfg(target_arch = "wasm32")]
-mod bump {
-    use core::alloc::{GlobalAlloc, Layout};
-    use core::arch::wasm32::{memory_grow, memory_size};
-    use core::cell::Cell;
-    use core::ptr::null_mut;
+use alloc::string::String;
+use core::cell::RefCell;
 
-    const PAGE: usize = 65536;
-
-    extern "C" {
-        /// First byte after the data and stack, placed by the linker.
-        static __heap_base: u8;
-    }
-
-    pub struct Bump {
-        /// Next free address; 0 until the first allocation.
-        next: Cell<usize>,
-    }
-
-    // SAFETY: a component instance runs on one thread.
-    unsafe impl Sync for Bump {}
-
-    impl Bump {
-        pub const fn new() -> Self {
-            Bump { next: Cell::new(0) }
-        }
-
-        /// Moves the end of the heap to `end`, growing memory if needed.
-        fn reserve_to(&self, end: usize) -> bool {
-            let have = memory_size(0).saturating_mul(PAGE);
-            if end > have {
-                let pages = (end - have).div_ceil(PAGE);
-                if memory_grow(0, pages) == usize::MAX {
-                    return false;
-                }
-            }
-            self.next.set(end);
-            true
-        }
-    }
-
-    unsafe impl GlobalAlloc for Bump {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let mut next = self.next.get();
-            if next == 0 {
-                next = core::ptr::addr_of!(__heap_base) as usize;
-            }
-            let start = match next.checked_add(layout.align() - 1) {
-                Some(n) => n & !(layout.align() - 1),
-                None => return null_mut(),
-            };
-            match start.checked_add(layout.size()) {
-                Some(end) if self.reserve_to(end) => start as *mut u8,
-                _ => null_mut(),
-            }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // Only the most recent block goes back.
-            if ptr as usize + layout.size() == self.next.get() {
-                self.next.set(ptr as usize);
-            }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            // The most recent block grows or shrinks where it is.
-            if ptr as usize + layout.size() == self.next.get() {
-                return match (ptr as usize).checked_add(new_size) {
-                    Some(end) if self.reserve_to(end) => ptr,
-                    _ => null_mut(),
-                };
-            }
-            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-            let new = self.alloc(new_layout);
-            if !new.is_null() {
-                core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-            }
-            new
-        }
-    }
+/// Bindings generated from `wit/policy.wit`, once for every plugin.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "policy",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "::plugin_sdk::bindings",
+        runtime_path: "::plugin_sdk::__private::wit_bindgen::rt",
+        additional_derives: [PartialEq, Eq],
+    });
 }
 
-#[cfg(target_arch = "wasm32")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
-    core::arch::wasm32::unreachable()
+pub use bindings::tunnel::policy::host::Level;
+pub use bindings::tunnel::policy::types::{
+    Context, Decision, Denial, Header, HeaderEdit, PluginIdentity, Request,
+};
+pub use helpers::status_phrase;
+
+/// A policy plugin.
+///
+/// The gateway makes a sandbox for one route's use of the plugin, calls
+/// [`Policy::init`] once in it with that route's configuration, then
+/// [`Policy::on_request`] for up to `plugins.max_requests_per_sandbox`
+/// requests of that route, one at a time. Keep in `Self` only what `init`
+/// parsed: memory carries over between the requests a sandbox serves, and
+/// one request's data must not decide another's.
+pub trait Policy: Sized + 'static {
+    /// Parses and validates the route's configuration (the text of the
+    /// route's `config`, empty when it has none). An error refuses the
+    /// plugin at load with this message, so name the field and what is
+    /// wrong with it.
+    fn init(config: &str) -> Result<Self, String>;
+
+    /// Judges one request. A panic traps, and the gateway denies the
+    /// request with 500 (fail closed).
+    fn on_request(&self, ctx: &Context, req: &Request) -> Decision;
 }
 
-// `core` calls `memcmp`, `memcpy` and friends, which the `wasm32-wasip2`
-// target expects from C's library. Link them statically from the
-// toolchain's self-contained wasi-libc: those routines import nothing.
-#[cfg(target_arch = "wasm32")]
-#[link(name = "c")]
-extern "C" {}
-
-/// The canonical ABI's allocator, through which the host passes strings and
-/// lists into the plugin. `std` provides it on `wasm32-wasip2`; without
-/// `std` this is the one definition.
-///
-/// # Safety
-///
-/// Called by the component runtime with the canonical ABI's contract:
-/// `old_ptr`/`old_len`/`align` describe a block this function returned
-/// before (or `old_len` is 0).
-#[cfg(target_arch = "wasm32")]
-#[no_mangle]
-pub unsafe extern "C" fn cabi_realloc(
-    old_ptr: *mut u8,
-    old_len: usize,
-    align: usize,
-    new_len: usize,
-) -> *mut u8 {
-    use core::alloc::Layout;
-    extern crate alloc;
-    if new_len == 0 {
-        return align as *mut u8;
-    }
-    let ptr = if old_len == 0 {
-        alloc::alloc::alloc(Layout::from_size_align_unchecked(new_len, align))
-    } else {
-        alloc::alloc::realloc(
-            old_ptr,
-            Layout::from_size_align_unchecked(old_len, align),
-            new_len,
-        )
-    };
-    if ptr.is_null() {
-        core::arch::wasm32::unreachable()
-    }
-    ptr
-}
-
-/// Implements the world's `identify` export inside a plugin's `impl Guest`
-/// block: the plugin names itself with its crate's package name and
-/// version, so the gateway can refuse a file that holds another plugin
-/// (`authz.wasm` copied over `org-check.wasm`). The package name is the
-/// plugin's name: the crate `org-check` is installed as `org-check.wasm`.
+/// Exports a [`Policy`] type as the plugin component.
 ///
 /// ```ignore
-/// impl Guest for MyPlugin {
-///     plugin_sdk::identify!();
-///     fn init(config: String) -> Result<(), String> { /* … */ }
-///     fn on_request(ctx: Context, req: Request) -> Decision { /* … */ }
-/// }
+/// plugin_sdk::export_policy!(MyPolicy);
+/// // or, to identify under another name than the package's:
+/// plugin_sdk::export_policy!(MyPolicy, name = "my-policy");
 /// ```
 ///
-/// It expects `wit_bindgen::generate!` at the crate root (where it puts
-/// `PluginIdentity`) and `extern crate alloc`.
-// `crate` (not `$crate`) on purpose: `PluginIdentity` is generated in the
-// plugin's crate, not in this one.
-#[allow(clippy::crate_in_macro_def)]
+/// Call it once, at the crate root of a `cdylib` crate. The plugin names
+/// itself with its package name (`CARGO_PKG_NAME`) and version: the
+/// gateway loads the crate `my-policy` from `my-policy.wasm` and refuses a
+/// file that holds another plugin.
 #[macro_export]
-macro_rules! identify {
-    () => {
-        fn identify() -> crate::PluginIdentity {
-            crate::PluginIdentity {
-                name: ::alloc::string::String::from(env!("CARGO_PKG_NAME")),
-                version: ::alloc::string::String::from(env!("CARGO_PKG_VERSION")),
+macro_rules! export_policy {
+    ($policy:ty) => {
+        $crate::export_policy!($policy, name = ::core::env!("CARGO_PKG_NAME"));
+    };
+    ($policy:ty, name = $name:expr) => {
+        /// The component's exports, made by `plugin_sdk::export_policy!`.
+        struct __PolicyComponent;
+
+        const _: () = {
+            // One cell per instance. A wasm32 component instance has one
+            // thread; natively (`cargo test`) each thread has its own.
+            #[cfg(target_arch = "wasm32")]
+            static STATE: $crate::__private::State<$policy> = $crate::__private::State::new();
+            #[cfg(target_arch = "wasm32")]
+            fn with_state<R>(f: impl FnOnce(&$crate::__private::State<$policy>) -> R) -> R {
+                f(&STATE)
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            ::std::thread_local! {
+                static STATE: $crate::__private::State<$policy> =
+                    const { $crate::__private::State::new() };
+            }
+            #[cfg(not(target_arch = "wasm32"))]
+            fn with_state<R>(f: impl FnOnce(&$crate::__private::State<$policy>) -> R) -> R {
+                STATE.with(f)
+            }
+
+            impl $crate::bindings::Guest for __PolicyComponent {
+                fn identify() -> $crate::PluginIdentity {
+                    $crate::__private::identity($name, ::core::env!("CARGO_PKG_VERSION"))
+                }
+
+                fn init(
+                    config: $crate::__private::String,
+                ) -> Result<(), $crate::__private::String> {
+                    with_state(|state| state.init(&config))
+                }
+
+                fn on_request(ctx: $crate::Context, req: $crate::Request) -> $crate::Decision {
+                    with_state(|state| state.on_request($name, &ctx, &req))
+                }
+            }
+        };
+
+        $crate::bindings::export!(__PolicyComponent);
+    };
+}
+
+/// Used by [`export_policy!`]'s expansion; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use alloc::string::String;
+    pub use wit_bindgen;
+
+    pub use crate::State;
+    use crate::{Denial, PluginIdentity};
+
+    pub fn identity(name: &str, version: &str) -> PluginIdentity {
+        PluginIdentity {
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+
+    /// What `on-request` answers when no configuration is in force.
+    pub fn not_initialized(plugin: &str) -> Denial {
+        Denial::new(
+            500,
+            alloc::format!("{plugin}: on-request without a successful init (fail closed)"),
+        )
+    }
+}
+
+/// The value `init` returned, for the requests of the same sandbox.
+#[doc(hidden)]
+pub struct State<P>(RefCell<Option<P>>);
+
+// SAFETY: on wasm32 a component instance runs on exactly one thread (the
+// runtime module refuses to build for wasm32 with atomics), so nothing can
+// reach the cell concurrently. Natively the macro keeps it in a
+// `thread_local!` instead, which needs no `Sync`.
+#[cfg(target_arch = "wasm32")]
+unsafe impl<P> Sync for State<P> {}
+
+impl<P: Policy> State<P> {
+    pub const fn new() -> Self {
+        State(RefCell::new(None))
+    }
+
+    /// Runs [`Policy::init`]. A refused configuration clears the one in
+    /// force, so the sandbox's requests fail closed rather than run under
+    /// an earlier configuration.
+    pub fn init(&self, config: &str) -> Result<(), String> {
+        *self.0.borrow_mut() = None;
+        let policy = P::init(config)?;
+        *self.0.borrow_mut() = Some(policy);
+        Ok(())
+    }
+
+    /// Runs [`Policy::on_request`], or denies with 500 when no `init`
+    /// succeeded.
+    pub fn on_request(&self, plugin: &str, ctx: &Context, req: &Request) -> Decision {
+        match &*self.0.borrow() {
+            Some(policy) => policy.on_request(ctx, req),
+            None => __private::not_initialized(plugin).into(),
+        }
+    }
+}
+
+impl<P: Policy> Default for State<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Allows GET only; refuses any configuration but "get-only".
+    struct GetOnly;
+
+    impl Policy for GetOnly {
+        fn init(config: &str) -> Result<Self, String> {
+            match config {
+                "get-only" => Ok(GetOnly),
+                other => Err(alloc::format!("unknown mode {other:?}")),
             }
         }
-    };
+
+        fn on_request(&self, _ctx: &Context, req: &Request) -> Decision {
+            if req.method == "GET" {
+                Decision::allow()
+            } else {
+                Denial::new(405, "only GET").into()
+            }
+        }
+    }
+
+    fn status(d: &Decision) -> Option<u16> {
+        match d {
+            Decision::Allow(_) => None,
+            Decision::Deny(d) => Some(d.status),
+        }
+    }
+
+    #[test]
+    fn requests_before_init_and_after_a_refused_init_fail_closed() {
+        let state = State::<GetOnly>::new();
+        let ctx = testing::context();
+        let get = testing::request("GET", "/");
+        let d = state.on_request("get-only", &ctx, &get);
+        assert_eq!(status(&d), Some(500));
+        let Decision::Deny(denial) = d else {
+            unreachable!()
+        };
+        assert!(denial.reason.contains("get-only") && denial.reason.contains("init"));
+
+        state.init("get-only").unwrap();
+        assert_eq!(status(&state.on_request("p", &ctx, &get)), None);
+        let post = testing::request("POST", "/");
+        assert_eq!(status(&state.on_request("p", &ctx, &post)), Some(405));
+
+        let e = state.init("anything").unwrap_err();
+        assert!(e.contains("unknown mode"), "{e}");
+        assert_eq!(status(&state.on_request("p", &ctx, &get)), Some(500));
+    }
 }

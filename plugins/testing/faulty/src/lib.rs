@@ -20,57 +20,33 @@
 extern crate alloc;
 
 use alloc::{string::String, vec::Vec};
+use core::cell::Cell;
 
-use plugin_sdk as _;
+use plugin_sdk::{Context, Decision, Denial, HeaderEdit, Policy, Request};
 
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
-
-use tunnel::policy::types::{Denial, Header, HeaderEdit};
-
-static mut MODE: Option<String> = None;
-static mut SERVED: u32 = 0;
-
-fn mode() -> String {
-    // SAFETY: a component instance is single-threaded.
-    #[allow(static_mut_refs)]
-    unsafe {
-        MODE.clone().unwrap_or_default()
-    }
+/// The configured failure, and how many requests this sandbox served.
+pub struct Faulty {
+    mode: String,
+    served: Cell<u32>,
 }
 
-struct Faulty;
-
-impl Guest for Faulty {
-    #[cfg(not(feature = "next"))]
-    plugin_sdk::identify!();
-
-    #[cfg(feature = "next")]
-    fn identify() -> PluginIdentity {
-        PluginIdentity {
-            name: String::from("faulty"),
-            version: String::from(env!("CARGO_PKG_VERSION")),
-        }
-    }
-
-    fn init(config: String) -> Result<(), String> {
-        let config = String::from(config.trim());
-        if config == "init-error" {
+impl Policy for Faulty {
+    fn init(config: &str) -> Result<Self, String> {
+        let mode = String::from(config.trim());
+        if mode == "init-error" {
             return Err(String::from("faulty: refusing to load, as configured"));
         }
-        // SAFETY: a component instance is single-threaded.
-        unsafe { MODE = Some(config) };
-        Ok(())
+        Ok(Faulty {
+            mode,
+            served: Cell::new(0),
+        })
     }
 
-    fn on_request(_ctx: Context, req: Request) -> Decision {
-        let mode = mode();
-        match mode.as_str() {
+    fn on_request(&self, _ctx: &Context, req: &Request) -> Decision {
+        match self.mode.as_str() {
             "count" => {
-                // SAFETY: a component instance is single-threaded.
-                let served = unsafe {
-                    SERVED += 1;
-                    SERVED
-                };
+                let served = self.served.get() + 1;
+                self.served.set(served);
                 if req.path_with_query.contains("/trap") {
                     panic!("trap");
                 }
@@ -78,24 +54,19 @@ impl Guest for Faulty {
                     let mut hoard: Vec<u8> = Vec::new();
                     let refused = hoard.try_reserve_exact(64 << 20).is_err();
                     core::hint::black_box(&hoard);
-                    return Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
-                        name: String::from("x-faulty-hog"),
-                        value: if refused {
-                            &b"refused"[..]
-                        } else {
-                            &b"granted"[..]
-                        }
-                        .to_vec(),
-                    })]);
+                    return Decision::allow_with(alloc::vec![HeaderEdit::set(
+                        "x-faulty-hog",
+                        if refused { "refused" } else { "granted" }
+                    )]);
                 }
                 if req.path_with_query.contains("/grow") {
                     let block: Vec<u8> = alloc::vec![1u8; 2 << 20];
                     core::hint::black_box(&block);
                 }
-                Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
-                    name: String::from("x-faulty-served"),
-                    value: alloc::format!("{served}").into_bytes(),
-                })])
+                Decision::allow_with(alloc::vec![HeaderEdit::set(
+                    "x-faulty-served",
+                    alloc::format!("{served}")
+                )])
             }
             "loop" => {
                 let mut n: u64 = 0;
@@ -113,25 +84,26 @@ impl Guest for Faulty {
                 }
             }
             "allow" if !cfg!(feature = "next") => {
-                Decision::Allow(alloc::vec![HeaderEdit::Set(Header {
-                    name: String::from("x-faulty"),
-                    value: b"allow".to_vec(),
-                })])
+                Decision::allow_with(alloc::vec![HeaderEdit::set("x-faulty", "allow")])
             }
             other => {
                 let status = other
                     .strip_prefix("deny-")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(403);
-                Decision::Deny(Denial {
+                Denial {
                     status,
                     headers: Vec::new(),
                     body: alloc::format!("denied by faulty ({other})\n").into_bytes(),
                     reason: alloc::format!("faulty mode {other}"),
-                })
+                }
+                .into()
             }
         }
     }
 }
 
-export!(Faulty);
+#[cfg(not(feature = "next"))]
+plugin_sdk::export_policy!(Faulty);
+#[cfg(feature = "next")]
+plugin_sdk::export_policy!(Faulty, name = "faulty");
