@@ -79,16 +79,7 @@ pub fn tls_config(cfg: &AgentConfig) -> anyhow::Result<Arc<rustls::ClientConfig>
     let mut roots = rustls::RootCertStore::empty();
     match &cfg.gateway.ca_file {
         Some(path) => {
-            let data = std::fs::read(path)
-                .with_context(|| format!("gateway.ca_file {}", path.display()))?;
-            let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("gateway.ca_file {}: malformed PEM", path.display()))?;
-            anyhow::ensure!(
-                !certs.is_empty(),
-                "gateway.ca_file {}: no certificate",
-                path.display()
-            );
+            let certs = protocol::pem::certs(path).context("gateway.ca_file")?;
             for c in certs {
                 roots
                     .add(c)

@@ -23,6 +23,7 @@
 pub mod exchange;
 pub mod h2io;
 pub mod handshake;
+pub mod pem;
 pub mod private_file;
 pub mod secret;
 #[cfg(feature = "telemetry")]

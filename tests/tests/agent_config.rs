@@ -139,3 +139,48 @@ async fn an_agent_name_of_letters_digits_dots_dashes_and_underscores_connects() 
         .wait_for("agent_connected", &[("agent", "rack-2.node_01")])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_without_a_certificate_or_with_a_cut_one_is_refused_at_start_naming_it() {
+    let t = WikiTunnel::start().await;
+    let config = std::fs::read_to_string(t.agent.config_path()).unwrap();
+    let ca = t.gateway.pki().ca_file.to_string_lossy().into_owned();
+    let current = format!("ca_file = {}", serde_json::to_string(&ca).unwrap());
+    assert!(config.contains(&current), "{config}");
+
+    for (what, pem, expect) in [
+        (
+            "no certificate",
+            "a note, not PEM\n",
+            "no certificate found",
+        ),
+        (
+            "a cut certificate",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n",
+            "malformed PEM certificate",
+        ),
+    ] {
+        let bad_ca = t.agent.config_path().with_file_name("bad-ca.pem");
+        std::fs::write(&bad_ca, pem).unwrap();
+        let quoted = serde_json::to_string(&bad_ca.to_string_lossy()).unwrap();
+        let path = t.agent.config_path().with_file_name("bad-ca.toml");
+        std::fs::write(
+            &path,
+            config.replace(&current, &format!("ca_file = {quoted}")),
+        )
+        .unwrap();
+
+        let (status, stdout, stderr) = run_agent(&path).await;
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{what}: the agent did not exit with an error ({status:?})\n{stderr}"
+        );
+        assert!(
+            stderr.contains("gateway.ca_file")
+                && stderr.contains(&*bad_ca.to_string_lossy())
+                && stderr.contains(expect),
+            "{what}: stderr should name gateway.ca_file, the file and {expect:?}:\n{stderr}"
+        );
+        assert!(!stdout.contains("\"connected\""), "{stdout}");
+    }
+}
