@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing:
 # cmake (pingora builds zlib-ng with it), the wasm32-wasip2 target
-# (policy plugins) and Python's oauthlib (the OAuth 1.0a end-to-end test).
+# (policy plugins), rustfmt and clippy, cargo-deny (scripts/lint.sh) and
+# Python's oauthlib (the OAuth 1.0a end-to-end test).
 # Arguments name more Debian packages, installed when their command is
 # missing (scripts/bench.sh: wrk, nginx, strace, openssl, libssl-dev).
 # Safe to run repeatedly.
@@ -35,6 +36,23 @@ fi
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
   echo "setup: adding the wasm32-wasip2 target" >&2
   rustup target add wasm32-wasip2 >&2
+fi
+
+if command -v rustup >/dev/null; then
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+      echo "setup: adding the $component component" >&2
+      rustup component add "$component" >&2
+    fi
+  done
+fi
+
+# cargo-deny checks our dependencies (scripts/lint.sh). Built from
+# crates.io, pinned: about five minutes on two cores, once.
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "setup: installing cargo-deny $CARGO_DENY_VERSION" >&2
+  cargo install --quiet --locked cargo-deny --version "$CARGO_DENY_VERSION" >&2
 fi
 
 # Python's oauthlib (with cryptography and PyJWT, which its RSA-SHA1 needs):
