@@ -113,7 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     });
                     tokio::spawn(admin.serve(tokio::net::TcpListener::from_std(listener)?));
                     tracing::info!(%addr, "admin listener up: /metrics /healthz /readyz");
-                    crate::events::emit(
+                    protocol::events::emit(
                         serde_json::json!({"event": "admin", "admin": addr.to_string()}),
                     );
                 }

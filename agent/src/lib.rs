@@ -12,13 +12,12 @@
 //!   with their spans, metrics and access-log lines;
 //! - [`metrics`]: the Prometheus metrics of the admin listener;
 //! - [`run`]: the reconnecting actor, signals and exit codes;
-//! - [`cli`] and [`events`]: commands and JSON event lines on stdout.
+//! - [`cli`]: commands; JSON event lines on stdout go through [`protocol::events`].
 
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dial;
-pub mod events;
 pub mod exchange;
 pub mod forward;
 pub mod keystore;

@@ -13,9 +13,9 @@ use tokio::sync::watch;
 
 use crate::config::AgentConfig;
 use crate::dial::{dial, DialError};
-use crate::events::emit;
 use crate::metrics::{ReasonLabels, METRICS};
 use crate::session::{serve, Ended};
+use protocol::events::emit;
 
 /// The connection's state, as `/readyz` reports it.
 #[derive(Debug, Default)]

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use gateway::config::GatewayConfig;
-use gateway::plugins::{Plugins, PolicyContext, PolicyRequest, Verdict, WitHeader};
+use gateway::plugins::{PolicyContext, PolicyRequest, Verdict, WitHeader};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -51,7 +51,7 @@ config = '{{"allow_unsigned": true}}'
     )?;
     let cfg = GatewayConfig::load(&cfg_path)?;
     std::fs::remove_dir_all(&tmp)?;
-    let plugins = Plugins::load(&cfg)?;
+    let plugins = gateway::plugins::load(&cfg)?;
     let chain = plugins.chain(&cfg.routes[0].plugins);
     let ctx = PolicyContext {
         route: "bench".into(),

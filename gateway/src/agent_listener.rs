@@ -35,10 +35,10 @@ use tokio_tungstenite::WebSocketStream;
 use crate::config::AgentsSection;
 use crate::connector::open_stream;
 use crate::counted::Counted;
-use crate::events::emit;
 use crate::per_source::{PerSource, SourceSlot};
 use crate::registry::{AgentConn, AgentSlot, ByteCounts, NewAgent, Registry};
 use crate::store::TunnelInfo;
+use protocol::events::emit;
 
 type AgentWs = WebSocketStream<TlsStream<TcpStream>>;
 

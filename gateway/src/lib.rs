@@ -18,13 +18,15 @@
 //! - [`registry`]: connected agents per tunnel with in-flight counts, and
 //!   cached tunnels and callers;
 //! - [`agent_listener`]: TLS 1.3 + WebSocket + key-proof handshake for agents;
-//! - [`plugins`]: the WebAssembly policy plugin host (wasmtime), run by
-//!   the proxy on every request of a route with plugins;
+//! - [`plugins`]: the WebAssembly policy plugin host (the crate
+//!   `policy-host`: wasmtime, sandboxes, chains, reloads), given the
+//!   routes' plugin configurations, run by the proxy on every request of
+//!   a route with plugins;
 //! - [`live`] and [`reload`]: the routes, chains and limits each request
 //!   reads as one snapshot, and the live reload that swaps it (SIGHUP or
 //!   a change of the configuration file);
 //! - [`store`]: SQLite storage, tunnel keys encrypted under the KEK;
-//! - [`serve`] and [`cli`]: wiring and commands; [`events`] the JSON event
+//! - [`serve`] and [`cli`]: wiring and commands; [`protocol::events`] the JSON event
 //!   lines on stdout; [`tls`] certificate loading; [`metrics`] the
 //!   Prometheus metrics of the admin listener; [`per_source`] what one
 //!   network source holds at once.
@@ -40,7 +42,6 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod counted;
-pub mod events;
 pub mod live;
 pub mod metrics;
 pub mod per_source;

@@ -1,6 +1,7 @@
 //! The gateway's Prometheus metrics, served on the admin listener under
 //! the `tunnel_gateway_` prefix. One process-wide set: the proxy, the
-//! agent listener, the registry and the plugin host all record into it.
+//! agent listener and the registry record into it; the plugin host's own
+//! series (`policy_host::metrics`) are registered beside them.
 
 use std::sync::LazyLock;
 
@@ -43,50 +44,9 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
-/// A plugin's decision: `allow` or `deny`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DecisionLabels {
-    pub plugin: String,
-    pub decision: &'static str,
-}
-
-/// A plugin failure: `trap`, `deadline`, `memory`, `busy`, `init`, `invalid`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
-    pub plugin: String,
-    pub kind: &'static str,
-}
-
-/// Per plugin.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PluginLabels {
-    pub plugin: String,
-}
-
-/// A plugin file reload: `loaded` or `rejected`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    pub plugin: String,
-    pub result: &'static str,
-}
-
-/// A replay-set insert refused for lack of room: `limit` is `set` (the
-/// plugin's whole set) or `org_share` (the caller organization's share).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReplayRefusalLabels {
-    pub plugin: String,
-    pub org: String,
-    pub limit: &'static str,
-}
-
 fn request_seconds() -> Histogram {
     // 100 µs to about 13 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-}
-
-fn plugin_seconds() -> Histogram {
-    // 2 µs to about 65 ms: past the default 50 ms deadline a call fails.
-    Histogram::new(exponential_buckets(0.000002, 2.0, 16))
 }
 
 /// Every gateway metric.
@@ -102,11 +62,6 @@ pub struct Metrics {
     pub handshakes_rejected: Family<ReasonLabels, Counter>,
     pub request_retries: Family<ReasonLabels, Counter>,
     pub requests_lost: Family<ReasonLabels, Counter>,
-    pub plugin_decisions: Family<DecisionLabels, Counter>,
-    pub plugin_failures: Family<FailureLabels, Counter>,
-    pub plugin_seconds: Family<PluginLabels, Histogram, fn() -> Histogram>,
-    pub plugin_reloads: Family<ReloadLabels, Counter>,
-    pub plugin_replay_refusals: Family<ReplayRefusalLabels, Counter>,
     /// Caller connections the gateway closed itself, by reason
     /// (`public_listener`).
     pub public_connections_closed: Family<ReasonLabels, Counter>,
@@ -126,11 +81,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     handshakes_rejected: Family::default(),
     request_retries: Family::default(),
     requests_lost: Family::default(),
-    plugin_decisions: Family::default(),
-    plugin_failures: Family::default(),
-    plugin_seconds: Family::new_with_constructor(plugin_seconds),
-    plugin_reloads: Family::default(),
-    plugin_replay_refusals: Family::default(),
     public_connections_closed: Family::default(),
     export: ExportCounters::default(),
 });
@@ -194,31 +144,7 @@ pub fn registry() -> Registry {
         "Requests whose tunnel stream broke after they were sent and that were not sent again (502), by reason",
         m.requests_lost.clone(),
     );
-    r.register(
-        "plugin_decisions",
-        "Policy plugin decisions (allow, deny)",
-        m.plugin_decisions.clone(),
-    );
-    r.register(
-        "plugin_failures",
-        "Policy plugin calls that failed (trap, deadline, memory, busy, init, invalid)",
-        m.plugin_failures.clone(),
-    );
-    r.register(
-        "plugin_call_duration_seconds",
-        "Time of one policy plugin call, sandbox included",
-        m.plugin_seconds.clone(),
-    );
-    r.register(
-        "plugin_reloads",
-        "Plugin files reloaded (loaded) or refused (rejected)",
-        m.plugin_reloads.clone(),
-    );
-    r.register(
-        "plugin_replay_refusals",
-        "Replay-set inserts refused because the set (set) or the caller organization's share (org_share) was full",
-        m.plugin_replay_refusals.clone(),
-    );
+    policy_host::metrics::register(&mut r);
     r.register(
         "public_connections_closed",
         "Caller connections the gateway closed itself: over a connection cap \
@@ -265,28 +191,5 @@ pub fn request_lost(reason: &'static str) {
     METRICS
         .requests_lost
         .get_or_create(&ReasonLabels { reason })
-        .inc();
-}
-
-/// Counts a plugin file reload: `loaded` or `rejected`.
-pub fn plugin_reloaded(plugin: &str, result: &'static str) {
-    METRICS
-        .plugin_reloads
-        .get_or_create(&ReloadLabels {
-            plugin: plugin.to_string(),
-            result,
-        })
-        .inc();
-}
-
-/// Counts a replay-set insert refused for lack of room.
-pub fn replay_refused(plugin: &str, org: &str, limit: &'static str) {
-    METRICS
-        .plugin_replay_refusals
-        .get_or_create(&ReplayRefusalLabels {
-            plugin: plugin.to_string(),
-            org: org.to_string(),
-            limit,
-        })
         .inc();
 }

@@ -15,11 +15,10 @@ use serde_json::json;
 
 use crate::agent_listener::AgentListener;
 use crate::config::{parse_listen, GatewayConfig};
-use crate::events::emit;
-use crate::plugins::Plugins;
 use crate::proxy::TunnelProxy;
 use crate::registry::Registry;
 use crate::store::Store;
+use protocol::events::emit;
 
 /// Holds a port for pingora: bound with `SO_REUSEPORT` but never listening,
 /// so a configured port 0 becomes a concrete port before pingora binds it
@@ -42,6 +41,8 @@ struct TunnelServices {
     agents: AgentListener,
     registry: Arc<Registry>,
     refresh: Duration,
+    /// Told when a shutdown begins: the plugin file reloader stops.
+    stop_plugin_reloads: tokio::sync::watch::Sender<bool>,
 }
 
 #[async_trait]
@@ -69,7 +70,17 @@ impl BackgroundService for TunnelServices {
                 }
             }
         };
-        tokio::join!(self.agents.start(shutdown.clone()), refresh, enforce);
+        let stop_reloads = async {
+            let mut sd = shutdown.clone();
+            let _ = sd.changed().await;
+            let _ = self.stop_plugin_reloads.send(true);
+        };
+        tokio::join!(
+            self.agents.start(shutdown.clone()),
+            refresh,
+            enforce,
+            stop_reloads
+        );
     }
 }
 
@@ -273,13 +284,15 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let plugins = Plugins::load(&cfg).context("loading policy plugins")?;
+    let plugins = crate::plugins::load(&cfg).context("loading policy plugins")?;
     // Routes, chains and per-request limits: one snapshot, swapped by a
     // live reload of the configuration (`crate::reload`).
     let live = crate::live::current(crate::live::Live::new(&cfg, plugins.clone()));
     let watched = live.clone();
+    // The file reloader stops when a shutdown begins (`TunnelServices`).
+    let (stop_plugin_reloads, plugin_reloads_stop) = tokio::sync::watch::channel(false);
     plugins
-        .spawn_reloader(move || watched.load().plugins.clone())
+        .spawn_reloader(move || watched.load().plugins.clone(), plugin_reloads_stop)
         .context("starting the plugin reloader")?;
     let failures = Arc::new(crate::auth_limit::FailureBudget::new(
         cfg.callers.max_failures_per_minute,
@@ -313,6 +326,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             ),
             registry: registry.clone(),
             refresh: Duration::from_secs(cfg.store.refresh_secs),
+            stop_plugin_reloads,
         },
     });
     if let Some(listener) = admin_listener {

@@ -20,6 +20,7 @@
 //! With the `telemetry` feature, `telemetry` holds what both binaries share
 //! for logs, traces, metrics and the admin listener.
 
+pub mod events;
 pub mod exchange;
 pub mod h2io;
 pub mod handshake;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::events::emit;
 use crate::registry::Registry;
 use crate::store::audit::{AuditEntry, MAX_LIST};
 use crate::store::kek::{pending_path, retired_path};
 use crate::store::{now_secs, AdminScope, Kek, Store, StoreError};
+use protocol::events::emit;
 
 /// Default overlap of a key rotation: a day for agents to be given the
 /// new key.

@@ -46,10 +46,10 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::auth_limit::FailureBudget;
 use crate::config::{ConfigError, GatewayConfig};
-use crate::events::emit;
 use crate::live::{Current, Live};
 use crate::plugins::{stamp, Stamp};
 use crate::public_listener::LiveLimits;
+use protocol::events::emit;
 
 /// How often the file's metadata is looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -74,8 +74,8 @@ pub enum ReloadError {
     )]
     NeedsRestart(Vec<String>),
     /// A plugin refused its new configuration, or could not be loaded.
-    #[error("{0:#}")]
-    Plugins(anyhow::Error),
+    #[error("{0}")]
+    Plugins(crate::plugins::LoadError),
     /// The log filter could not be replaced.
     #[error("log.level: {0:#}")]
     Telemetry(anyhow::Error),
@@ -141,8 +141,7 @@ impl Reloader {
         // The running host, held as an `Arc` (not an `ArcSwap` guard)
         // across the plugins' checks.
         let running = self.live.load_full().plugins.clone();
-        let plugins = running
-            .reconfigure(&new)
+        let plugins = crate::plugins::reconfigure(&running, &new)
             .await
             .map_err(ReloadError::Plugins)?;
         if new.log.level != self.running.log.level {

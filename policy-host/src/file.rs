@@ -7,8 +7,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::Context as _;
+use protocol::private_file::refuse_writable_by_others;
 use sha2::{Digest, Sha256};
+
+use crate::FileError;
 
 /// The bytes of a plugin file and their SHA-256 (lower-case hex).
 pub struct PluginFile {
@@ -16,19 +18,32 @@ pub struct PluginFile {
     pub sha256: String,
 }
 
+fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+    move |error| FileError::Unreadable {
+        path: path.display().to_string(),
+        error,
+    }
+}
+
 /// Reads `path` (in the plugin folder) after checking the folder's and the
 /// file's permissions; refuses a file over `max_bytes` or whose digest is
 /// not `pin`.
-pub fn read(path: &Path, max_bytes: u64, pin: Option<&str>) -> anyhow::Result<PluginFile> {
-    use protocol::private_file::refuse_writable_by_others;
+pub fn read(path: &Path, max_bytes: u64, pin: Option<&str>) -> Result<PluginFile, FileError> {
     if let Some(dir) = path.parent() {
-        let meta = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-        refuse_writable_by_others(dir, &meta).context("the plugin folder is not private")?;
+        let meta = std::fs::metadata(dir).map_err(unreadable(dir))?;
+        refuse_writable_by_others(dir, &meta).map_err(|error| FileError::NotPrivate {
+            what: "folder",
+            error,
+        })?;
     }
-    let file = std::fs::File::open(path)?;
+    let file = std::fs::File::open(path).map_err(unreadable(path))?;
     // The opened file's own metadata: what is checked is what is read.
-    refuse_writable_by_others(path, &file.metadata()?).context("the plugin file is not private")?;
-    read_open(file, max_bytes, pin)
+    let meta = file.metadata().map_err(unreadable(path))?;
+    refuse_writable_by_others(path, &meta).map_err(|error| FileError::NotPrivate {
+        what: "file",
+        error,
+    })?;
+    read_open(path, file, max_bytes, pin)
 }
 
 /// Reads a file that is not in the plugin folder yet (`gateway plugin
@@ -38,27 +53,38 @@ pub fn read_candidate(
     path: &Path,
     max_bytes: u64,
     pin: Option<&str>,
-) -> anyhow::Result<PluginFile> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    read_open(file, max_bytes, pin)
+) -> Result<PluginFile, FileError> {
+    let file = std::fs::File::open(path).map_err(unreadable(path))?;
+    read_open(path, file, max_bytes, pin)
 }
 
-fn read_open(file: std::fs::File, max_bytes: u64, pin: Option<&str>) -> anyhow::Result<PluginFile> {
+fn read_open(
+    path: &Path,
+    file: std::fs::File,
+    max_bytes: u64,
+    pin: Option<&str>,
+) -> Result<PluginFile, FileError> {
     let mut bytes = Vec::new();
-    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
-    anyhow::ensure!(
-        bytes.len() as u64 <= max_bytes,
-        "file is over plugins.max_file_bytes ({max_bytes} bytes)"
-    );
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    if let Some(pin) = pin {
-        anyhow::ensure!(
-            sha256.eq_ignore_ascii_case(pin),
-            "its SHA-256 is {sha256}, not the {} pinned in plugins.sha256",
-            pin.to_ascii_lowercase()
-        );
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable(path))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(FileError::TooLarge { max: max_bytes });
     }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    check_pin(&sha256, pin)?;
     Ok(PluginFile { bytes, sha256 })
+}
+
+/// Refuses a digest that is not the pin, when there is one.
+pub fn check_pin(sha256: &str, pin: Option<&str>) -> Result<(), FileError> {
+    match pin {
+        Some(pin) if !sha256.eq_ignore_ascii_case(pin) => Err(FileError::PinMismatch {
+            sha256: sha256.to_string(),
+            pinned: pin.to_ascii_lowercase(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -85,20 +111,20 @@ mod tests {
             (&b"abc"[..], &*digest)
         );
 
-        let e = format!("{:#}", read(&f, 3, Some(&"0".repeat(64))).err().unwrap());
+        let e = format!("{}", read(&f, 3, Some(&"0".repeat(64))).err().unwrap());
         assert!(e.contains(&digest) && e.contains("pinned"), "{e}");
-        let e = format!("{:#}", read(&f, 2, None).err().unwrap());
+        let e = format!("{}", read(&f, 2, None).err().unwrap());
         assert!(e.contains("max_file_bytes"), "{e}");
 
         mode(&f, 0o664);
-        let e = format!("{:#}", read(&f, 3, None).err().unwrap());
+        let e = format!("{}", read(&f, 3, None).err().unwrap());
         assert!(
             e.contains("0664") && e.contains(&f.display().to_string()),
             "{e}"
         );
         mode(&f, 0o600);
         mode(&dir, 0o777);
-        let e = format!("{:#}", read(&f, 3, None).err().unwrap());
+        let e = format!("{}", read(&f, 3, None).err().unwrap());
         assert!(e.contains("plugin folder") && e.contains("0777"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -17,60 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
+use protocol::events::emit;
 use serde_json::json;
 
-use super::{stamp, Plugins, ReplaySet, Slot, SlotCounters, Stamp};
-use crate::config::GatewayConfig;
-use crate::events::emit;
-
-/// Every configuration text each plugin is given, by plugin name.
-pub(super) fn chain_configs(cfg: &GatewayConfig) -> HashMap<String, Vec<String>> {
-    let mut configs: HashMap<String, Vec<String>> = HashMap::new();
-    let chains = cfg
-        .routes
-        .iter()
-        .map(|r| &r.plugins)
-        .chain(std::iter::once(&cfg.routing.plugins));
-    for chain in chains {
-        for p in chain {
-            let list = configs.entry(p.name.clone()).or_default();
-            let text = p.config_text();
-            if !list.contains(&text) {
-                list.push(text);
-            }
-        }
-    }
-    configs
-}
-
-/// The configurations the routes of `cfg` give plugin `name` (each once).
-pub fn route_configs(cfg: &GatewayConfig, name: &str) -> Vec<String> {
-    chain_configs(cfg).remove(name).unwrap_or_default()
-}
-
-/// The host keeps organizations apart itself; only an explicit opt-out
-/// leaves that to the chain, which is worth a warning.
-pub(super) fn warn_cross_org(cfg: &GatewayConfig) {
-    let opted_out = cfg
-        .routes
-        .iter()
-        .filter(|r| r.cross_org)
-        .map(|r| (r.name.as_str(), &r.plugins))
-        .chain(
-            cfg.routing
-                .cross_org
-                .then_some(("*wildcard*", &cfg.routing.plugins)),
-        );
-    for (route, chain) in opted_out {
-        tracing::warn!(
-            route,
-            org_check = chain.iter().any(|p| p.name == "org-check"),
-            "cross_org = true: callers of any organization reach this route's tunnel \
-             unless its plugin chain refuses them"
-        );
-    }
-}
+use crate::load::{Slot, SlotCounters};
+use crate::{stamp, FileError, LoadError, Plugins, PluginsSection, ReplaySet, Stamp};
 
 /// A stamp no file has: the file reloader looks at a slot marked with it
 /// again on its next round (and swaps nothing when the file is the
@@ -83,13 +34,18 @@ const UNSEEN: Stamp = Stamp {
 };
 
 impl Plugins {
-    /// A host for `cfg` (already validated), built beside this one; see
+    /// A host for new settings `limits` and plugin configurations
+    /// `configs` (already validated), built beside this one; see
     /// the module documentation. Settings the engine fixes
     /// (`plugins.max_memory_bytes`, `max_table_elements`, `max_sandboxes`),
     /// the replay sets' bounds and the reload interval are this host's:
     /// the caller refuses a configuration that changes them.
-    pub async fn reconfigure(&self, cfg: &GatewayConfig) -> anyhow::Result<Arc<Plugins>> {
-        let limits = cfg.plugins.clone();
+    pub async fn reconfigure(
+        &self,
+        limits: &PluginsSection,
+        configs: HashMap<String, Vec<String>>,
+    ) -> Result<Arc<Plugins>, LoadError> {
+        let limits = limits.clone();
         let mut host = Plugins {
             engine: self.engine.clone(),
             timeout: Duration::from_millis(limits.call_timeout_ms),
@@ -97,15 +53,11 @@ impl Plugins {
             slots: HashMap::new(),
             idle: self.idle.clone(),
         };
-        let mut names: Vec<_> = chain_configs(cfg).into_iter().collect();
+        let mut names: Vec<_> = configs.into_iter().collect();
         names.sort();
         let mut loaded = Vec::new();
         for (name, configs) in names {
-            let dir = host
-                .limits
-                .dir
-                .clone()
-                .context("plugins.dir is required when routes list plugins")?;
+            let dir = host.limits.dir.clone().ok_or(LoadError::NoDir)?;
             let path = dir.join(format!("{name}.wasm"));
             let old = self.slots.get(&name);
             let same_file = old.is_some_and(|o| {
@@ -117,11 +69,10 @@ impl Plugins {
                     let version = old.version();
                     host.init_all(&old.name, &version, &configs, &old.replay)
                         .await
-                        .with_context(|| {
-                            format!(
-                                "plugin `{name}` ({}) with its new configuration",
-                                path.display()
-                            )
+                        .map_err(|error| LoadError::NewConfig {
+                            name: name.clone(),
+                            path: path.display().to_string(),
+                            error: Box::new(error),
                         })?;
                     Arc::new(Slot {
                         name: old.name.clone(),
@@ -134,13 +85,22 @@ impl Plugins {
                     })
                 }
                 _ => {
-                    let seen = stamp(&path)
-                        .with_context(|| format!("plugin `{name}`: reading {}", path.display()))?;
-                    let name: Arc<str> = name.into();
+                    let refused = |error| LoadError::Plugin {
+                        name: name.clone(),
+                        path: path.display().to_string(),
+                        error: Box::new(error),
+                    };
+                    let seen = stamp(&path).map_err(|error| {
+                        refused(FileError::Unreadable {
+                            path: path.display().to_string(),
+                            error,
+                        })
+                    })?;
+                    let name_arc: Arc<str> = name.as_str().into();
                     let replay = old.map_or_else(
                         || {
                             Arc::new(ReplaySet::new(
-                                name.clone(),
+                                name_arc.clone(),
                                 host.limits.max_replay_keys,
                                 host.limits.replay_share_per_org,
                             ))
@@ -148,9 +108,10 @@ impl Plugins {
                         |o| o.replay.clone(),
                     );
                     let version = host
-                        .prepare(&name, &path, &configs, &replay)
+                        .prepare(&name_arc, &path, &configs, &replay)
                         .await
-                        .with_context(|| format!("plugin `{name}` ({})", path.display()))?;
+                        .map_err(refused)?;
+                    let name = name_arc;
                     loaded.push((
                         name.clone(),
                         version.version.clone(),
@@ -178,7 +139,6 @@ impl Plugins {
                 "version": version, "sha256": sha256,
             }));
         }
-        warn_cross_org(cfg);
         Ok(Arc::new(host))
     }
 }

@@ -3,7 +3,7 @@
 //! and bounded, well-formed headers and body. Anything else is a
 //! [`Failure::Invalid`] (fail closed).
 
-use super::{Denial, Failure, HeaderEdit};
+use crate::{Denial, Failure, HeaderEdit};
 
 /// Headers a denial may not carry: the gateway frames the response.
 const FORBIDDEN_DENIAL_HEADERS: &[&str] = &[
@@ -48,7 +48,7 @@ pub(super) fn check_edits(edits: &[HeaderEdit]) -> Result<(), Failure> {
                 "header edit names `{name}`, not a lower-case header name"
             )));
         }
-        if crate::http_checks::gateway_managed(name) {
+        if gateway_judge::http_checks::gateway_managed(name) {
             return Err(Failure::Invalid(format!(
                 "header `{name}` is managed by the gateway and may not be edited"
             )));
@@ -102,7 +102,7 @@ pub(super) fn check_denial(d: &Denial) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::WitHeader;
+    use crate::WitHeader;
 
     #[test]
     fn edits_of_gateway_headers_are_invalid() {

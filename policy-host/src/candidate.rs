@@ -9,10 +9,8 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use super::{engine, file, Identity, Plugins, ReplaySet};
-use crate::config::PluginsSection;
+use crate::load::{engine, TICK};
+use crate::{file, FileError, Identity, Plugins, PluginsSection, ReplaySet};
 
 /// What a successful check found.
 #[derive(Debug)]
@@ -41,9 +39,9 @@ impl Plugins {
         path: &Path,
         expect: Option<&str>,
         configs_for: &dyn Fn(&str) -> Vec<String>,
-    ) -> anyhow::Result<Candidate> {
+    ) -> Result<Candidate, FileError> {
         let host = Plugins {
-            engine: engine(limits).context("starting the plugin engine")?,
+            engine: engine(limits).map_err(|e| FileError::Engine(format!("{e:#}")))?,
             limits: limits.clone(),
             timeout: Duration::from_millis(limits.call_timeout_ms),
             slots: HashMap::new(),
@@ -64,14 +62,15 @@ impl Plugins {
             let (engine, done) = (host.engine.clone(), done.clone());
             std::thread::spawn(move || {
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(super::TICK);
+                    std::thread::sleep(TICK);
                     engine.increment_epoch();
                 }
             })
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(|e| FileError::Engine(e.to_string()))?;
         let checked = rt.block_on(async {
             let (identity, version) = host
                 .prepare_bytes(&label, expect, file, &[], &replay)
@@ -89,20 +88,13 @@ impl Plugins {
                 .imports(&host.engine)
                 .map(|(name, _)| name.to_string())
                 .collect::<Vec<_>>();
-            anyhow::Ok((identity, configs, imports))
+            Ok::<_, FileError>((identity, configs, imports))
         });
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = ticker.join();
         let (identity, configs, imports) = checked?;
         let pin = limits.sha256.get(&identity.name);
-        if let Some(pin) = pin {
-            anyhow::ensure!(
-                sha256.eq_ignore_ascii_case(pin),
-                "its SHA-256 is {sha256}, not the {} pinned in plugins.sha256 for `{}`",
-                pin.to_ascii_lowercase(),
-                identity.name
-            );
-        }
+        file::check_pin(&sha256, pin.map(String::as_str))?;
         Ok(Candidate {
             identity,
             sha256,
