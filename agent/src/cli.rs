@@ -54,8 +54,7 @@ pub enum KeyCommand {
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     // `run` logs as its config says; `key set` plainly.
-    let _plain =
-        (!matches!(cli.command, Command::Run { .. })).then(protocol::telemetry::init_plain);
+    let _plain = (!matches!(cli.command, Command::Run { .. })).then(telemetry::init_plain);
     match cli.command {
         Command::Check { config } => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -79,7 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Run { config } => {
             let cfg = AgentConfig::load(&config)?;
-            let _telemetry = protocol::telemetry::init(
+            let _telemetry = telemetry::init(
                 &cfg.log,
                 &cfg.telemetry,
                 "tunnel-agent",
@@ -87,8 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 &crate::metrics::METRICS.export,
             )?;
             let key = crate::keystore::load_key(&cfg.tunnel)?;
-            let admin =
-                protocol::telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
+            let admin = telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
             let rt = match cfg.runtime.threads {
                 1 => tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -106,7 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 if let Some(listener) = admin {
                     let addr = listener.local_addr()?;
                     let r = status.clone();
-                    let admin = Arc::new(protocol::telemetry::admin::Admin {
+                    let admin = Arc::new(telemetry::admin::Admin {
                         registry: Arc::new(crate::metrics::registry()),
                         ready: Arc::new(move || r.check()),
                         api: None,

@@ -29,20 +29,20 @@ pub struct AgentConfig {
     pub runtime: RuntimeSection,
     /// Trace export to an OpenTelemetry collector (off without an endpoint).
     #[serde(default)]
-    pub telemetry: protocol::telemetry::TelemetrySection,
+    pub telemetry: telemetry::TelemetrySection,
     /// Log format and level.
     #[serde(default)]
-    pub log: protocol::telemetry::LogSection,
+    pub log: telemetry::LogSection,
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
-    pub admin: protocol::telemetry::AdminSection,
+    pub admin: telemetry::AdminSection,
 }
 
 /// Where the admin listener listens when `admin.listen` is unset.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9465";
 
-impl From<protocol::telemetry::FieldError> for ConfigError {
-    fn from(e: protocol::telemetry::FieldError) -> Self {
+impl From<telemetry::FieldError> for ConfigError {
+    fn from(e: telemetry::FieldError) -> Self {
         ConfigError::Invalid {
             field: e.field,
             reason: e.reason,

@@ -28,7 +28,7 @@ use protocol::exchange::{
     cased_fields, put_fields, send_data, send_end, LOCAL_ERROR_HEADER, LOCAL_REFUSED,
     LOCAL_TIMEOUT, NAMES_HEADER, POOL_HEADER, TARGET_HEADER,
 };
-use protocol::telemetry::{self, attr, SPAN_TARGET};
+use telemetry::{self, attr, SPAN_TARGET};
 
 use crate::forward::{Finish, StreamShared};
 use crate::metrics::METRICS;

@@ -21,7 +21,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use protocol::telemetry::{self, attr, TraceCtx, SPAN_TARGET};
+use telemetry::{self, attr, TraceCtx, SPAN_TARGET};
 use tokio::net::TcpStream;
 
 use crate::metrics::METRICS;

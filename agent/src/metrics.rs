@@ -9,12 +9,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use protocol::telemetry::ExportCounters;
+use telemetry::ExportCounters;
 
 /// A request forwarded to the local service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The local service's status ([`protocol::telemetry::status_label`]); `0` when it gave none (it failed or
+    /// The local service's status ([`telemetry::status_label`]); `0` when it gave none (it failed or
     /// closed the connection).
     pub status: &'static str,
 }

@@ -388,7 +388,7 @@ fn plugin_check(
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve { config } = cli.command {
         let cfg = GatewayConfig::load(&config)?;
-        let _telemetry = protocol::telemetry::init(
+        let _telemetry = telemetry::init(
             &cfg.log,
             &cfg.telemetry,
             "tunnel-gateway",
@@ -397,7 +397,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         )?;
         return crate::serve::serve(cfg);
     }
-    let _plain = protocol::telemetry::init_plain();
+    let _plain = telemetry::init_plain();
     if let Command::Plugin {
         command:
             PluginCommand::Check {

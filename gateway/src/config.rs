@@ -33,13 +33,13 @@ pub struct GatewayConfig {
     pub plugins: PluginsSection,
     /// Trace export to an OpenTelemetry collector (off without an endpoint).
     #[serde(default)]
-    pub telemetry: protocol::telemetry::TelemetrySection,
+    pub telemetry: telemetry::TelemetrySection,
     /// Log format and level.
     #[serde(default)]
-    pub log: protocol::telemetry::LogSection,
+    pub log: telemetry::LogSection,
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
-    pub admin: protocol::telemetry::AdminSection,
+    pub admin: telemetry::AdminSection,
     /// The file this configuration was loaded from (set by
     /// [`GatewayConfig::load`], never read from the file): what a live
     /// reload reads again.
@@ -50,8 +50,8 @@ pub struct GatewayConfig {
 /// Where the admin listener listens when `admin.listen` is unset.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
-impl From<protocol::telemetry::FieldError> for ConfigError {
-    fn from(e: protocol::telemetry::FieldError) -> Self {
+impl From<telemetry::FieldError> for ConfigError {
+    fn from(e: telemetry::FieldError) -> Self {
         ConfigError::Invalid {
             field: e.field,
             reason: e.reason,

@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use protocol::telemetry::ExportCounters;
+use telemetry::ExportCounters;
 
 /// A finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,7 +20,7 @@ pub struct RequestLabels {
     pub route: String,
     /// Tunnel name; `-` before a tunnel was known.
     pub tunnel: String,
-    /// Response status ([`protocol::telemetry::status_label`]); `0` when none was sent (the caller went away).
+    /// Response status ([`telemetry::status_label`]); `0` when none was sent (the caller went away).
     pub status: &'static str,
 }
 

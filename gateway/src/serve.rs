@@ -148,7 +148,7 @@ impl Readiness {
 /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
 struct AdminService {
     listener: Mutex<Option<std::net::TcpListener>>,
-    admin: Arc<protocol::telemetry::admin::Admin>,
+    admin: Arc<telemetry::admin::Admin>,
     readiness: Arc<Readiness>,
 }
 
@@ -254,8 +254,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     agents_listener.set_nonblocking(true)?;
     let agents_addr = agents_listener.local_addr()?;
 
-    let admin_listener =
-        protocol::telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
+    let admin_listener = telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
     let admin_addr = admin_listener
         .as_ref()
         .map(|l| l.local_addr())
@@ -337,14 +336,14 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             local_token: local_token.clone(),
             failures: crate::auth_limit::FailureBudget::new(cfg.callers.max_failures_per_minute),
         });
-        let api: protocol::telemetry::admin::Api = Arc::new(move |req, peer| {
+        let api: telemetry::admin::Api = Arc::new(move |req, peer| {
             Box::pin(crate::admin::api::handle(api_state.clone(), req, peer))
         });
         server.add_service(background_service(
             "admin",
             AdminService {
                 listener: Mutex::new(Some(listener)),
-                admin: Arc::new(protocol::telemetry::admin::Admin {
+                admin: Arc::new(telemetry::admin::Admin {
                     registry: Arc::new(crate::metrics::registry()),
                     ready: Arc::new(move || r.check()),
                     api: Some(api),

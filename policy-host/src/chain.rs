@@ -179,7 +179,7 @@ impl Plugins {
         req: &PolicyRequest,
         parent: &tracing::Span,
     ) -> Verdict {
-        use protocol::telemetry::{attr, error, SPAN_TARGET};
+        use telemetry::{attr, error, SPAN_TARGET};
         let m = &crate::metrics::METRICS;
         let mut edits = Vec::new();
         for entry in chain {

@@ -16,9 +16,6 @@
 //!    heartbeats and GOAWAY come from the maintained `h2` crate rather than
 //!    our own code. One extra long-lived stream ([`CONTROL_AUTHORITY`])
 //!    carries [`Control`] lines such as the agent's drain notice.
-//!
-//! With the `telemetry` feature, `telemetry` holds what both binaries share
-//! for logs, traces, metrics and the admin listener.
 
 pub mod events;
 pub mod exchange;
@@ -27,8 +24,6 @@ pub mod handshake;
 pub mod pem;
 pub mod private_file;
 pub mod secret;
-#[cfg(feature = "telemetry")]
-pub mod telemetry;
 pub mod wsio;
 
 pub use h2io::H2Stream;

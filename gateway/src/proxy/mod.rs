@@ -32,7 +32,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use protocol::telemetry::{self, attr, TraceCtx, SPAN_TARGET};
+use telemetry::{self, attr, TraceCtx, SPAN_TARGET};
 
 use crate::config::GatewayConfig;
 use crate::connector::TunnelConnector;

@@ -227,7 +227,7 @@ allow_without_plugins = true
         new.store.refresh_secs = 9;
         new.agents.max_connections = 7;
         new.admin.listen = Some("off".into());
-        new.log.format = protocol::telemetry::LogFormat::Json;
+        new.log.format = telemetry::LogFormat::Json;
         new.telemetry
             .headers
             .insert("authorization".into(), "Bearer s3cret".into());

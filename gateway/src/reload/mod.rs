@@ -147,9 +147,9 @@ impl Reloader {
         if new.log.level != self.running.log.level {
             // Validated by the load; what can fail is the process having
             // no swappable filter, which refuses the reload whole.
-            let change = protocol::telemetry::set_log_level(&new.log.level)
-                .map_err(ReloadError::Telemetry)?;
-            if change == protocol::telemetry::LogLevelChange::OverriddenByRustLog {
+            let change =
+                telemetry::set_log_level(&new.log.level).map_err(ReloadError::Telemetry)?;
+            if change == telemetry::LogLevelChange::OverriddenByRustLog {
                 tracing::warn!("log.level changed, but RUST_LOG is set and keeps deciding");
             }
         }

@@ -2,9 +2,8 @@
 //! every request would otherwise pay for a span in the registry and its
 //! attributes, with nowhere to send them. (Its own process: `init`
 //! installs the global subscriber.)
-#![cfg(feature = "telemetry")]
 
-use protocol::telemetry::{self, ExportCounters, LogSection, TelemetrySection, SPAN_TARGET};
+use telemetry::{self, ExportCounters, LogSection, TelemetrySection, SPAN_TARGET};
 
 #[test]
 fn with_no_collector_export_spans_are_disabled_and_log_lines_still_work() {
