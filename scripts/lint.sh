@@ -3,7 +3,8 @@
 # template: formatting (`cargo fmt --check`), clippy with warnings as
 # errors on every target, and cargo-deny on the dependencies (deny.toml,
 # plugins/deny.toml: licenses, duplicate versions, sources, and RustSec
-# advisories when github.com is reachable).
+# advisories when github.com is reachable; LINT_REQUIRE_ADVISORIES=1 makes
+# an unreachable advisory database an error).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,4 +39,9 @@ else
   echo "lint: WARNING: RustSec advisories NOT checked: the advisory database" \
     "(github.com/rustsec/advisory-db) could not be fetched from this machine;" \
     "run 'cargo deny check advisories' where it can be" >&2
+  # Where the database is reachable, a failed fetch must fail the run.
+  if [ "${LINT_REQUIRE_ADVISORIES:-0}" = 1 ]; then
+    echo "lint: LINT_REQUIRE_ADVISORIES=1: failing" >&2
+    exit 1
+  fi
 fi

@@ -87,6 +87,8 @@ pub enum PluginCommand {
     /// Check a plugin file as the gateway would at load: size, pin,
     /// compiling, imports, `identify`, and `init` with each configuration.
     /// Exits non-zero with the gateway's message when it would be refused.
+    /// The folder and file permissions are the installed copy's: a file
+    /// group or others may write is only warned about here.
     Check {
         /// The `.wasm` file, e.g. a build in target/wasm32-wasip2/release.
         file: PathBuf,
@@ -372,6 +374,12 @@ fn plugin_check(
         .as_ref()
         .map_or_else(|| "<plugins.dir>".to_string(), |d| d.display().to_string());
     println!("  install  {dir}/{}.wasm", id.name);
+    if let Some(why) = &found.shared_write {
+        println!(
+            "warning: {why}; the gateway refuses such a file in plugins.dir: install it \
+             with mode 0644 or stricter"
+        );
+    }
     let file_name = file.file_name().map(|f| f.to_string_lossy().into_owned());
     if file_name.as_deref() != Some(&format!("{}.wasm", id.name)) {
         println!(

@@ -27,6 +27,10 @@ pub struct Candidate {
     pub configs: Vec<String>,
     /// What the component imports (at most `tunnel:policy/host`).
     pub imports: Vec<String>,
+    /// Why this copy could not be installed as it is: the gateway refuses
+    /// a plugin file that group or others may write (checked on the
+    /// installed copy, so only a warning here).
+    pub shared_write: Option<String>,
 }
 
 impl Plugins {
@@ -47,7 +51,12 @@ impl Plugins {
             slots: HashMap::new(),
             idle: Arc::new(AtomicU32::new(0)),
         };
-        let file = file::read_candidate(path, limits.max_file_bytes, None)?;
+        // With the name known, the pin is checked first, as a load does.
+        let early_pin = expect
+            .and_then(|n| limits.sha256.get(n))
+            .map(String::as_str);
+        let file = file::read_candidate(path, limits.max_file_bytes, early_pin)?;
+        let shared_write = file::writable_by_others(path);
         let (sha256, bytes) = (file.sha256.clone(), file.bytes.len());
         let label: Arc<str> = expect.unwrap_or("plugin-check").into();
         let replay = Arc::new(ReplaySet::new(
@@ -55,6 +64,10 @@ impl Plugins {
             limits.max_replay_keys,
             limits.replay_share_per_org,
         ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FileError::Engine(e.to_string()))?;
         // Nothing ticks the epoch here: a deadline would never fire. A
         // thread ticks it for the length of the check.
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -67,10 +80,6 @@ impl Plugins {
                 }
             })
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| FileError::Engine(e.to_string()))?;
         let checked = rt.block_on(async {
             let (identity, version) = host
                 .prepare_bytes(&label, expect, file, &[], &replay)
@@ -102,6 +111,7 @@ impl Plugins {
             pinned: pin.is_some(),
             configs,
             imports,
+            shared_write,
         })
     }
 }

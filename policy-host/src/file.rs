@@ -76,6 +76,15 @@ fn read_open(
     Ok(PluginFile { bytes, sha256 })
 }
 
+/// Why the file at `path` could not be installed with its mode as it is
+/// (group or others may write it), if so.
+pub fn writable_by_others(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    refuse_writable_by_others(path, &meta)
+        .err()
+        .map(|e| e.to_string())
+}
+
 /// Refuses a digest that is not the pin, when there is one.
 pub fn check_pin(sha256: &str, pin: Option<&str>) -> Result<(), FileError> {
     match pin {

@@ -192,6 +192,18 @@ impl Plugins {
         let limits = limits.clone();
         let timeout = Duration::from_millis(limits.call_timeout_ms);
         let engine = engine(&limits).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        // The epoch clock, started before any plugin code runs: without it
+        // a plugin whose `identify` or `init` never returns would hang the
+        // start instead of meeting `call_timeout_ms`. It stops with the
+        // process.
+        let clock = engine.clone();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                clock.increment_epoch();
+            })
+            .map_err(LoadError::Clock)?;
         let mut host = Plugins {
             engine,
             limits,
@@ -260,18 +272,7 @@ impl Plugins {
                 );
             }
         }
-        let host = Arc::new(host);
-        let engine = host.engine.clone();
-        let tick = TICK;
-        // The epoch clock; it stops with the process.
-        std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || loop {
-                std::thread::sleep(tick);
-                engine.increment_epoch();
-            })
-            .map_err(LoadError::Clock)?;
-        Ok(host)
+        Ok(Arc::new(host))
     }
 
     /// The chain for a list of plugin references (all loaded by [`load`]).

@@ -48,14 +48,19 @@ impl Plugins {
                 }
                 let host = current();
                 for slot in host.slots.values() {
-                    rt.block_on(host.check(slot));
+                    if *stop.borrow() {
+                        break;
+                    }
+                    rt.block_on(host.check(slot, &stop));
                 }
             })?;
         Ok(Some(thread))
     }
 
     /// Reloads `slot` if its file changed since last looked at.
-    async fn check(&self, slot: &Slot) {
+    /// Nothing is swapped once `stop` is set, even by a check that
+    /// started before.
+    async fn check(&self, slot: &Slot, stop: &watch::Receiver<bool>) {
         let now = match stamp(&slot.path) {
             Ok(s) => s,
             // A missing file (mid-replacement, or removed): keep serving.
@@ -73,6 +78,11 @@ impl Plugins {
             .await
         {
             Ok(v) if v.sha256 == slot.version().sha256 => {}
+            Ok(_) if *stop.borrow() => {
+                // Shutting down: leave the file to be looked at by the
+                // next process.
+                *slot.seen.lock().unwrap_or_else(|p| p.into_inner()) = before;
+            }
             Ok(v) => {
                 let (sha, version) = (v.sha256.clone(), v.version.clone());
                 *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);

@@ -41,8 +41,22 @@ fn malformed(path: &Path, what: &'static str, e: pem::Error) -> PemError {
         other => PemError::Malformed {
             path: path.display().to_string(),
             what,
-            detail: other.to_string(),
+            detail: describe(&other).to_string(),
         },
+    }
+}
+
+/// What is wrong, in words of our own: the parser's own messages may
+/// quote the offending line, which for a key written on one line is the
+/// key itself, and an error message must never carry key material.
+fn describe(e: &pem::Error) -> &'static str {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => "a section has no END line",
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        pem::Error::Base64Decode(_) => "a section is not valid base64",
+        pem::Error::Io(_) => "the file could not be read",
+        pem::Error::SectionTooLarge => "a section is too large",
+        _ => "not a PEM file",
     }
 }
 
@@ -97,6 +111,27 @@ mod tests {
         let e = certs(&cut).unwrap_err().to_string();
         assert!(e.contains("malformed PEM certificate"), "{e}");
         assert!(e.contains("cut.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_key_is_not_quoted_in_the_error() {
+        // A key joined onto one line (as a secrets manager may write it).
+        let secret = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+        let one_line = file(
+            "one-line.pem",
+            &format!("-----BEGIN PRIVATE KEY----- {secret} -----END PRIVATE KEY-----\n"),
+        );
+        let e = private_key(&one_line).unwrap_err().to_string();
+        assert!(e.contains("malformed PEM private key"), "{e}");
+        for part in [secret, "77, 73, 73, 69"] {
+            assert!(!e.contains(part), "the key is in the error: {e}");
+        }
+        let cut = file(
+            "cut-key.pem",
+            &format!("-----BEGIN PRIVATE KEY-----\n{secret}\n"),
+        );
+        let e = private_key(&cut).unwrap_err().to_string();
+        assert!(e.contains("no END line") && !e.contains(secret), "{e}");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! `store rekey`, `audit list`), and a request loop that counts every
 //! failure while an operator changes things underneath.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -308,26 +307,6 @@ impl Operator for Gateway {
     }
 }
 
-/// Calls `probe` every 50 ms until it returns something, for at most
-/// `timeout`; panics naming `what` and the last value seen otherwise.
-pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match probe().await {
-            Ok(found) => return found,
-            Err(last) => last,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            panic!("not within {timeout:?}: {what}; last seen: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// One request of a [`RequestLoop`].
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -419,7 +398,7 @@ impl RequestLoop {
     pub async fn wait_more(&self, n: usize) {
         let outcomes = &self.outcomes;
         let start = outcomes.lock().unwrap().len();
-        poll_until(
+        crate::eventually(
             &format!("{n} more requests of the loop"),
             PATIENCE,
             || async move {

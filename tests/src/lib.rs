@@ -43,6 +43,7 @@ pub mod body;
 pub mod caller;
 pub mod connect_proxy;
 pub mod events;
+mod eventually;
 pub mod gateway;
 pub mod lifecycle;
 pub mod otlp;
@@ -61,6 +62,7 @@ pub use admin::{AdminApi, ApiReply, Operator, RequestLoop};
 pub use agent::{Agent, AgentOptions};
 pub use caller::{Caller, Reply};
 pub use events::EventLog;
+pub use eventually::eventually;
 pub use gateway::{Gateway, GatewayOptions, Route, Tunnel};
 pub use pki::Pki;
 

@@ -75,8 +75,26 @@ async fn a_draining_agent_finishes_its_requests_and_gets_no_new_ones() {
     );
     leaving_agent.wait_event("stopped", PATIENCE).await;
 
-    // Keep the load on a little longer with one node, then stop.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The load goes on with one node until every worker has had a request
+    // sent after the drain answered, then stops.
+    tests::eventually(
+        "a request of each worker sent after the drain answered",
+        PATIENCE,
+        || async {
+            let after = outcomes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, after_drain, _)| *after_drain)
+                .count();
+            if after >= 8 {
+                Ok(())
+            } else {
+                Err(format!("{after} of 8"))
+            }
+        },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     for worker in load {
         worker.await.unwrap();

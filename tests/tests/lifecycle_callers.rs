@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::admin::{find_audit, poll_until, Operator, RequestLoop};
+use tests::admin::{find_audit, Operator, RequestLoop};
+use tests::eventually;
 use tests::setup::WikiTunnel;
 use tests::{upstream, GatewayOptions};
 
@@ -149,7 +150,7 @@ async fn a_caller_token_stops_working_when_it_expires() {
         "too slow to prove anything"
     );
 
-    let refused_at = poll_until(
+    let refused_at = eventually(
         "the expired token is refused",
         Duration::from_secs(6),
         || {

@@ -11,10 +11,8 @@
 //! - access-log lines carry route, tunnel, agent, status, duration, bytes
 //!   and trace id, as JSON when the config asks for it.
 
-use std::time::{Duration, Instant};
-
 use tests::scrape::{self, Metrics};
-use tests::{upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route, PATIENCE};
+use tests::{eventually, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route, PATIENCE};
 
 /// Scrapes until `ok` holds on the page, or fails with the page.
 async fn scrape_until(
@@ -22,15 +20,15 @@ async fn scrape_until(
     what: &str,
     ok: impl Fn(&Metrics) -> bool,
 ) -> Metrics {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually(what, PATIENCE, || async {
         let m = scrape::metrics(admin).await;
         if ok(&m) {
-            return m;
+            Ok(m)
+        } else {
+            Err(m.text)
         }
-        assert!(Instant::now() < deadline, "{what}; metrics:\n{}", m.text);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,19 +193,18 @@ async fn counters_move_as_requests_pass_and_fail_on_both_sides() {
 
     // The gateway goes away: the agent is no longer ready.
     drop(gateway);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = scrape::get(agent_admin, "/readyz").await;
-        if status == 503 {
-            assert!(body.contains("not connected"), "{body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent still ready without a gateway"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let body = eventually(
+        "the agent not ready without a gateway",
+        PATIENCE,
+        || async {
+            match scrape::get(agent_admin, "/readyz").await {
+                (503, body) => Ok(body),
+                (status, body) => Err(format!("{status} {body}")),
+            }
+        },
+    )
+    .await;
+    assert!(body.contains("not connected"), "{body}");
     let am = scrape::metrics(agent_admin).await;
     assert_eq!(am.sum("tunnel_agent_gateway_connected", &[]), 0.0);
     assert!(am.sum("tunnel_agent_gateway_disconnects_total", &[]) >= 1.0);
@@ -249,18 +246,15 @@ async fn an_agent_leaving_is_counted_and_access_lines_are_json_when_asked() {
             .find(|v| v["target"] == "access")
             .unwrap_or_else(|| panic!("no JSON access line in:\n{logs}"))
     };
-    let deadline = Instant::now() + PATIENCE;
-    let line = loop {
-        if gateway.logs().contains("\"access\"") {
-            break access(gateway.logs());
+    let line = eventually("the gateway's access line", PATIENCE, || async {
+        let logs = gateway.logs();
+        if logs.contains("\"access\"") {
+            Ok(access(logs))
+        } else {
+            Err(logs)
         }
-        assert!(
-            Instant::now() < deadline,
-            "no access line:\n{}",
-            gateway.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(line["route"], "route-0", "{line}");
     assert_eq!(line["tunnel"], "wiki", "{line}");
     assert_eq!(line["agent"], agent.name(), "{line}");
@@ -272,18 +266,15 @@ async fn an_agent_leaving_is_counted_and_access_lines_are_json_when_asked() {
         line["trace_id"], "5bf92f3577b34da6a3ce929d0e0e4736",
         "{line}"
     );
-    let deadline = Instant::now() + PATIENCE;
-    let line = loop {
-        if agent.logs().contains("\"access\"") {
-            break access(agent.logs());
+    let line = eventually("the agent's access line", PATIENCE, || async {
+        let logs = agent.logs();
+        if logs.contains("\"access\"") {
+            Ok(access(logs))
+        } else {
+            Err(logs)
         }
-        assert!(
-            Instant::now() < deadline,
-            "no agent access line:\n{}",
-            agent.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["bytes_out"], len, "{line}");
     assert_eq!(
@@ -306,16 +297,14 @@ async fn an_agent_leaving_is_counted_and_access_lines_are_json_when_asked() {
     // A graceful shutdown takes the gateway out of rotation at once while
     // it still answers health checks.
     gateway.begin_shutdown();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = scrape::get(admin, "/readyz").await;
-        if status == 503 {
-            assert!(body.contains("shutting down"), "{body}");
-            break;
+    let body = eventually("not ready after SIGTERM", PATIENCE, || async {
+        match scrape::get(admin, "/readyz").await {
+            (503, body) => Ok(body),
+            (200, body) => Err(format!("200 {body}")),
+            (status, body) => panic!("/readyz answered {status} while shutting down: {body}"),
         }
-        assert_eq!(status, 200, "{body}");
-        assert!(Instant::now() < deadline, "still ready after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert!(body.contains("shutting down"), "{body}");
     assert_eq!(scrape::get(admin, "/healthz").await.0, 200);
 }

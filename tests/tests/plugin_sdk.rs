@@ -234,6 +234,8 @@ async fn plugin_check_refuses_what_a_gateway_would_refuse_with_its_message() {
     let faulty = path("faulty.wasm", &plugin_wasm("faulty"));
     let e = refused(&[&faulty, "--config", "allow", "--config", "init-error"]).await;
     assert!(e.contains("refusing to load, as configured"), "{e}");
+    let e = refused(&[&faulty, "--config", "init-loop"]).await;
+    assert!(e.contains("init: ran past its 50 ms deadline"), "{e}");
 
     // With a gateway's configuration: its routes give the configurations
     // and its pins apply.

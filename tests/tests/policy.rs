@@ -427,6 +427,19 @@ async fn a_plugin_that_refuses_its_configuration_stops_the_start() {
         stderr.contains("not a valid WebAssembly component"),
         "{stderr}"
     );
+
+    // An `init` that never returns meets the call deadline at start too
+    // (it used to hang the start: the epoch clock began after loading).
+    let stderr = Gateway::start_expecting_failure(
+        GatewayOptions::new()
+            .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "init-loop")),
+    )
+    .await;
+    assert!(stderr.contains("plugin `faulty`"), "{stderr}");
+    assert!(
+        stderr.contains("init: ran past its 50 ms deadline"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,21 +279,17 @@ async fn one_source_cannot_hold_more_than_its_share_of_connections() {
 
     // The source's slots come back as its connections close.
     drop(open);
-    let deadline = Instant::now() + tests::PATIENCE;
-    loop {
+    let mut c = tests::eventually("the source's slots back", tests::PATIENCE, || async {
         let mut c = connect_from(ATTACKER, addr).await;
         c.write_all(get_head(&t.token).as_bytes()).await.unwrap();
         let mut first = [0u8; 1];
-        if matches!(c.peek(&mut first).await, Ok(1)) {
-            assert_eq!(read_response(&mut c).await, 200);
-            break;
+        match c.peek(&mut first).await {
+            Ok(1) => Ok(c),
+            other => Err(format!("the connection was closed: {other:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "the source's slots never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(read_response(&mut c).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,17 +322,15 @@ async fn past_the_global_cap_connections_are_closed_until_slots_free_up() {
     assert_eq!(closed_count(&t, "max_connections").await, 1.0);
 
     drop(held);
-    let deadline = Instant::now() + tests::PATIENCE;
-    loop {
-        match t.caller.get("wiki.test", "/").try_send().await {
-            Ok(reply) => {
-                assert_eq!(reply.status, 200, "{reply:?}");
-                break;
-            }
-            Err(e) => assert!(Instant::now() < deadline, "never served again: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reply = tests::eventually("served again", tests::PATIENCE, || async {
+        t.caller
+            .get("wiki.test", "/")
+            .try_send()
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

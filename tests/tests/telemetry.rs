@@ -502,17 +502,17 @@ async fn with_the_collector_down_requests_succeed_without_waiting_and_lost_spans
         m.text
     );
     let agent_admin = agent.admin().await;
-    let deadline = Instant::now() + EXPORT_WAIT;
-    loop {
-        let m = scrape::metrics(agent_admin).await;
-        if m.sum("tunnel_agent_otel_spans_failed_total", &[]) > 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent's failed exports were not counted:\n{}",
-            m.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tests::eventually(
+        "the agent's failed exports counted",
+        EXPORT_WAIT,
+        || async {
+            let m = scrape::metrics(agent_admin).await;
+            if m.sum("tunnel_agent_otel_spans_failed_total", &[]) > 0.0 {
+                Ok(())
+            } else {
+                Err(m.text)
+            }
+        },
+    )
+    .await;
 }

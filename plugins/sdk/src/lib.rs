@@ -204,6 +204,9 @@ impl<P: Policy> State<P> {
     /// an earlier configuration.
     pub fn init(&self, config: &str) -> Result<(), String> {
         *self.0.borrow_mut() = None;
+        #[cfg(not(target_arch = "wasm32"))]
+        let policy = testing::init::<P>(config)?;
+        #[cfg(target_arch = "wasm32")]
         let policy = P::init(config)?;
         *self.0.borrow_mut() = Some(policy);
         Ok(())

@@ -9,7 +9,7 @@
 //!
 //! testing::reset();
 //! testing::set_now(1_700_000_000);
-//! let policy = MyPolicy::init(r#"{"window_secs": 300}"#).unwrap();
+//! let policy: MyPolicy = testing::init(r#"{"window_secs": 300}"#).unwrap();
 //! let mut req = testing::request("GET", "/wiki/");
 //! req.headers.push(plugin_sdk::Header::new("x-nonce", "n1"));
 //! assert!(policy.on_request(&testing::context(), &req).is_allow());
@@ -40,6 +40,9 @@ pub struct FakeHost {
     keys: HashMap<String, u64>,
     capacity: usize,
     logs: Vec<(Level, String)>,
+    /// In `init` (through [`init`]): inserts are refused, as by the
+    /// gateway, which has no request to scope them to.
+    in_init: bool,
 }
 
 impl Default for FakeHost {
@@ -49,6 +52,7 @@ impl Default for FakeHost {
             keys: HashMap::new(),
             capacity: DEFAULT_REPLAY_CAPACITY,
             logs: Vec::new(),
+            in_init: false,
         }
     }
 }
@@ -67,9 +71,12 @@ impl FakeHost {
         })
     }
 
-    /// The gateway's semantics: false when the key is live, or when the
-    /// set is full of live keys (fail closed).
+    /// The gateway's semantics: false when the key is live, when the set
+    /// is full of live keys (fail closed), or in `init`.
     pub(crate) fn insert_if_absent(&mut self, key: &str, ttl_secs: u32) -> bool {
+        if self.in_init {
+            return false;
+        }
         let now = self.now().0;
         self.keys.retain(|_, expires| *expires > now);
         if self.keys.contains_key(key) || self.keys.len() >= self.capacity {
@@ -87,6 +94,16 @@ std::thread_local! {
 
 pub(crate) fn with_host<R>(f: impl FnOnce(&mut FakeHost) -> R) -> R {
     HOST.with(|h| f(&mut h.borrow_mut()))
+}
+
+/// Runs `P::init(config)` as the gateway does: the host's replay set
+/// refuses inserts meanwhile (there is no request yet to scope them to).
+/// Calling `P::init` directly works too, without that refusal.
+pub fn init<P: crate::Policy>(config: &str) -> Result<P, String> {
+    with_host(|h| h.in_init = true);
+    let policy = P::init(config);
+    with_host(|h| h.in_init = false);
+    policy
 }
 
 /// Starts this thread's fake host afresh: system clock, empty replay set
@@ -165,6 +182,22 @@ mod tests {
         assert_eq!(host::now(), (1_010, 0));
         reset();
         assert!(host::now_secs() > 1_600_000_000, "system clock after reset");
+    }
+
+    #[test]
+    fn inserts_are_refused_in_init_as_by_the_gateway() {
+        struct Greedy(bool);
+        impl crate::Policy for Greedy {
+            fn init(_config: &str) -> Result<Self, String> {
+                Ok(Greedy(host::insert_if_absent("k", 10)))
+            }
+            fn on_request(&self, _: &Context, _: &Request) -> crate::Decision {
+                crate::Decision::allow()
+            }
+        }
+        reset();
+        assert!(!init::<Greedy>("").unwrap().0, "refused in init");
+        assert!(host::insert_if_absent("k", 10), "accepted after init");
     }
 
     #[test]

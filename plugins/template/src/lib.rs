@@ -90,7 +90,7 @@ mod tests {
 
     #[test]
     fn an_allowed_value_goes_through() {
-        let policy = MyPolicy::init(CONFIG).unwrap();
+        let policy: MyPolicy = testing::init(CONFIG).unwrap();
         assert!(policy
             .on_request(&testing::context(), &with_team("green"))
             .is_allow());
@@ -99,7 +99,7 @@ mod tests {
     #[test]
     fn a_missing_or_other_value_is_denied_and_logged() {
         testing::reset();
-        let policy = MyPolicy::init(CONFIG).unwrap();
+        let policy: MyPolicy = testing::init(CONFIG).unwrap();
         let ctx = testing::context();
         for (req, why) in [
             (with_team("red"), "has a value not allowed"),

@@ -2,7 +2,8 @@
 //!
 //! Its configuration names the failure: `loop` spins forever, `trap` hits an
 //! `unreachable` instruction, `grow` allocates until memory runs out,
-//! `init-error` refuses to load, `allow` and `deny` behave (so a test can
+//! `init-error` refuses to load, `init-loop` never returns from `init`,
+//! `allow` and `deny` behave (so a test can
 //! swap a good version for a bad one and back). `deny-NNN` denies with
 //! status NNN. `count` allows and sets `x-faulty-served` to the number of
 //! requests its sandbox has served, this one included; under it a path
@@ -35,6 +36,12 @@ impl Policy for Faulty {
         let mode = String::from(config.trim());
         if mode == "init-error" {
             return Err(String::from("faulty: refusing to load, as configured"));
+        }
+        if mode == "init-loop" {
+            let mut n: u64 = 0;
+            loop {
+                n = core::hint::black_box(n.wrapping_add(1));
+            }
         }
         Ok(Faulty {
             mode,
