@@ -50,8 +50,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Parses a page of the text exposition format.
+    pub fn parse(text: String) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| parse_line(l).unwrap_or_else(|| panic!("unparseable metrics line {l:?}")))
+            .collect();
+        Metrics { samples, text }
+    }
+
     /// The sum of every sample named `name` whose labels include all of
-    /// `labels` (0 when there is none).
+    /// `labels` (0 when there is none: a labelled family shows no series
+    /// until its first one, so 0 cannot tell "none yet" from a misspelt
+    /// name; assert a 0 with [`Metrics::gauge`] or next to a non-zero
+    /// sibling).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
@@ -65,6 +78,28 @@ impl Metrics {
             .sum()
     }
 
+    /// The value of an unlabelled gauge (or counter), which the page
+    /// always carries.
+    ///
+    /// # Panics
+    ///
+    /// When the page has no such sample: a misspelt or unregistered name
+    /// must fail, not read as 0.
+    pub fn gauge(&self, name: &str) -> f64 {
+        let mut found = self.samples.iter().filter(|s| s.name == name);
+        let sample = found.next().unwrap_or_else(|| {
+            panic!(
+                "no sample {name} on the page (misspelt, or not registered):\n{}",
+                self.text
+            )
+        });
+        assert!(
+            sample.labels.is_empty() && found.next().is_none(),
+            "{name} is a labelled family, not one value: use sum"
+        );
+        sample.value
+    }
+
     /// Whether any sample is named `name`.
     pub fn has(&self, name: &str) -> bool {
         self.samples.iter().any(|s| s.name == name)
@@ -75,12 +110,7 @@ impl Metrics {
 pub async fn metrics(admin: SocketAddr) -> Metrics {
     let (status, text) = get(admin, "/metrics").await;
     assert_eq!(status, 200, "GET /metrics: {text}");
-    let samples = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| parse_line(l).unwrap_or_else(|| panic!("unparseable metrics line {l:?}")))
-        .collect();
-    Metrics { samples, text }
+    Metrics::parse(text)
 }
 
 fn parse_line(line: &str) -> Option<Sample> {
@@ -123,4 +153,25 @@ fn parse_line(line: &str) -> Option<Sample> {
         labels,
         value,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "# HELP x_requests Requests.\n# TYPE x_requests counter\n\
+        x_requests_total{route=\"a\"} 2\nx_requests_total{route=\"b\"} 3\n\
+        # HELP x_up Connected.\n# TYPE x_up gauge\nx_up 0\n# EOF\n";
+
+    #[test]
+    fn sums_add_matching_series_and_gauges_must_exist() {
+        let m = Metrics::parse(PAGE.to_string());
+        assert_eq!(m.sum("x_requests_total", &[]), 5.0);
+        assert_eq!(m.sum("x_requests_total", &[("route", "b")]), 3.0);
+        assert_eq!(m.gauge("x_up"), 0.0);
+        let typo = std::panic::catch_unwind(|| m.gauge("x_upp"));
+        assert!(typo.is_err(), "a misspelt gauge read as a number");
+        let family = std::panic::catch_unwind(|| m.gauge("x_requests_total"));
+        assert!(family.is_err(), "a labelled family read as one value");
+    }
 }

@@ -7,8 +7,21 @@ use std::time::{Duration, Instant};
 use tests::setup::WikiTunnel;
 use tests::{upstream, GatewayOptions, PATIENCE};
 
-/// Interval 1 s, timeout 3 s: a hung peer must be noticed well within this.
-const NOTICED_WITHIN: Duration = Duration::from_secs(10);
+/// Interval 1 s, timeout 3 s: a hung peer is noticed once the timeout has
+/// passed since the last answer, which was at most one interval before
+/// the freeze: between 2 and 4 s after it, plus up to 2 s for a loaded
+/// machine (events are read from the process's output).
+const NOTICED_AFTER: Duration = Duration::from_secs(2);
+const NOTICED_WITHIN: Duration = Duration::from_secs(6);
+
+/// Fails unless the hang was noticed within the heartbeat's bounds.
+fn noticed_in_time(frozen_at: Instant) {
+    let took = frozen_at.elapsed();
+    assert!(
+        (NOTICED_AFTER..NOTICED_WITHIN).contains(&took),
+        "noticed after {took:?}; with a 3 s timeout expected {NOTICED_AFTER:?}..{NOTICED_WITHIN:?}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_drops_a_hung_agent_and_takes_it_back_when_it_recovers() {
@@ -20,11 +33,7 @@ async fn the_gateway_drops_a_hung_agent_and_takes_it_back_when_it_recovers() {
     t.gateway
         .wait_for("agent_disconnected", &[("agent", t.agent.name())])
         .await;
-    assert!(
-        frozen_at.elapsed() < NOTICED_WITHIN,
-        "noticed after {:?}",
-        frozen_at.elapsed()
-    );
+    noticed_in_time(frozen_at);
     let reply = t.caller.get("wiki.test", "/").send().await;
     assert_eq!(
         reply.status, 503,
@@ -50,11 +59,7 @@ async fn the_agent_notices_a_hung_gateway_and_reconnects_when_it_recovers() {
     gateway.freeze();
     let frozen_at = Instant::now();
     agent.wait_event_after(mark, "disconnected", PATIENCE).await;
-    assert!(
-        frozen_at.elapsed() < NOTICED_WITHIN,
-        "noticed after {:?}",
-        frozen_at.elapsed()
-    );
+    noticed_in_time(frozen_at);
 
     gateway.thaw();
     agent.wait_event_after(mark, "connected", PATIENCE).await;

@@ -173,7 +173,7 @@ async fn counters_move_as_requests_pass_and_fail_on_both_sides() {
         am.sum("tunnel_agent_request_duration_seconds_count", &[]),
         4.0
     );
-    assert_eq!(am.sum("tunnel_agent_gateway_connected", &[]), 1.0);
+    assert_eq!(am.gauge("tunnel_agent_gateway_connected"), 1.0);
     assert_eq!(am.sum("tunnel_agent_gateway_connects_total", &[]), 1.0);
 
     // A wrong key is refused and counted.
@@ -206,7 +206,7 @@ async fn counters_move_as_requests_pass_and_fail_on_both_sides() {
     .await;
     assert!(body.contains("not connected"), "{body}");
     let am = scrape::metrics(agent_admin).await;
-    assert_eq!(am.sum("tunnel_agent_gateway_connected", &[]), 0.0);
+    assert_eq!(am.gauge("tunnel_agent_gateway_connected"), 0.0);
     assert!(am.sum("tunnel_agent_gateway_disconnects_total", &[]) >= 1.0);
 }
 
@@ -285,8 +285,8 @@ async fn an_agent_leaving_is_counted_and_access_lines_are_json_when_asked() {
     let admin = gateway.admin();
     drop(agent);
     scrape_until(admin, "the agent's departure counted", |m| {
-        m.sum("tunnel_gateway_agents_connected", &[]) == 0.0
-            && m.sum("tunnel_gateway_tunnels_connected", &[]) == 0.0
+        m.gauge("tunnel_gateway_agents_connected") == 0.0
+            && m.gauge("tunnel_gateway_tunnels_connected") == 0.0
             && m.sum(
                 "tunnel_gateway_agent_disconnects_total",
                 &[("tunnel", "wiki")],

@@ -290,6 +290,7 @@ async fn oauth1_requests_are_verified_at_the_edge_as_oauthlib_verifies_them() {
     // Everything that reached the service verified there (or was unsigned).
     let seen = service.seen();
     assert_eq!(service.requests().await, 6, "{seen:#?}");
+    assert_eq!(seen.len(), 6, "the service's own answers: {seen:#?}");
     for answer in &seen {
         assert_eq!(answer["status"], 200, "{answer:#}");
     }
