@@ -1,4 +1,5 @@
-//! Why a plugin could not decide, and what the caller is answered.
+//! Why a plugin could not decide. What the caller is then answered is the
+//! gateway's to say (its error table, `gateway/src/proxy/outcome.rs`).
 
 use std::time::Duration;
 
@@ -20,33 +21,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Status and body sent to the caller.
-    pub fn response(&self, plugin: &str) -> (u16, String) {
-        match self {
-            Failure::Trap(_) => (500, format!("policy plugin `{plugin}` failed")),
-            Failure::Deadline(d) => (
-                503,
-                format!(
-                    "policy plugin `{plugin}` did not decide within {} ms",
-                    d.as_millis()
-                ),
-            ),
-            Failure::Memory(_) => (
-                500,
-                format!("policy plugin `{plugin}` exceeded its memory limit"),
-            ),
-            Failure::Busy => (503, "policy sandboxes are all busy; retry shortly".into()),
-            Failure::Init(_) => (
-                500,
-                format!("policy plugin `{plugin}` refused its configuration"),
-            ),
-            Failure::Invalid(_) => (
-                500,
-                format!("policy plugin `{plugin}` returned an invalid decision"),
-            ),
-        }
-    }
-
     /// Short name for logs and counters.
     pub fn kind(&self) -> &'static str {
         match self {
