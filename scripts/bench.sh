@@ -15,4 +15,4 @@ case " $* " in
 esac
 scripts/setup.sh "${tools[@]}"
 cargo build --release --workspace --bins
-exec cargo run --release -q -p tests --bin bench -- "$@"
+exec cargo run --release -q -p bench --bin bench -- "$@"

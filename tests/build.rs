@@ -1,8 +1,8 @@
 //! Builds the policy plugins in `plugins/` (their own workspace) for
-//! `wasm32-wasip2`, so the end-to-end tests, the demo and the benchmark run
-//! the real components. The `.wasm` files land in `target/plugins/dist`
-//! under the names routes use (`org-check.wasm`, ...); `PLUGINS_DIR` tells
-//! the crate where.
+//! `wasm32-wasip2`, so the end-to-end tests, the demo and the benchmark
+//! (`bench/`, through this library) run the real components. The `.wasm`
+//! files land in `target/plugins/dist` under the names routes use
+//! (`org-check.wasm`, ...); `PLUGINS_DIR` tells the crate where.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

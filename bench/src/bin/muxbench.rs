@@ -4,7 +4,7 @@
 //! same [`protocol::WsByteStream`] on a loopback TCP connection (no TLS: its
 //! cost is the same for both).
 //!
-//! `cargo build --release -p tests --bin muxbench && ./target/release/muxbench [--json FILE]`
+//! `cargo build --release -p bench --bin muxbench && ./target/release/muxbench [--json FILE]`
 //!
 //! Both ends live in this process on a two-worker tokio runtime. The agent is
 //! the WebSocket client (it dials, so it masks its frames) and the server of

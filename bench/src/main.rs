@@ -3,7 +3,7 @@
 //! a reverse proxy, rathole over WebSocket+TLS: [`peers`]) in the same run,
 //! so the ratios compare like with like on whatever machine runs it.
 //!
-//! `cargo run --release -p tests --bin bench [-- --json FILE --secs N --no-peers --profile]`
+//! `cargo run --release -p bench --bin bench [-- --json FILE --secs N --no-peers --profile]`
 //!
 //! Load comes from `wrk` (installed by `scripts/bench.sh`); bulk transfers
 //! use an in-process hyper client. It exits non-zero only when it could
@@ -540,7 +540,7 @@ fn cargo_command() -> Command {
 }
 
 /// Builds the gateway and agent in the profile this benchmark runs in, so
-/// `cargo run --release -p tests --bin bench` measures release binaries.
+/// `cargo run --release -p bench --bin bench` measures release binaries.
 fn build_binaries() -> anyhow::Result<()> {
     let release = std::env::current_exe()?
         .components()
@@ -608,7 +608,7 @@ fn tools_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Installs wrk through the project's setup script when it is missing, so
-/// `cargo run --release -p tests --bin bench` works on a fresh machine.
+/// `cargo run --release -p bench --bin bench` works on a fresh machine.
 fn ensure_wrk() -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_ok() {
         return Ok(());
@@ -1066,27 +1066,53 @@ Transfer/sec:     18.77MB
 
     #[test]
     fn cpu_time_of_a_process_is_read_from_proc() {
+        use nix::time::{clock_gettime, ClockId};
+
         let ticks = clock_ticks().unwrap();
-        let pid = std::process::id();
-        let before = cpu_secs(pid, ticks).unwrap();
-        // Spin until the kernel has counted 100 ms of CPU to this process;
-        // on a busy machine that takes longer than 100 ms of wall time, so
-        // the deadline is generous. Reading nothing, or only other
-        // processes' time, would never get there.
-        let started = Instant::now();
-        let mut x = 0u64;
-        let mut spent = 0.0;
-        while spent < 0.1 && started.elapsed() < Duration::from_secs(20) {
-            for _ in 0..100_000 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        let tick = 1.0 / ticks;
+        // The kernel's own count of this thread's CPU time, by another road
+        // than /proc: what the reading is checked against.
+        let thread_cpu = || {
+            let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+            t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9
+        };
+        // A thread of its own: /proc/TID/stat is that thread alone, so the
+        // tests running beside this one add nothing to what it reads (the
+        // process's figure, /proc/PID/stat, includes them).
+        let (tid, burnt, read, spun) = std::thread::spawn(move || {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            assert_ne!(tid, std::process::id());
+            let before = cpu_secs(tid, ticks).unwrap();
+            let from = thread_cpu();
+            // Spin until 100 ms of CPU is counted to this thread, however
+            // long a loaded machine makes that take; the wall deadline only
+            // stops a hang.
+            let started = Instant::now();
+            let mut x = 0u64;
+            while thread_cpu() - from < 0.1 && started.elapsed() < Duration::from_secs(10) {
+                for _ in 0..100_000 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
             }
-            spent = cpu_secs(pid, ticks).unwrap() - before;
-        }
+            let burnt = thread_cpu() - from;
+            let read = cpu_secs(tid, ticks).unwrap() - before;
+            (tid, burnt, read, started.elapsed())
+        })
+        .join()
+        .unwrap();
         assert!(
-            spent >= 0.1 && spent <= started.elapsed().as_secs_f64() * 2.0 + 0.05,
-            "spinning {:?} took {spent} s of CPU",
-            started.elapsed()
+            burnt >= 0.1,
+            "only {burnt} s of CPU in {spun:?} of spinning"
         );
+        // /proc counts whole clock ticks for user and system time each, so
+        // a difference of two readings is off by less than two ticks either
+        // way; a wrong field or tick rate is off by far more.
+        assert!(
+            read >= burnt - 2.0 * tick && read <= burnt * 1.2 + 2.0 * tick,
+            "burnt {burnt} s of CPU on thread {tid}, /proc read {read} s"
+        );
+        // The process's figure holds that thread's time.
+        assert!(cpu_secs(std::process::id(), ticks).unwrap() >= burnt - 2.0 * tick);
         assert!(cpu_secs(u32::MAX, ticks).is_err());
     }
 
