@@ -1,20 +1,15 @@
 //! The tunnel key at rest: encrypted with an AEAD (AES-256-GCM by default,
 //! ChaCha20-Poly1305 selectable) under a local key-encryption key, with the
 //! tunnel id as associated data so a key file copied to another tunnel's
-//! config does not decrypt.
+//! config does not decrypt. This file is the agent's key file format; the
+//! KEK, the AEAD and the private (0600, atomic) writes are the `keyfile`
+//! crate.
 
-use protocol::private_file::read_private;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-
-use aes_gcm::aead::{Aead, KeyInit, Payload};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use keyfile::{IfMissing, Kek, KekSource};
 use protocol::TunnelKey;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::{Cipher, TunnelSection};
 
@@ -38,113 +33,31 @@ struct KeyFile {
     ciphertext: String,
 }
 
-struct Kek(Zeroizing<[u8; 32]>);
-
-/// Writes a 0600 file. With `create_new` the file must not exist; otherwise
-/// it is replaced atomically (temp file + rename), so a crash never leaves
-/// a truncated key file.
-fn write_private(path: &Path, data: &[u8], create_new: bool) -> std::io::Result<()> {
-    let target = if create_new {
-        path.to_path_buf()
-    } else {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".tmp-{}", std::process::id()));
-        path.with_file_name(name)
+/// The KEK of `cfg`; a missing `kek_file` is created when `create` (a key
+/// is being stored, so nothing is sealed under a lost KEK).
+fn load_kek(cfg: &TunnelSection, create: bool) -> Result<Kek, KeyStoreError> {
+    let source = KekSource {
+        section: "tunnel",
+        file: cfg.kek_file.as_deref(),
+        env: cfg.kek_env.as_deref(),
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&target)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    if !create_new {
-        std::fs::rename(&target, path)?;
-    }
-    Ok(())
-}
-
-impl Kek {
-    fn parse(text: &str) -> Result<Self, KeyStoreError> {
-        let mut raw = STANDARD
-            .decode(text.trim())
-            .map_err(|_| KeyStoreError::Kek("not base64".into()))?;
-        if raw.len() != 32 {
-            raw.zeroize();
-            return Err(KeyStoreError::Kek("must be 32 bytes".into()));
-        }
-        let mut k = Zeroizing::new([0u8; 32]);
-        k.copy_from_slice(&raw);
-        raw.zeroize();
-        Ok(Kek(k))
-    }
-
-    fn load(cfg: &TunnelSection, create: bool) -> Result<Self, KeyStoreError> {
-        if let Some(var) = &cfg.kek_env {
-            let text = std::env::var(var).map_err(|_| {
-                KeyStoreError::Kek(format!("environment variable {var} is not set"))
-            })?;
-            return Self::parse(&text);
-        }
-        let path = cfg
-            .kek_file
-            .as_ref()
-            .ok_or_else(|| KeyStoreError::Kek("set tunnel.kek_file or tunnel.kek_env".into()))?;
-        match read_private(path) {
-            Ok(t) => {
-                Self::parse(&t).map_err(|e| KeyStoreError::Kek(format!("{}: {e}", path.display())))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                let mut k = Zeroizing::new([0u8; 32]);
-                rand::rngs::OsRng.fill_bytes(&mut *k);
-                let text = Zeroizing::new(STANDARD.encode(*k));
-                write_private(path, text.as_bytes(), true).map_err(|e| {
-                    KeyStoreError::Kek(format!("cannot create {}: {e}", path.display()))
-                })?;
-                Ok(Kek(k))
-            }
-            Err(e) => Err(KeyStoreError::Kek(format!("{}: {e}", path.display()))),
-        }
-    }
+    let if_missing = if create {
+        IfMissing::Create
+    } else {
+        IfMissing::Fail
+    };
+    Kek::load(source, if_missing).map_err(|e| KeyStoreError::Kek(e.to_string()))
 }
 
 fn aad(tunnel_id: &str) -> Vec<u8> {
     [b"agent-tunnel-key/v1:".as_slice(), tunnel_id.as_bytes()].concat()
 }
 
-fn seal(cipher: Cipher, kek: &Kek, nonce: &[u8; 12], msg: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-    let payload = Payload { msg, aad };
-    match cipher {
-        Cipher::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&*kek.0)
-            .ok()?
-            .encrypt(aes_gcm::Nonce::from_slice(nonce), payload)
-            .ok(),
-        Cipher::ChaCha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(&*kek.0)
-            .ok()?
-            .encrypt(chacha20poly1305::Nonce::from_slice(nonce), payload)
-            .ok(),
+fn aead(c: Cipher) -> keyfile::Cipher {
+    match c {
+        Cipher::Aes256Gcm => keyfile::Cipher::Aes256Gcm,
+        Cipher::ChaCha20Poly1305 => keyfile::Cipher::ChaCha20Poly1305,
     }
-}
-
-fn open(
-    cipher: Cipher,
-    kek: &Kek,
-    nonce: &[u8; 12],
-    ct: &[u8],
-    aad: &[u8],
-) -> Option<Zeroizing<Vec<u8>>> {
-    let payload = Payload { msg: ct, aad };
-    let plain = match cipher {
-        Cipher::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&*kek.0)
-            .ok()?
-            .decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
-            .ok(),
-        Cipher::ChaCha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(&*kek.0)
-            .ok()?
-            .decrypt(chacha20poly1305::Nonce::from_slice(nonce), payload)
-            .ok(),
-    }?;
-    Some(Zeroizing::new(plain))
 }
 
 fn cipher_name(c: Cipher) -> &'static str {
@@ -157,11 +70,10 @@ fn cipher_name(c: Cipher) -> &'static str {
 /// Encrypts `key` and writes it to `cfg.key_file` (mode 0600), creating
 /// the KEK file if needed.
 pub fn store_key(cfg: &TunnelSection, key: &TunnelKey) -> Result<(), KeyStoreError> {
-    let kek = Kek::load(cfg, true)?;
-    let mut nonce = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let ct = seal(cfg.cipher, &kek, &nonce, key.expose(), &aad(&cfg.id))
-        .ok_or_else(|| KeyStoreError::Kek("encryption failed".into()))?;
+    let kek = load_kek(cfg, true)?;
+    let (nonce, ct) = kek
+        .seal(aead(cfg.cipher), key.expose(), &aad(&cfg.id))
+        .map_err(|e| KeyStoreError::Kek(e.to_string()))?;
     let file = KeyFile {
         version: 1,
         cipher: cipher_name(cfg.cipher).into(),
@@ -169,7 +81,7 @@ pub fn store_key(cfg: &TunnelSection, key: &TunnelKey) -> Result<(), KeyStoreErr
         ciphertext: STANDARD.encode(ct),
     };
     let text = serde_json::to_vec_pretty(&file).expect("serializable");
-    write_private(&cfg.key_file, &text, false).map_err(|e| KeyStoreError::File {
+    keyfile::write_private(&cfg.key_file, &text).map_err(|e| KeyStoreError::File {
         path: cfg.key_file.display().to_string(),
         reason: e.to_string(),
     })
@@ -204,19 +116,17 @@ pub fn load_key(cfg: &TunnelSection) -> Result<TunnelKey, KeyStoreError> {
     let ct = STANDARD
         .decode(&file.ciphertext)
         .map_err(|_| file_err("bad ciphertext".into()))?;
-    let kek = Kek::load(cfg, false)?;
-    let plain = open(cipher, &kek, &nonce, &ct, &aad(&cfg.id))
-        .ok_or(KeyStoreError::Decrypt(path.clone()))?;
-    let bytes: [u8; 32] = plain
-        .as_slice()
-        .try_into()
-        .map_err(|_| KeyStoreError::Decrypt(path.clone()))?;
-    Ok(TunnelKey::from_bytes(bytes))
+    let kek = load_kek(cfg, false)?;
+    let plain = kek
+        .open_key(aead(cipher), &nonce, &ct, &aad(&cfg.id))
+        .ok_or(KeyStoreError::Decrypt(path))?;
+    Ok(TunnelKey::from_bytes(*plain))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn section(dir: &Path, cipher: Cipher, id: &str) -> TunnelSection {
         TunnelSection {
@@ -335,6 +245,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("agent key set"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Key files written by the agent before the `keyfile` crate (KEK
+    /// `[0x33; 32]`, tunnel `tun_fixture`, key `[0x44; 32]`) still open.
+    #[test]
+    fn key_files_written_before_keyfile_still_open() {
+        let files = [
+            (
+                Cipher::Aes256Gcm,
+                "{\n  \"version\": 1,\n  \"cipher\": \"aes-256-gcm\",\n  \"nonce\": \"Mp5sqo5zH54r/z4C\",\n  \
+                 \"ciphertext\": \"C5fgFUzyfAO2GSkbcJx8EayQcbxLItevEerqsyPXYHRNvfXprRgo3bflRZFA1VjG\"\n}",
+            ),
+            (
+                Cipher::ChaCha20Poly1305,
+                "{\n  \"version\": 1,\n  \"cipher\": \"chacha20-poly1305\",\n  \"nonce\": \"vs8Yqnevq6fHD7RA\",\n  \
+                 \"ciphertext\": \"FXJ87F6veHTeDMmIBDYXe6a9aIN8PEFPwWBHcQjE2Qk/Y9sXXj0XzI9xzTVIuaRF\"\n}",
+            ),
+        ];
+        for (cipher, text) in files {
+            let d = tmp();
+            std::fs::write(d.join("kek"), STANDARD.encode([0x33u8; 32])).unwrap();
+            std::fs::write(d.join("key"), text).unwrap();
+            // The configured cipher is for writing; the file names its own.
+            let other = match cipher {
+                Cipher::Aes256Gcm => Cipher::ChaCha20Poly1305,
+                Cipher::ChaCha20Poly1305 => Cipher::Aes256Gcm,
+            };
+            let s = section(&d, other, "tun_fixture");
+            assert_eq!(load_key(&s).unwrap().expose(), &[0x44u8; 32]);
+            // Written again, the layout is the same: a version 1 JSON file.
+            store_key(&section(&d, cipher, "tun_fixture"), &load_key(&s).unwrap()).unwrap();
+            let again: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(d.join("key")).unwrap()).unwrap();
+            assert_eq!(again["version"], 1);
+            assert_eq!(again["cipher"], cipher_name(cipher));
+            assert_eq!(load_key(&s).unwrap().expose(), &[0x44u8; 32]);
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_missing_kek_file_is_not_replaced_when_loading() {
+        let d = tmp();
+        let s = section(&d, Cipher::Aes256Gcm, "tun_a");
+        store_key(&s, &TunnelKey::generate()).unwrap();
+        std::fs::remove_file(d.join("kek")).unwrap();
+        let e = load_key(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("key-encryption key")
+                && e.contains(&d.join("kek").display().to_string())
+                && e.contains("missing"),
+            "{e}"
+        );
+        assert!(!d.join("kek").exists(), "loading never creates a KEK");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -14,7 +14,7 @@ pub enum FileError {
     NotPrivate {
         /// "folder" or "file".
         what: &'static str,
-        error: protocol::private_file::WritableByOthers,
+        error: keyfile::WritableByOthers,
     },
     #[error("file is over plugins.max_file_bytes ({max} bytes)")]
     TooLarge { max: u64 },

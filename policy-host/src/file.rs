@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use protocol::private_file::refuse_writable_by_others;
+use keyfile::refuse_writable_by_others;
 use sha2::{Digest, Sha256};
 
 use crate::FileError;

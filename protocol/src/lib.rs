@@ -22,7 +22,6 @@ pub mod exchange;
 pub mod h2io;
 pub mod handshake;
 pub mod pem;
-pub mod private_file;
 pub mod secret;
 pub mod wsio;
 

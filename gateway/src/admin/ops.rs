@@ -13,6 +13,7 @@ use crate::registry::Registry;
 use crate::store::audit::{AuditEntry, MAX_LIST};
 use crate::store::kek::{pending_path, retired_path};
 use crate::store::{now_secs, AdminScope, Kek, Store, StoreError};
+use keyfile::KekError;
 use protocol::events::emit;
 
 /// Default overlap of a key rotation: a day for agents to be given the
@@ -384,12 +385,13 @@ async fn rekey(
             }
             let new = match Kek::read(&pending) {
                 Ok(k) => k,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(KekError::NotFound { .. }) => {
                     let k = Kek::generate();
-                    k.write_new(&pending)?;
+                    k.write_new(&pending).map_err(StoreError::from)?;
                     k
                 }
-                Err(e) => return Err(OpError::Refused(format!("{}: {e}", pending.display()))),
+                // The message names the file.
+                Err(e) => return Err(OpError::Refused(e.to_string())),
             };
             let n = store.rekey(new).await?;
             let io = |what: &str, e: std::io::Error| {
@@ -419,7 +421,7 @@ async fn rekey(
                 });
             }
             let new = Kek::generate();
-            new.write_new(&path)?;
+            new.write_new(&path).map_err(StoreError::from)?;
             let n = store.rekey(new).await?;
             Ok(json!({
                 "tunnels_rekeyed": n,

@@ -53,34 +53,22 @@ impl Drop for RuntimeGuard {
     }
 }
 
-/// Writes the runtime file (replacing one a crashed gateway left).
+/// Writes the runtime file (replacing one a crashed gateway left): mode
+/// 0600, atomically (`keyfile::write_private`).
 pub fn write(store_path: &Path, admin: SocketAddr, token: &str) -> std::io::Result<RuntimeGuard> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let target = path(store_path);
-    let mut tmp = target.clone().into_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let body = serde_json::to_vec(&Runtime {
+    let body = zeroize::Zeroizing::new(serde_json::to_vec(&Runtime {
         pid: std::process::id(),
         admin,
         token: token.into(),
-    })?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &target)?;
+    })?);
+    keyfile::write_private(&target, &body)?;
     Ok(RuntimeGuard(target))
 }
 
 /// The runtime file of a gateway that is still running, if any.
 pub fn read(store_path: &Path) -> Option<Runtime> {
-    let text = protocol::private_file::read_private(&path(store_path)).ok()?;
+    let text = keyfile::read_private(&path(store_path)).ok()?;
     let rt: Runtime = serde_json::from_str(&text).ok()?;
     // A file a killed gateway left behind names a process that is gone.
     Path::new(&format!("/proc/{}", rt.pid))

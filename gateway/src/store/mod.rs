@@ -155,7 +155,7 @@ impl Store {
         let tunnels: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tunnels")
             .fetch_one(&pool)
             .await?;
-        let mut keks = vec![Arc::new(Kek::load(cfg, tunnels == 0)?)];
+        let mut keks = vec![Arc::new(kek::load(cfg, tunnels == 0)?)];
         if let Some(file) = &cfg.kek_file {
             let pending = kek::pending_path(file);
             if let Ok(k) = Kek::read(&pending) {
@@ -187,7 +187,7 @@ impl Store {
     ) -> Result<TunnelKey, StoreError> {
         let keks = self.keks.read().expect("lock").clone();
         keks.iter()
-            .find_map(|k| k.open(nonce, ct, &info.id, &info.org, generation))
+            .find_map(|k| kek::open(k, nonce, ct, &info.id, &info.org, generation))
             .map(|k| TunnelKey::from_bytes(*k))
             .ok_or_else(|| StoreError::Decrypt(info.id.clone()))
     }
@@ -202,7 +202,7 @@ impl Store {
         validate_tunnel_name(name)?;
         let id = random_id("tun_", 12);
         let key = TunnelKey::generate();
-        let (nonce, ct) = self.kek().seal(key.expose(), &id, org, 0)?;
+        let (nonce, ct) = kek::seal(&self.kek(), key.expose(), &id, org, 0)?;
         let res = sqlx::query(
             "INSERT INTO tunnels (id, name, org, key_nonce, key_ct, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -334,7 +334,7 @@ impl Store {
         let (id, org): (String, String) = (row.get("id"), row.get("org"));
         let generation: i64 = row.get::<i64, _>("key_generation") + 1;
         let key = TunnelKey::generate();
-        let (nonce, ct) = self.kek().seal(key.expose(), &id, &org, generation)?;
+        let (nonce, ct) = kek::seal(&self.kek(), key.expose(), &id, &org, generation)?;
         let secs = i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX / 2);
         let (prev_nonce, prev_ct, until) = if secs > 0 {
             (
@@ -391,14 +391,14 @@ impl Store {
                 &info,
                 generation,
             )?;
-            let (n, c) = new.seal(key.expose(), &info.id, &info.org, generation)?;
+            let (n, c) = kek::seal(&new, key.expose(), &info.id, &info.org, generation)?;
             let prev = match (
                 row.get::<Option<Vec<u8>>, _>("prev_key_nonce"),
                 row.get::<Option<Vec<u8>>, _>("prev_key_ct"),
             ) {
                 (Some(pn), Some(pc)) => {
                     let k = self.open_key(&pn, &pc, &info, generation - 1)?;
-                    let (n, c) = new.seal(k.expose(), &info.id, &info.org, generation - 1)?;
+                    let (n, c) = kek::seal(&new, k.expose(), &info.id, &info.org, generation - 1)?;
                     Some((n.to_vec(), c))
                 }
                 _ => None,
@@ -676,9 +676,9 @@ mod tests {
             for stmt in schema_v1() {
                 sqlx::query(stmt).execute(&pool).await.unwrap();
             }
-            let kek = Kek::load(&c, true).unwrap();
+            let kek = kek::load(&c, true).unwrap();
             let key = TunnelKey::generate();
-            let (n, ct) = kek.seal(key.expose(), "tun_old", "acme", 0).unwrap();
+            let (n, ct) = kek::seal(&kek, key.expose(), "tun_old", "acme", 0).unwrap();
             sqlx::query("INSERT INTO tunnels VALUES ('tun_old', 'old', 'acme', ?, ?, 1)")
                 .bind(&n[..])
                 .bind(&ct)
