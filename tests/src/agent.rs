@@ -291,6 +291,12 @@ impl Agent {
     pub fn logs(&self) -> String {
         self.proc.stderr_tail()
     }
+
+    /// The whole of the agent's logs, not just their tail: what a check
+    /// for secrets must read.
+    pub fn full_logs(&self) -> String {
+        self.proc.log_text()
+    }
 }
 
 /// `agent key set --config FILE` with the key on stdin.

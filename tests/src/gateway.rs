@@ -598,6 +598,12 @@ impl Gateway {
         self.proc.stderr_tail()
     }
 
+    /// The whole of the gateway's logs, not just their tail: what a check
+    /// for secrets must read.
+    pub fn full_logs(&self) -> String {
+        self.proc.log_text()
+    }
+
     /// Waits until the gateway's logs contain `needle` (log lines are
     /// written by a background thread, after the event lines on stdout);
     /// panics with the logs after [`PATIENCE`].

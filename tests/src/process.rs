@@ -139,6 +139,12 @@ impl Proc {
         }
     }
 
+    /// The whole of the process's logs (every run of it, for a restarted
+    /// process).
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
     /// The last lines of the process's logs, for failure messages.
     pub(crate) fn stderr_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();

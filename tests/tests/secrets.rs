@@ -88,3 +88,187 @@ async fn keys_are_encrypted_at_rest_and_never_logged() {
         & 0o777;
     assert_eq!(mode, 0o600, "gateway kek is readable by others: {mode:o}");
 }
+
+/// Every secret a deployment holds, on every path that handles one, and
+/// the whole of both processes' logs at debug (trace for our own crates),
+/// read after both have stopped so nothing is still buffered:
+///
+/// - the tunnel key, as text and as bytes, through a good handshake;
+/// - another tunnel's key, presented in a handshake the gateway rejects;
+/// - the caller token of a served request, and a guessed one refused 401;
+/// - a key mistyped into `agent key set`, which must fail without echoing
+///   it;
+/// - the value of a `telemetry.headers` entry (a collector's credential),
+///   sent with every export of both processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_either_log_at_debug_on_any_path() {
+    use tests::otlp::Collector;
+    use tests::{Agent, AgentOptions, Gateway, Route, Tunnel, PATIENCE};
+
+    const LOG: &str = "debug,gateway=trace,agent=trace,protocol=trace,policy_host=trace,\
+                       telemetry=trace,keyfile=trace";
+    let otlp_secret = "otlp-S3CR3T-4f1c9a";
+    let telemetry = |endpoint: String, protocol: &str| {
+        format!(
+            "[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\n\
+             export_interval_ms = 50\n\
+             [telemetry.headers]\nauthorization = \"Bearer {otlp_secret}\"\n"
+        )
+    };
+    let collector = Collector::start().await;
+    let mut gateway = Gateway::start(
+        GatewayOptions::new()
+            .with_route(Route::new("wiki.test", "wiki").plugin("org-check", ""))
+            .env("RUST_LOG", LOG)
+            .extra_config(&telemetry(collector.grpc_endpoint(), "grpc")),
+    )
+    .await;
+    let tunnel = gateway.create_tunnel("acme", "wiki").await;
+    let other = gateway.create_tunnel("acme", "other").await;
+    let token = gateway.create_caller("acme").await;
+    let wiki = upstream::echo("wiki").await;
+    let agent_opts = || {
+        AgentOptions::new()
+            .env("RUST_LOG", LOG)
+            .extra_config(&telemetry(collector.http_endpoint(), "http/protobuf"))
+    };
+    let mut agent = Agent::connect(&gateway, &tunnel, wiki.addr(), agent_opts()).await;
+
+    let caller = gateway.caller(&token);
+    assert_eq!(caller.get("wiki.test", "/").send().await.status, 200);
+    let guessed = "ct_guessed_S3CR3T_7d2e0b";
+    let refused = gateway.caller(guessed).get("wiki.test", "/").send().await;
+    assert_eq!(refused.status, 401);
+
+    // A handshake with another tunnel's key is rejected.
+    let wrong = Tunnel {
+        key: other.key.clone(),
+        ..tunnel.clone()
+    };
+    let mut impostor = Agent::start(&gateway, &wrong, wiki.addr(), agent_opts()).await;
+    let rejected = impostor.wait_event("rejected", PATIENCE).await;
+    assert_eq!(rejected["reason"], "authentication failed", "{rejected}");
+    impostor.wait_exit().await;
+
+    // A key mistyped into `agent key set`: refused, and not repeated back.
+    let mut mistyped = tunnel.key.clone();
+    mistyped.replace_range(..6, "S3CR3T");
+    mistyped.push_str("xyz");
+    let key_set = key_set(agent.config_path(), &mistyped).await;
+    assert!(
+        !key_set.status.success(),
+        "agent key set accepted a 46-character key"
+    );
+    let key_set_output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&key_set.stdout),
+        String::from_utf8_lossy(&key_set.stderr)
+    );
+    assert!(
+        key_set_output.contains("43 characters"),
+        "agent key set says what a key looks like: {key_set_output}"
+    );
+
+    // Both processes exported with the collector's credential, so its
+    // value went through their exporters.
+    tests::eventually("exports from both processes", PATIENCE, || async {
+        let services: std::collections::BTreeSet<String> = collector
+            .spans()
+            .iter()
+            .map(|s| s.service.clone())
+            .collect();
+        if services.len() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("services exported so far: {services:?}"))
+        }
+    })
+    .await;
+    assert!(
+        collector
+            .export_headers()
+            .iter()
+            .flatten()
+            .any(|(n, v)| n == "authorization" && v.contains(otlp_secret)),
+        "no export carried the configured header"
+    );
+
+    // Stopped, so every buffered line is written.
+    agent.terminate().await;
+    gateway.terminate().await;
+    let key = TunnelKey::parse(&tunnel.key).expect("a valid key");
+    let other_key = TunnelKey::parse(&other.key).expect("a valid key");
+    let secrets: [(&str, &[u8]); 7] = [
+        ("tunnel key text", tunnel.key.as_bytes()),
+        ("tunnel key bytes", key.expose()),
+        ("the rejected key's text", other.key.as_bytes()),
+        ("the rejected key's bytes", other_key.expose()),
+        ("caller token", token.as_bytes()),
+        ("guessed caller token", guessed.as_bytes()),
+        ("telemetry.headers value", otlp_secret.as_bytes()),
+    ];
+    let logs = [
+        ("gateway log", gateway.full_logs()),
+        ("agent log", agent.full_logs()),
+        ("rejected agent's log", impostor.full_logs()),
+        ("agent key set output", key_set_output.clone()),
+        (
+            "events",
+            format!("{}{}", gateway.events().dump(), agent.events().dump()),
+        ),
+    ];
+    for (which, text) in &logs {
+        for (what, secret) in secrets {
+            assert!(
+                !contains(text.as_bytes(), secret),
+                "{what} found in the {which}"
+            );
+        }
+        assert!(
+            !text.contains(&mistyped) && !text.contains("S3CR3T"),
+            "the mistyped key (or part of it) is in the {which}"
+        );
+    }
+    // The logs really are at debug on both sides and cover these paths,
+    // or the checks above prove nothing.
+    let (gateway_log, agent_log) = (&logs[0].1, &logs[1].1);
+    for (which, text, needles) in [
+        (
+            "gateway",
+            gateway_log,
+            &["DEBUG", "authentication failed", "refused"][..],
+        ),
+        ("agent", agent_log, &["DEBUG", "connected"][..]),
+        ("rejected agent", &logs[2].1, &["DEBUG", "rejected"][..]),
+    ] {
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "the {which} log lacks {needle:?}: the check above saw too little"
+            );
+        }
+    }
+}
+
+/// `agent key set --config FILE` with `key` on stdin.
+async fn key_set(config: &Path, key: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(tests::bin_path("agent"))
+        .args(["key", "set", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "trace")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn agent key set");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(key.as_bytes()).await.expect("write key");
+    stdin.write_all(b"\n").await.expect("write key");
+    drop(stdin);
+    tokio::time::timeout(tests::PATIENCE, child.wait_with_output())
+        .await
+        .expect("agent key set finishes")
+        .expect("agent key set runs")
+}
