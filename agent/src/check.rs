@@ -150,7 +150,8 @@ pub async fn run(config: &Path, out: impl Write) -> i32 {
         r.skip("handshake", "no usable tunnel key");
         return EXIT_FAILED;
     };
-    match tokio::time::timeout(limit, authenticate(&cfg, tls, &key)).await {
+    let deadline = tokio::time::Instant::now() + limit;
+    match tokio::time::timeout_at(deadline, authenticate(&cfg, tls, &key, deadline)).await {
         Ok(Ok((mut ws, welcome))) => {
             r.ok(&format!(
                 "handshake accepted: tunnel {} ({}) as agent {}",
@@ -167,8 +168,10 @@ pub async fn run(config: &Path, out: impl Write) -> i32 {
                 "the gateway refused this agent ({reason}): check tunnel.id and the key stored with `agent key set`"
             ),
         ),
+        Ok(Err(DialError::Timeout(_))) | Err(_) => {
+            r.fail("handshake", format!("no answer within {limit:?}"))
+        }
         Ok(Err(e)) => r.fail("handshake", e),
-        Err(_) => r.fail("handshake", format!("no answer within {limit:?}")),
     }
     if r.failed {
         EXIT_FAILED

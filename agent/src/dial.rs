@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use protocol::handshake::{self, Message};
+use protocol::handshake::{self, ClientError};
 use protocol::TunnelKey;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{AgentConfig, GatewayUrl};
@@ -105,23 +104,6 @@ pub fn tls_config(cfg: &AgentConfig) -> anyhow::Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(tls))
 }
 
-async fn recv(ws: &mut GatewayWs) -> Result<Message, DialError> {
-    loop {
-        match ws.next().await {
-            Some(Ok(WsMessage::Text(t))) => return Ok(Message::decode(t.as_str())?),
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            Some(Ok(WsMessage::Close(_))) | None => return Err(DialError::Closed),
-            Some(Ok(_)) => {
-                return Err(handshake::HandshakeError::Malformed(
-                    "binary message during handshake".into(),
-                )
-                .into())
-            }
-            Some(Err(e)) => return Err(e.into()),
-        }
-    }
-}
-
 /// Dials and authenticates, all within the configured timeout.
 pub async fn dial(
     cfg: &AgentConfig,
@@ -133,14 +115,15 @@ pub async fn dial(
     let proxy = cfg
         .proxy()
         .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
-    tokio::time::timeout(limit, dial_inner(cfg, url, tls, key, proxy.as_ref()))
-        .await
-        .unwrap_or_else(|_| {
-            Err(match &proxy {
-                Some(p) => DialError::TimeoutThroughProxy(limit, p.to_string()),
-                None => DialError::Timeout(limit),
-            })
-        })
+    let deadline = Instant::now() + limit;
+    let dialed = dial_inner(cfg, url, tls, key, proxy.as_ref(), deadline);
+    match tokio::time::timeout_at(deadline, dialed).await {
+        Ok(Err(DialError::Timeout(_))) | Err(_) => Err(match &proxy {
+            Some(p) => DialError::TimeoutThroughProxy(limit, p.to_string()),
+            None => DialError::Timeout(limit),
+        }),
+        Ok(done) => done,
+    }
 }
 
 async fn dial_inner(
@@ -149,10 +132,11 @@ async fn dial_inner(
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
     proxy: Option<&crate::proxy::Proxy>,
+    deadline: Instant,
 ) -> Result<(GatewayWs, Welcome), DialError> {
     let tcp = open_transport(url, proxy).await?;
     let tls = tls_connect(url, tls, tcp).await?;
-    authenticate(cfg, tls, key).await
+    authenticate(cfg, tls, key, deadline).await
 }
 
 /// A TCP connection to the gateway: direct, or a tunnel through `proxy`
@@ -190,11 +174,13 @@ pub async fn tls_connect(
 }
 
 /// The WebSocket upgrade and the key proof over an established TLS
-/// connection.
+/// connection, the proof's exchange over by `deadline` (a
+/// [`DialError::Timeout`] of `gateway.connect_timeout_secs` otherwise).
 pub async fn authenticate(
     cfg: &AgentConfig,
     tls: TlsStream<TcpStream>,
     key: &TunnelKey,
+    deadline: Instant,
 ) -> Result<(GatewayWs, Welcome), DialError> {
     let mut exporter = [0u8; handshake::NONCE_LEN];
     tls.get_ref()
@@ -206,47 +192,25 @@ pub async fn authenticate(
         tokio_tungstenite::client_async_with_config(req, tls, Some(protocol::ws_config())).await?;
 
     let agent = cfg.agent_name();
-    let tunnel_id = cfg.tunnel.id.clone();
-    ws.send(WsMessage::text(
-        Message::Hello {
-            version: cfg.gateway.protocol_version,
-            tunnel_id: tunnel_id.clone(),
-            agent: agent.clone(),
-            software: Some(env!("CARGO_PKG_VERSION").into()),
-        }
-        .encode(),
-    ))
-    .await?;
-    let challenge = match recv(&mut ws).await? {
-        Message::Challenge { nonce } => {
-            handshake::unb64::<{ handshake::NONCE_LEN }>(&nonce, "nonce")?
-        }
-        Message::Rejected { reason } => return Err(DialError::Rejected(reason)),
-        other => {
-            return Err(handshake::HandshakeError::Unexpected {
-                expected: "challenge",
-                got: other.kind(),
-            }
-            .into())
-        }
+    let me = handshake::Identity {
+        tunnel_id: &cfg.tunnel.id,
+        agent: &agent,
+        software: Some(env!("CARGO_PKG_VERSION")),
+        version: cfg.gateway.protocol_version,
+        key,
     };
-    let mac = handshake::compute_proof(key, &tunnel_id, &agent, &challenge, &exporter);
-    ws.send(WsMessage::text(
-        Message::Proof {
-            mac: handshake::b64(&mac),
-        }
-        .encode(),
-    ))
-    .await?;
-    match recv(&mut ws).await {
-        Ok(Message::Welcome { tunnel_name, .. }) => Ok((ws, Welcome { tunnel_name })),
-        Ok(Message::Rejected { reason }) => Err(DialError::Rejected(reason)),
-        Ok(Message::TryLater { reason }) => Err(DialError::TryLater(reason)),
-        Ok(other) => Err(handshake::HandshakeError::Unexpected {
-            expected: "welcome",
-            got: other.kind(),
-        }
-        .into()),
-        Err(e) => Err(e),
-    }
+    let welcomed = handshake::client(&mut ws, &me, &exporter, deadline)
+        .await
+        .map_err(|e| match e {
+            ClientError::Transport(e) => DialError::Ws(e),
+            ClientError::Protocol(e) => DialError::Protocol(e),
+            ClientError::Closed => DialError::Closed,
+            ClientError::Timeout => {
+                DialError::Timeout(Duration::from_secs(cfg.gateway.connect_timeout_secs))
+            }
+            ClientError::Rejected(reason) => DialError::Rejected(reason),
+            ClientError::TryLater(reason) => DialError::TryLater(reason),
+        })?;
+    let tunnel_name = welcomed.tunnel_name;
+    Ok((ws, Welcome { tunnel_name }))
 }

@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use protocol::handshake::{self, Message, REJECTED_REASON};
-use protocol::{Control, TunnelKey, WsByteStream};
+use protocol::handshake::{
+    self, Admit, Hello, KeyUsed, Keys, ServerError, ServerParams, Verifier, REJECTED_REASON,
+};
+use protocol::{Control, WsByteStream};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +30,6 @@ use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::AgentsSection;
@@ -69,6 +69,9 @@ enum HsError {
     Tls(std::io::Error),
     #[error("TLS not finished within {0:?}")]
     TlsTimeout(Duration),
+    /// The whole handshake (TLS, upgrade, messages) took too long.
+    #[error("handshake not finished within {0:?}")]
+    Timeout(Duration),
     #[error("websocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("protocol: {0}")]
@@ -192,14 +195,12 @@ async fn serve_agent(
     // space of its largest await for its whole life, and an agent's task
     // lives as long as its connection. The handshake's state (TLS and
     // WebSocket setup) is freed once it is done.
-    let admitted = match tokio::time::timeout(timeout, Box::pin(handshake(&shared, tcp))).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let handshake = Box::pin(handshake(&shared, tcp, deadline));
+    let admitted = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => return handshake_failed(peer, e),
-        Err(_) => {
-            crate::metrics::handshake_rejected("timeout");
-            tracing::info!(%peer, "agent handshake timed out after {timeout:?}");
-            return;
-        }
+        Err(_) => return handshake_failed(peer, HsError::Timeout(timeout)),
     };
     drop(pending);
     if let Err(e) = run_tunnel(&shared, admitted, peer, shutdown).await {
@@ -233,6 +234,10 @@ fn handshake_failed(peer: SocketAddr, e: HsError) {
                 "peer": peer.to_string(),
             }));
         }
+        HsError::Timeout(limit) => {
+            crate::metrics::handshake_rejected("timeout");
+            tracing::info!(%peer, "agent handshake timed out after {limit:?}");
+        }
         HsError::TlsTimeout(limit) => {
             crate::metrics::handshake_rejected("tls_timeout");
             tracing::info!(%peer, "agent connection closed: TLS not finished within {limit:?}");
@@ -244,29 +249,11 @@ fn handshake_failed(peer: SocketAddr, e: HsError) {
     }
 }
 
-async fn recv(ws: &mut AgentWs) -> Result<Message, HsError> {
-    loop {
-        match ws.next().await {
-            Some(Ok(WsMessage::Text(t))) => return Ok(Message::decode(t.as_str())?),
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            Some(Ok(WsMessage::Binary(_) | WsMessage::Frame(_))) => {
-                return Err(handshake::HandshakeError::Malformed(
-                    "binary message during handshake".into(),
-                )
-                .into())
-            }
-            Some(Ok(WsMessage::Close(_))) | None => return Err(HsError::Closed),
-            Some(Err(e)) => return Err(e.into()),
-        }
-    }
-}
-
-async fn send(ws: &mut AgentWs, m: &Message) -> Result<(), HsError> {
-    ws.send(WsMessage::text(m.encode())).await?;
-    Ok(())
-}
-
-async fn handshake(shared: &Shared, tcp: TcpStream) -> Result<Admitted, HsError> {
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<Admitted, HsError> {
     // A peer that sends nothing (or trickles its ClientHello) holds a
     // pending slot for this long, not for the whole handshake timeout.
     let tls_limit = Duration::from_secs(shared.cfg.tls_timeout_secs);
@@ -297,121 +284,110 @@ async fn handshake(shared: &Shared, tcp: TcpStream) -> Result<Admitted, HsError>
     )
     .await?;
 
-    let (tunnel_id, agent, software, protocol) = match recv(&mut ws).await? {
-        Message::Hello {
-            tunnel_id,
-            agent,
-            software,
-            version,
-        } => (tunnel_id, agent, software, version),
-        other => {
-            return Err(handshake::HandshakeError::Unexpected {
-                expected: "hello",
-                got: other.kind(),
+    let params = ServerParams {
+        exporter,
+        deadline,
+        verdict_floor: VERDICT_FLOOR,
+    };
+    let accepted = handshake::server(&mut ws, &mut StoreVerifier { shared }, &params)
+        .await
+        .map_err(|e| match e {
+            ServerError::Transport(e) => HsError::Ws(e),
+            ServerError::Protocol(e) => HsError::Protocol(e),
+            ServerError::Closed => HsError::Closed,
+            ServerError::Timeout => {
+                HsError::Timeout(Duration::from_secs(shared.cfg.handshake_timeout_secs))
             }
-            .into())
-        }
-    };
-    let challenge = handshake::new_challenge();
-    send(
-        &mut ws,
-        &Message::Challenge {
-            nonce: handshake::b64(&challenge),
-        },
-    )
-    .await?;
-    let mac = match recv(&mut ws).await? {
-        Message::Proof { mac } => handshake::unb64::<32>(&mac, "mac")?,
-        other => {
-            return Err(handshake::HandshakeError::Unexpected {
-                expected: "proof",
-                got: other.kind(),
+            ServerError::Lookup(StoreUnavailable) => HsError::Store,
+            ServerError::Rejected { hello, .. } => HsError::Rejected {
+                tunnel_id: hello.tunnel_id,
+                agent: hello.agent,
+            },
+            ServerError::TryLater {
+                hello,
+                reason: why,
+                refused: (tunnel, reason),
+            } => HsError::Full {
+                tunnel,
+                agent: hello.agent,
+                reason,
+                why,
+            },
+        })?;
+    let (tunnel, key_generation, admission) = accepted.admitted;
+    let Hello {
+        agent,
+        software,
+        version,
+        ..
+    } = accepted.hello;
+    Ok(Admitted {
+        ws,
+        tunnel,
+        agent,
+        software: software.map(|s| s.chars().take(64).collect()),
+        protocol: version,
+        key_generation,
+        _admission: admission,
+    })
+}
+
+/// The store lookup failed (logged where it failed).
+struct StoreUnavailable;
+
+/// The gateway's side of the handshake's verdict: the tunnel's keys from
+/// the registry, and its budgets.
+struct StoreVerifier<'a> {
+    shared: &'a Shared,
+}
+
+impl Verifier for StoreVerifier<'_> {
+    /// The tunnel and its current key's generation.
+    type Tunnel = (TunnelInfo, i64);
+    /// The tunnel, the generation of the key the agent proved, its places.
+    type Admitted = (TunnelInfo, i64, Admission);
+    /// The tunnel's name and the metric label.
+    type Refused = (String, &'static str);
+    type Error = StoreUnavailable;
+
+    async fn lookup(
+        &mut self,
+        hello: &Hello,
+    ) -> Result<Option<Keys<Self::Tunnel>>, StoreUnavailable> {
+        match self.shared.registry.tunnel_with_key(&hello.tunnel_id).await {
+            Ok(Some(k)) => Ok(Some(Keys {
+                current: k.current,
+                previous: k.previous,
+                tunnel: (k.info, k.generation),
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let tunnel_id = &hello.tunnel_id;
+                tracing::error!(%tunnel_id, "tunnel lookup failed, closing without a verdict: {e}");
+                Err(StoreUnavailable)
             }
-            .into())
         }
-    };
-    // Unknown tunnel, undecryptable key and wrong proof take the same path:
-    // a MAC is always computed and compared, and the answer is identical.
-    // The verdict also waits for a fixed floor, so the store lookup and key
-    // decryption (present only for a known tunnel) do not show in timing.
-    let verdict_at = tokio::time::Instant::now() + VERDICT_FLOOR;
-    let found = shared.registry.tunnel_with_key(&tunnel_id).await;
-    let (keys, info) = match found {
-        Ok(Some(k)) => {
-            let info = k.info;
-            // During a rotation's overlap the previous key is accepted
-            // too; otherwise a random one stands in so the work is the same.
-            let previous = k.previous.unwrap_or_else(TunnelKey::generate);
-            ((k.current, previous, k.generation), Some(info))
-        }
-        Ok(None) => ((TunnelKey::generate(), TunnelKey::generate(), 0), None),
-        Err(e) => {
-            // Says nothing about the agent's key: close without `Rejected`
-            // so the agent retries instead of giving up for good.
-            tracing::error!(%tunnel_id, "tunnel lookup failed, closing without a verdict: {e}");
-            let _ = ws.close(None).await;
-            return Err(HsError::Store);
-        }
-    };
-    let (current, previous, generation) = keys;
-    let on_current =
-        handshake::verify_proof(&current, &tunnel_id, &agent, &challenge, &exporter, &mac);
-    let on_previous =
-        handshake::verify_proof(&previous, &tunnel_id, &agent, &challenge, &exporter, &mac);
-    let key_generation = if on_current {
-        generation
-    } else {
-        generation - 1
-    };
-    tokio::time::sleep_until(verdict_at).await;
-    match (on_current || on_previous, info) {
-        (true, Some(info)) => {
-            let admission = match admit(shared, &info) {
-                Ok(a) => a,
-                Err((reason, why)) => {
-                    let _ = send(
-                        &mut ws,
-                        &Message::TryLater {
-                            reason: why.clone(),
-                        },
-                    )
-                    .await;
-                    let _ = ws.close(None).await;
-                    return Err(HsError::Full {
-                        tunnel: info.name,
-                        agent,
-                        reason,
-                        why,
-                    });
-                }
-            };
-            send(
-                &mut ws,
-                &Message::Welcome {
-                    tunnel_name: info.name.clone(),
-                },
-            )
-            .await?;
-            Ok(Admitted {
-                ws,
-                tunnel: info,
-                agent,
-                software: software.map(|s| s.chars().take(64).collect()),
-                protocol,
-                key_generation,
-                _admission: admission,
-            })
-        }
-        _ => {
-            let _ = send(
-                &mut ws,
-                &Message::Rejected {
-                    reason: REJECTED_REASON.into(),
-                },
-            )
-            .await;
-            let _ = ws.close(None).await;
-            Err(HsError::Rejected { tunnel_id, agent })
+    }
+
+    fn admit(
+        &mut self,
+        _hello: &Hello,
+        (info, generation): Self::Tunnel,
+        key: KeyUsed,
+    ) -> Admit<Self::Admitted, Self::Refused> {
+        let key_generation = match key {
+            KeyUsed::Current => generation,
+            KeyUsed::Previous => generation - 1,
+        };
+        match admit(self.shared, &info) {
+            Ok(admission) => Admit::Welcome {
+                tunnel_name: info.name.clone(),
+                admitted: (info, key_generation, admission),
+            },
+            Err((reason, why)) => Admit::TryLater {
+                reason: why,
+                refused: (info.name, reason),
+            },
         }
     }
 }

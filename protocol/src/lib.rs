@@ -7,7 +7,9 @@
 //!    its tunnel and itself, the gateway answers with a random challenge, the
 //!    agent proves it holds the tunnel key with an HMAC bound to the challenge
 //!    and to the TLS session (an RFC 5705 exporter value), and the gateway
-//!    welcomes or rejects it. The key never crosses the wire.
+//!    welcomes or rejects it. The key never crosses the wire. Both halves of
+//!    the exchange are here ([`handshake::client()`] for the agent,
+//!    [`handshake::server()`] for the gateway).
 //! 2. **Streams**: the WebSocket then carries a byte stream ([`wsio`]) on which
 //!    the gateway runs an HTTP/2 client and the agent an HTTP/2 server. Every
 //!    caller request is one HTTP/2 request stream ([`exchange`]); a WebSocket

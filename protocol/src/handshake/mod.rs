@@ -17,6 +17,13 @@
 //! The transcript binds the proof to the tunnel id, the agent name, the
 //! gateway's fresh challenge and the TLS exporter value of this very
 //! connection, so a recorded proof is worthless on any other connection.
+//!
+//! Both halves of the exchange live here, over any [`MessageStream`] (the
+//! agent's WebSocket in production): [`client()`] for the agent,
+//! [`server()`] for the gateway, which brings what only it knows (the
+//! tunnel's keys, its budgets) as a [`Verifier`]. Each half runs to a
+//! deadline and decodes every message with [`Message::decode`], so the
+//! size limit and the `Hello` checks hold on both sides.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -26,6 +33,19 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::TunnelKey;
+
+pub mod client;
+pub mod server;
+pub mod stream;
+#[cfg(test)]
+mod tests_exchange;
+
+pub use client::{client, ClientError, Identity, Welcomed};
+pub use server::{
+    server, Accepted, Admit, Hello, KeyUsed, Keys, Rejection, ServerError, ServerErrorOf,
+    ServerParams, Verifier,
+};
+pub use stream::{MessageStream, Received};
 
 /// Version of the handshake and stream protocol this side speaks:
 ///
@@ -213,6 +233,35 @@ pub fn verify_proof(
 ) -> bool {
     let expected = compute_proof(key, tunnel_id, agent, challenge, exporter);
     expected.ct_eq(proof).into()
+}
+
+/// How one send or receive of either half failed.
+enum Step<E> {
+    Transport(E),
+    Protocol(HandshakeError),
+    Closed,
+}
+
+impl<E> From<HandshakeError> for Step<E> {
+    fn from(e: HandshakeError) -> Self {
+        Step::Protocol(e)
+    }
+}
+
+/// Receives and decodes the next handshake message.
+async fn recv<S: MessageStream>(stream: &mut S) -> Result<Message, Step<S::Error>> {
+    match stream.recv_message().await.map_err(Step::Transport)? {
+        Received::Text(text) => Ok(Message::decode(&text)?),
+        Received::Binary => {
+            Err(HandshakeError::Malformed("binary message during handshake".into()).into())
+        }
+        Received::Closed => Err(Step::Closed),
+    }
+}
+
+/// Encodes and sends one handshake message.
+async fn send<S: MessageStream>(stream: &mut S, m: &Message) -> Result<(), Step<S::Error>> {
+    stream.send_text(m.encode()).await.map_err(Step::Transport)
 }
 
 /// Lines sent on the control stream, newline-terminated.
