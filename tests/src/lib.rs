@@ -72,9 +72,13 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The folder of plugin components built from `plugins/` by this crate's
 /// build script (`org-check.wasm`, `authz.wasm`, `oauth1.wasm` and the
-/// test-only `faulty.wasm`).
+/// test-only `faulty.wasm`), or `$TUNNEL_PLUGINS_DIR` if set (as with
+/// `$TUNNEL_BIN_DIR`, to run the stories on a copy that a later build
+/// cannot replace underneath them).
 pub fn plugins_dir() -> PathBuf {
-    PathBuf::from(env!("PLUGINS_DIR"))
+    std::env::var_os("TUNNEL_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("PLUGINS_DIR")))
 }
 
 /// The bytes of the built plugin `name`.

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::{plugin_wasm, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route};
+use tests::{plugin_wasm, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn org_check_plugin_keeps_each_organization_on_its_own_tunnels() {
@@ -149,7 +149,9 @@ async fn authz_rules_admit_methods_paths_and_callers_and_deny_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugins_fail_closed_within_the_deadline() {
-    let timeout_ms = 300;
+    // Long enough that the healthy request below is answered well within
+    // it, however loaded the machine.
+    let timeout_ms = 2000;
     // One proxy thread: a spinning plugin that held it would stall the
     // healthy route's request.
     let gateway = Gateway::start(
@@ -186,13 +188,25 @@ async fn misbehaving_plugins_fail_closed_within_the_deadline() {
             })
         })
         .collect();
-    let started = Instant::now();
+    // All four are inside the plugin (it says so as it starts to spin).
+    tests::eventually("four plugins spinning", PATIENCE, || async {
+        let logs = gateway.full_logs();
+        let inside = (0..4)
+            .filter(|i| logs.contains(&format!("spinning on /{i}")))
+            .count();
+        if inside == 4 {
+            Ok(())
+        } else {
+            Err(format!("{inside} of 4 spinning"))
+        }
+    })
+    .await;
     let healthy = caller.get("wiki.test", "/during").send().await;
     assert_eq!(healthy.echo().server, "wiki");
-    assert!(
-        started.elapsed() < Duration::from_millis(timeout_ms / 2),
-        "the healthy route waited {:?} for the spinning plugins",
-        started.elapsed()
+    let finished = spinning.iter().filter(|t| t.is_finished()).count();
+    assert_eq!(
+        finished, 0,
+        "the healthy route was answered only after {finished} spinning plugins were stopped"
     );
     for task in spinning {
         let (reply, took) = task.await.unwrap();
@@ -200,13 +214,14 @@ async fn misbehaving_plugins_fail_closed_within_the_deadline() {
         assert!(
             reply
                 .text()
-                .contains("`faulty` did not decide within 300 ms"),
+                .contains(&format!("`faulty` did not decide within {timeout_ms} ms")),
             "{:?}",
             reply.text()
         );
         assert!(
-            took < Duration::from_millis(timeout_ms * 10),
-            "refused only after {took:?}"
+            took >= Duration::from_millis(timeout_ms)
+                && took < Duration::from_millis(timeout_ms) + Duration::from_secs(10),
+            "refused after {took:?}, not at the {timeout_ms} ms deadline"
         );
     }
 

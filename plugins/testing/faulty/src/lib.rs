@@ -1,6 +1,7 @@
 //! Test-only plugin that misbehaves on purpose. Never deploy it.
 //!
-//! Its configuration names the failure: `loop` spins forever, `trap` hits an
+//! Its configuration names the failure: `loop` logs `spinning on PATH`
+//! and spins forever, `trap` hits an
 //! `unreachable` instruction, `grow` allocates until memory runs out,
 //! `init-error` refuses to load, `init-loop` never returns from `init`,
 //! `allow` and `deny` behave (so a test can
@@ -76,6 +77,11 @@ impl Policy for Faulty {
                 )])
             }
             "loop" => {
+                // Says it is inside, so a test can wait for that.
+                plugin_sdk::host::log(
+                    plugin_sdk::Level::Info,
+                    &alloc::format!("spinning on {}", req.path_with_query),
+                );
                 let mut n: u64 = 0;
                 loop {
                     n = core::hint::black_box(n.wrapping_add(1));
