@@ -27,6 +27,10 @@ struct State {
     events: Vec<Value>,
     /// The current process closed its stdout (it exited or was killed).
     closed: bool,
+    /// Which process is the current one: [`EventLog::started`] counts up,
+    /// and only the current process's end counts as `closed` (an earlier
+    /// one's reader may see its end after a restart began).
+    generation: u64,
 }
 
 /// The name of an event: its `"event"` field.
@@ -60,17 +64,27 @@ impl EventLog {
         self.update(|s| s.events.push(event));
     }
 
-    /// A new process starts writing into this log.
-    pub(crate) fn started(&self) {
+    /// A new process starts writing into this log; pass what it returns
+    /// to [`EventLog::closed`] when its stdout ends.
+    pub(crate) fn started(&self) -> u64 {
+        let mut generation = 0;
         self.update(|s| {
+            s.generation += 1;
+            generation = s.generation;
             s.closed = false;
             s.events.push(serde_json::json!({"event": "_started"}));
         });
+        generation
     }
 
-    /// The current process's stdout reached its end.
-    pub(crate) fn closed(&self) {
-        self.update(|s| s.closed = true);
+    /// The stdout of the process `generation` reached its end; nothing
+    /// changes when a later process has started since.
+    pub(crate) fn closed(&self, generation: u64) {
+        self.update(|s| {
+            if s.generation == generation {
+                s.closed = true;
+            }
+        });
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) {
@@ -215,7 +229,26 @@ mod tests {
     #[should_panic(expected = "exited before")]
     async fn a_closed_log_fails_the_wait_at_once() {
         let log = EventLog::new("test");
-        log.closed();
+        let first = log.started();
+        log.closed(first);
         log.wait("never", |_| false, Duration::from_secs(60)).await;
+    }
+
+    #[tokio::test]
+    async fn an_earlier_process_ending_after_a_restart_does_not_close_the_log() {
+        let log = EventLog::new("test");
+        let old = log.started();
+        let _new = log.started();
+        // The old process's reader sees its end only now.
+        log.closed(old);
+        let writer = log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            writer.push_line(r#"{"event":"ready"}"#);
+        });
+        let ready = log
+            .wait("ready", |e| kind(e) == "ready", Duration::from_secs(10))
+            .await;
+        assert_eq!(kind(&ready), "ready");
     }
 }

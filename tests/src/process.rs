@@ -53,7 +53,7 @@ impl Proc {
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        events.started();
+        let generation = events.started();
         let stdout = child.stdout.take().expect("piped stdout");
         let log = events.clone();
         let reader = std::thread::Builder::new()
@@ -65,7 +65,7 @@ impl Proc {
                         Err(_) => break,
                     }
                 }
-                log.closed();
+                log.closed(generation);
             })
             .expect("spawn stdout reader");
         Proc {
