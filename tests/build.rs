@@ -16,6 +16,8 @@ const PLUGINS: &[(&str, &str)] = &[
     ("faulty_next", "faulty-next"),
 ];
 
+include!("src/outer_build_env.rs");
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
@@ -46,15 +48,7 @@ fn main() {
     .arg(root.join("plugins/Cargo.toml"))
     .arg("--target-dir")
     .arg(&plugin_target);
-    // The outer build's settings are for the host, not for wasm.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PROFILE_RELEASE_DEBUG",
-    ] {
+    for var in OUTER_BUILD_ENV {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("running cargo to build the plugins");

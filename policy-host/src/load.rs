@@ -221,47 +221,17 @@ impl Plugins {
             names.sort();
             for (name, configs) in names {
                 let path = dir.join(format!("{name}.wasm"));
-                let refused = |error| LoadError::Plugin {
-                    name: name.clone(),
-                    path: path.display().to_string(),
-                    error: Box::new(error),
-                };
-                let seen = stamp(&path).map_err(|error| {
-                    refused(FileError::Unreadable {
-                        path: path.display().to_string(),
-                        error,
-                    })
-                })?;
-                let replay = Arc::new(ReplaySet::new(
-                    name.as_str().into(),
-                    host.limits.max_replay_keys,
-                    host.limits.replay_share_per_org,
-                ));
-                let name_arc: Arc<str> = name.as_str().into();
-                let version = rt
-                    .block_on(host.prepare(&name_arc, &path, &configs, &replay))
-                    .map_err(refused)?;
-                let name = name_arc;
+                let slot = rt.block_on(host.new_slot(&name, path, configs, None))?;
+                let version = slot.version();
                 tracing::info!(
                     plugin = %name, version = %version.version, sha256 = %version.sha256,
-                    pinned = host.limits.sha256.contains_key(&*name), "plugin loaded"
+                    pinned = host.limits.sha256.contains_key(&name), "plugin loaded"
                 );
                 emit(json!({
-                    "event": "plugin_loaded", "plugin": &*name,
+                    "event": "plugin_loaded", "plugin": &name,
                     "version": version.version, "sha256": version.sha256,
                 }));
-                host.slots.insert(
-                    name.to_string(),
-                    Arc::new(Slot {
-                        counters: SlotCounters::new(&name),
-                        name,
-                        path,
-                        current: RwLock::new(Arc::new(version)),
-                        configs,
-                        replay,
-                        seen: Mutex::new(seen),
-                    }),
-                );
+                host.slots.insert(name, slot);
             }
         }
         for pinned in host.limits.sha256.keys() {
@@ -273,6 +243,51 @@ impl Plugins {
             }
         }
         Ok(Arc::new(host))
+    }
+
+    /// A slot for the plugin `name` in the file `path`: the file's stamp
+    /// (what the reloader compares), the version prepared from it (compiled,
+    /// checked, `init` run with each of `configs`) and `replay`, or a new
+    /// replay set when `None`.
+    pub(crate) async fn new_slot(
+        &self,
+        name: &str,
+        path: PathBuf,
+        configs: Vec<String>,
+        replay: Option<Arc<ReplaySet>>,
+    ) -> Result<Arc<Slot>, LoadError> {
+        let refused = |error| LoadError::Plugin {
+            name: name.to_string(),
+            path: path.display().to_string(),
+            error: Box::new(error),
+        };
+        let seen = stamp(&path).map_err(|error| {
+            refused(FileError::Unreadable {
+                path: path.display().to_string(),
+                error,
+            })
+        })?;
+        let name: Arc<str> = name.into();
+        let replay = replay.unwrap_or_else(|| {
+            Arc::new(ReplaySet::new(
+                name.clone(),
+                self.limits.max_replay_keys,
+                self.limits.replay_share_per_org,
+            ))
+        });
+        let version = self
+            .prepare(&name, &path, &configs, &replay)
+            .await
+            .map_err(refused)?;
+        Ok(Arc::new(Slot {
+            counters: SlotCounters::new(&name),
+            name,
+            path,
+            current: RwLock::new(Arc::new(version)),
+            configs,
+            replay,
+            seen: Mutex::new(seen),
+        }))
     }
 
     /// The chain for a list of plugin references (all loaded by [`load`]).

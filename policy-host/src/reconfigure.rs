@@ -21,7 +21,7 @@ use protocol::events::emit;
 use serde_json::json;
 
 use crate::load::{Slot, SlotCounters};
-use crate::{stamp, FileError, LoadError, Plugins, PluginsSection, ReplaySet, Stamp};
+use crate::{LoadError, Plugins, PluginsSection, Stamp};
 
 /// A stamp no file has: the file reloader looks at a slot marked with it
 /// again on its next round (and swaps nothing when the file is the
@@ -85,47 +85,15 @@ impl Plugins {
                     })
                 }
                 _ => {
-                    let refused = |error| LoadError::Plugin {
-                        name: name.clone(),
-                        path: path.display().to_string(),
-                        error: Box::new(error),
-                    };
-                    let seen = stamp(&path).map_err(|error| {
-                        refused(FileError::Unreadable {
-                            path: path.display().to_string(),
-                            error,
-                        })
-                    })?;
-                    let name_arc: Arc<str> = name.as_str().into();
-                    let replay = old.map_or_else(
-                        || {
-                            Arc::new(ReplaySet::new(
-                                name_arc.clone(),
-                                host.limits.max_replay_keys,
-                                host.limits.replay_share_per_org,
-                            ))
-                        },
-                        |o| o.replay.clone(),
-                    );
-                    let version = host
-                        .prepare(&name_arc, &path, &configs, &replay)
-                        .await
-                        .map_err(refused)?;
-                    let name = name_arc;
+                    let replay = old.map(|o| o.replay.clone());
+                    let slot = host.new_slot(&name, path, configs, replay).await?;
+                    let version = slot.version();
                     loaded.push((
                         name.clone(),
                         version.version.clone(),
                         version.sha256.clone(),
                     ));
-                    Arc::new(Slot {
-                        counters: SlotCounters::new(&name),
-                        name,
-                        path,
-                        current: RwLock::new(Arc::new(version)),
-                        configs,
-                        replay,
-                        seen: Mutex::new(seen),
-                    })
+                    slot
                 }
             };
             host.slots.insert(slot.name.to_string(), slot);

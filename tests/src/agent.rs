@@ -299,11 +299,28 @@ impl Agent {
     }
 }
 
-/// `agent key set --config FILE` with the key on stdin.
+/// `agent key set --config FILE` with the key on stdin; must succeed.
 async fn set_key(config: &std::path::Path, key: &str) {
+    let out = key_set(config, key, &[]).await;
+    assert!(
+        out.status.success(),
+        "agent key set failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `agent key set --config FILE` with `key` on stdin and the extra
+/// environment `env`; what it printed and how it exited.
+pub async fn key_set(
+    config: &std::path::Path,
+    key: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut child = tokio::process::Command::new(bin_path("agent"))
         .args(["key", "set", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -314,16 +331,10 @@ async fn set_key(config: &std::path::Path, key: &str) {
     stdin.write_all(key.as_bytes()).await.expect("write key");
     stdin.write_all(b"\n").await.expect("write key");
     drop(stdin);
-    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+    tokio::time::timeout(PATIENCE, child.wait_with_output())
         .await
         .expect("agent key set finishes")
-        .expect("agent key set runs");
-    assert!(
-        out.status.success(),
-        "agent key set failed with {}:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("agent key set runs")
 }
 
 impl AgentOptions {

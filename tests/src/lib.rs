@@ -47,6 +47,7 @@ mod eventually;
 pub mod gateway;
 pub mod lifecycle;
 pub mod otlp;
+mod outer_build_env;
 pub mod pattern;
 pub mod pki;
 mod process;
@@ -64,6 +65,7 @@ pub use caller::{Caller, Reply};
 pub use events::EventLog;
 pub use eventually::eventually;
 pub use gateway::{Gateway, GatewayOptions, Route, Tunnel};
+pub use outer_build_env::OUTER_BUILD_ENV;
 pub use pki::Pki;
 
 /// How long a story waits for something that should happen "at once"

@@ -63,13 +63,7 @@ async fn build_plugin(dir: &Path, krate: &str) -> PathBuf {
         ])
         .arg("--target-dir")
         .arg(&target);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
+    for var in tests::OUTER_BUILD_ENV {
         cmd.env_remove(var);
     }
     let out = cmd.output().await.expect("running cargo");

@@ -154,7 +154,8 @@ async fn no_secret_reaches_either_log_at_debug_on_any_path() {
     let mut mistyped = tunnel.key.clone();
     mistyped.replace_range(..6, "S3CR3T");
     mistyped.push_str("xyz");
-    let key_set = key_set(agent.config_path(), &mistyped).await;
+    let key_set =
+        tests::agent::key_set(agent.config_path(), &mistyped, &[("RUST_LOG", "trace")]).await;
     assert!(
         !key_set.status.success(),
         "agent key set accepted a 46-character key"
@@ -248,27 +249,4 @@ async fn no_secret_reaches_either_log_at_debug_on_any_path() {
             );
         }
     }
-}
-
-/// `agent key set --config FILE` with `key` on stdin.
-async fn key_set(config: &Path, key: &str) -> std::process::Output {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new(tests::bin_path("agent"))
-        .args(["key", "set", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "trace")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn agent key set");
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin.write_all(key.as_bytes()).await.expect("write key");
-    stdin.write_all(b"\n").await.expect("write key");
-    drop(stdin);
-    tokio::time::timeout(tests::PATIENCE, child.wait_with_output())
-        .await
-        .expect("agent key set finishes")
-        .expect("agent key set runs")
 }
