@@ -129,7 +129,7 @@ pub async fn dial(
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
 ) -> Result<(GatewayWs, Welcome), DialError> {
-    let limit = Duration::from_secs(cfg.gateway.connect_timeout_secs);
+    let limit = cfg.gateway.connect_timeout;
     let proxy = cfg
         .proxy()
         .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
