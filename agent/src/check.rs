@@ -99,7 +99,7 @@ pub async fn run(config: &Path, out: impl Write) -> i32 {
     let proxy = cfg.proxy().expect("validated");
 
     let what_local = format!("local service {}:{}", local.0, local.1);
-    let local_limit = Duration::from_secs(cfg.local.connect_timeout_secs);
+    let local_limit = cfg.local.connect_timeout;
     match within(
         local_limit,
         crate::session::connect_to_local(&local, cfg.local.allow_remote),
@@ -110,7 +110,7 @@ pub async fn run(config: &Path, out: impl Write) -> i32 {
         Err(e) => r.fail(&what_local, e),
     }
 
-    let limit = Duration::from_secs(cfg.gateway.connect_timeout_secs);
+    let limit = cfg.gateway.connect_timeout;
     let route = match &proxy {
         Some(p) => format!("through proxy {p} (from {})", p.source),
         None => "directly".to_string(),

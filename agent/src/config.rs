@@ -2,6 +2,7 @@
 //! overrides, checked at start with errors naming the field.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -75,10 +76,14 @@ pub struct GatewaySection {
     /// PEM CA bundle to trust instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Seconds for TCP connect, TLS, upgrade and handshake together (the
-    /// proxy's CONNECT included).
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_secs: u64,
+    /// Time for TCP connect, TLS, upgrade and handshake together (the
+    /// proxy's CONNECT included). At least 1s.
+    #[serde(
+        default = "default_connect_timeout",
+        alias = "connect_timeout_secs",
+        deserialize_with = "protocol::duration::secs"
+    )]
+    pub connect_timeout: Duration,
     /// HTTP CONNECT proxy to reach the gateway through,
     /// `http://[user:password@]host:port`, or `"none"` to ignore the proxy
     /// environment variables. Unset (the default): `https_proxy`,
@@ -138,26 +143,33 @@ pub struct LocalSection {
     /// Allow an address that is not loopback.
     #[serde(default)]
     pub allow_remote: bool,
-    /// Seconds to connect to the local service.
-    #[serde(default = "default_local_connect")]
-    pub connect_timeout_secs: u64,
+    /// Time to connect to the local service.
+    #[serde(
+        default = "default_local_connect",
+        alias = "connect_timeout_secs",
+        deserialize_with = "protocol::duration::secs"
+    )]
+    pub connect_timeout: Duration,
 }
 
 /// Dead-peer detection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatSection {
-    /// Seconds between HTTP/2 PINGs to the gateway.
-    pub interval_secs: u64,
-    /// Seconds without an answer before the connection is dropped.
-    pub timeout_secs: u64,
+    /// Time between HTTP/2 PINGs to the gateway. At least 1s.
+    #[serde(alias = "interval_secs", deserialize_with = "protocol::duration::secs")]
+    pub interval: Duration,
+    /// Time without an answer before the connection is dropped; at least
+    /// `interval`.
+    #[serde(alias = "timeout_secs", deserialize_with = "protocol::duration::secs")]
+    pub timeout: Duration,
 }
 
 impl Default for HeartbeatSection {
     fn default() -> Self {
         HeartbeatSection {
-            interval_secs: 10,
-            timeout_secs: 30,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -166,20 +178,34 @@ impl Default for HeartbeatSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectSection {
-    /// First backoff ceiling in milliseconds.
-    pub initial_backoff_ms: u64,
-    /// Largest backoff ceiling in milliseconds.
-    pub max_backoff_ms: u64,
+    /// First backoff ceiling (`"500ms"`; a bare number is milliseconds).
+    /// At least 1ms.
+    #[serde(
+        alias = "initial_backoff_ms",
+        deserialize_with = "protocol::duration::millis"
+    )]
+    pub initial_backoff: Duration,
+    /// Largest backoff ceiling (a bare number is milliseconds); at least
+    /// `initial_backoff`.
+    #[serde(
+        alias = "max_backoff_ms",
+        deserialize_with = "protocol::duration::millis"
+    )]
+    pub max_backoff: Duration,
     /// A connection that lasted this long resets the backoff.
-    pub stable_after_secs: u64,
+    #[serde(
+        alias = "stable_after_secs",
+        deserialize_with = "protocol::duration::secs"
+    )]
+    pub stable_after: Duration,
 }
 
 impl Default for ReconnectSection {
     fn default() -> Self {
         ReconnectSection {
-            initial_backoff_ms: 500,
-            max_backoff_ms: 30_000,
-            stable_after_secs: 30,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            stable_after: Duration::from_secs(30),
         }
     }
 }
@@ -188,25 +214,51 @@ impl Default for ReconnectSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DrainSection {
-    /// Seconds in-flight requests get to finish after SIGTERM.
-    pub grace_secs: u64,
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[serde(alias = "grace_secs", deserialize_with = "protocol::duration::secs")]
+    pub grace: Duration,
 }
 
 impl Default for DrainSection {
     fn default() -> Self {
-        DrainSection { grace_secs: 30 }
+        DrainSection {
+            grace: Duration::from_secs(30),
+        }
     }
 }
 
 fn default_protocol_version() -> u32 {
     protocol::PROTOCOL_VERSION
 }
-fn default_connect_timeout() -> u64 {
-    10
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_local_connect() -> u64 {
-    5
+fn default_local_connect() -> Duration {
+    Duration::from_secs(5)
 }
+
+/// Fields renamed when durations became text, by section (old name, new
+/// name): [`AgentConfig::load`] still reads the old names, in the file and
+/// from the environment, and refuses both names of one field in one of
+/// them. Each is also a serde alias of its field.
+pub const RENAMED: protocol::layered::Renamed = &[
+    ("gateway", &[("connect_timeout_secs", "connect_timeout")]),
+    ("local", &[("connect_timeout_secs", "connect_timeout")]),
+    (
+        "heartbeat",
+        &[("interval_secs", "interval"), ("timeout_secs", "timeout")],
+    ),
+    (
+        "reconnect",
+        &[
+            ("initial_backoff_ms", "initial_backoff"),
+            ("max_backoff_ms", "max_backoff"),
+            ("stable_after_secs", "stable_after"),
+        ],
+    ),
+    ("drain", &[("grace_secs", "grace")]),
+    ("telemetry", telemetry::TelemetrySection::RENAMED),
+];
 
 /// A configuration error, naming the file or field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -244,18 +296,7 @@ impl AgentConfig {
             path: path.display().to_string(),
             source,
         };
-        let cfg: AgentConfig = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("AGENT")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
-            .map_err(load_err)?
-            .try_deserialize()
-            .map_err(load_err)?;
+        let cfg: AgentConfig = protocol::layered::load(path, "AGENT", RENAMED).map_err(load_err)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -297,32 +338,26 @@ impl AgentConfig {
             _ => {}
         }
         self.local_target()?;
-        if self.heartbeat.interval_secs == 0 {
-            return Err(invalid("heartbeat.interval_secs", "must be at least 1"));
+        if self.heartbeat.interval < Duration::from_secs(1) {
+            return Err(invalid("heartbeat.interval", "must be at least 1s"));
         }
-        if self.heartbeat.timeout_secs < self.heartbeat.interval_secs {
+        if self.heartbeat.timeout < self.heartbeat.interval {
             return Err(invalid(
-                "heartbeat.timeout_secs",
-                "must be at least heartbeat.interval_secs",
+                "heartbeat.timeout",
+                "must be at least heartbeat.interval",
             ));
         }
-        if self.reconnect.initial_backoff_ms == 0 {
+        if self.reconnect.initial_backoff < Duration::from_millis(1) {
+            return Err(invalid("reconnect.initial_backoff", "must be at least 1ms"));
+        }
+        if self.reconnect.max_backoff < self.reconnect.initial_backoff {
             return Err(invalid(
-                "reconnect.initial_backoff_ms",
-                "must be at least 1",
+                "reconnect.max_backoff",
+                "must be at least reconnect.initial_backoff",
             ));
         }
-        if self.reconnect.max_backoff_ms < self.reconnect.initial_backoff_ms {
-            return Err(invalid(
-                "reconnect.max_backoff_ms",
-                "must be at least reconnect.initial_backoff_ms",
-            ));
-        }
-        if self.gateway.connect_timeout_secs == 0 {
-            return Err(invalid(
-                "gateway.connect_timeout_secs",
-                "must be at least 1",
-            ));
+        if self.gateway.connect_timeout < Duration::from_secs(1) {
+            return Err(invalid("gateway.connect_timeout", "must be at least 1s"));
         }
         Ok(())
     }
@@ -460,7 +495,11 @@ address = "127.0.0.1:8080"
             (BASE.replace("kek_file = \"kek\"", ""), "tunnel.kek_file"),
             (
                 format!("{BASE}[heartbeat]\ninterval_secs = 0\n"),
-                "heartbeat.interval_secs",
+                "heartbeat.interval",
+            ),
+            (
+                format!("{BASE}[heartbeat]\ninterval = \"999ms\"\n"),
+                "heartbeat.interval",
             ),
         ];
         for (text, field) in cases {
@@ -471,6 +510,102 @@ address = "127.0.0.1:8080"
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    /// Loads `text` from a file through [`AgentConfig::load`] (the layered
+    /// loader: old names renamed, both names of one field refused).
+    fn load_text(text: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("agcfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        std::fs::write(&path, text).unwrap();
+        let r = AgentConfig::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn durations_are_text_or_a_number_in_the_old_unit_under_either_name() {
+        let new = format!(
+            "{BASE}[heartbeat]\ninterval = \"2s\"\ntimeout = \"1m30s\"\n\
+             [reconnect]\ninitial_backoff = \"250ms\"\nmax_backoff = \"1m\"\nstable_after = \"45s\"\n\
+             [drain]\ngrace = \"1500ms\"\n"
+        );
+        let old = format!(
+            "{BASE}[heartbeat]\ninterval_secs = 2\ntimeout_secs = 90\n\
+             [reconnect]\ninitial_backoff_ms = 250\nmax_backoff_ms = 60000\nstable_after_secs = 45\n\
+             [drain]\ngrace = \"1500ms\"\n"
+        );
+        // What an environment override hands over: digits as text.
+        let digits = format!(
+            "{BASE}[heartbeat]\ninterval = \"2\"\ntimeout_secs = \"90\"\n\
+             [reconnect]\ninitial_backoff = \"250\"\nmax_backoff_ms = \"60000\"\nstable_after = 45\n\
+             [drain]\ngrace = \"1s 500ms\"\n"
+        );
+        for text in [new, old, digits] {
+            for c in [parse(&text).unwrap(), load_text(&text).unwrap()] {
+                assert_eq!(c.heartbeat.interval, Duration::from_secs(2));
+                assert_eq!(c.heartbeat.timeout, Duration::from_secs(90));
+                assert_eq!(c.reconnect.initial_backoff, Duration::from_millis(250));
+                assert_eq!(c.reconnect.max_backoff, Duration::from_secs(60));
+                assert_eq!(c.reconnect.stable_after, Duration::from_secs(45));
+                assert_eq!(c.drain.grace, Duration::from_millis(1500));
+            }
+        }
+        // The two `connect_timeout`s, one per section.
+        let text = BASE
+            .replace("[tunnel]", "connect_timeout_secs = 3\n[tunnel]")
+            .replace("[local]", "[local]\nconnect_timeout = \"250ms\"");
+        let c = load_text(&text).unwrap();
+        assert_eq!(c.gateway.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.local.connect_timeout, Duration::from_millis(250));
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.gateway.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.local.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.reconnect.initial_backoff, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn durations_refuse_both_names_bad_text_and_values_out_of_bounds() {
+        let both = format!("{BASE}[drain]\ngrace = \"5s\"\ngrace_secs = 5\n");
+        let e = load_text(&both).unwrap_err().to_string();
+        assert!(
+            e.contains("`drain.grace_secs` and `drain.grace` are both set"),
+            "{e}"
+        );
+        let e = load_text(&format!("{BASE}[reconnect]\ninitial_backoff = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reconnect.initial_backoff: \"soon\" is not a duration ("),
+            "{e}"
+        );
+        assert!(e.contains("or a number of milliseconds)"), "{e}");
+        for (text, field) in [
+            (
+                format!("{BASE}[heartbeat]\ninterval = \"500ms\"\n"),
+                "heartbeat.interval",
+            ),
+            (
+                format!("{BASE}[heartbeat]\ntimeout = \"9s\"\n"),
+                "heartbeat.timeout",
+            ),
+            (
+                format!("{BASE}[reconnect]\ninitial_backoff = \"900us\"\n"),
+                "reconnect.initial_backoff",
+            ),
+            (
+                format!("{BASE}[reconnect]\nmax_backoff_ms = 400\n"),
+                "reconnect.max_backoff",
+            ),
+            (
+                BASE.replace("[tunnel]", "connect_timeout = 0\n[tunnel]"),
+                "gateway.connect_timeout",
+            ),
+        ] {
+            let e = load_text(&text).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub async fn dial(
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
 ) -> Result<(GatewayWs, Welcome), DialError> {
-    let limit = Duration::from_secs(cfg.gateway.connect_timeout_secs);
+    let limit = cfg.gateway.connect_timeout;
     let proxy = cfg
         .proxy()
         .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
@@ -205,9 +205,7 @@ pub async fn authenticate(
             ClientError::Transport(e) => DialError::Ws(e),
             ClientError::Protocol(e) => DialError::Protocol(e),
             ClientError::Closed => DialError::Closed,
-            ClientError::Timeout => {
-                DialError::Timeout(Duration::from_secs(cfg.gateway.connect_timeout_secs))
-            }
+            ClientError::Timeout => DialError::Timeout(cfg.gateway.connect_timeout),
             ClientError::Rejected(reason) => DialError::Rejected(reason),
             ClientError::TryLater(reason) => DialError::TryLater(reason),
         })?;

@@ -43,10 +43,8 @@ impl Status {
 pub const EXIT_REJECTED: i32 = 2;
 
 /// Exponential backoff ceiling for attempt `n` (0-based), full jitter applied by the caller.
-pub fn backoff_ceiling(initial_ms: u64, max_ms: u64, attempt: u32) -> u64 {
-    initial_ms
-        .saturating_mul(1u64 << attempt.min(30))
-        .min(max_ms)
+pub fn backoff_ceiling(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    initial.saturating_mul(1u32 << attempt.min(30)).min(max)
 }
 
 /// Runs until drained (exit 0) or rejected (exit 2). Returns the exit code.
@@ -106,7 +104,7 @@ pub async fn run(
                         emit(json!({"event": "disconnected", "reason": reason}));
                     }
                 }
-                if since.elapsed() >= Duration::from_secs(cfg.reconnect.stable_after_secs) {
+                if since.elapsed() >= cfg.reconnect.stable_after {
                     attempt = 0;
                 }
             }
@@ -131,12 +129,12 @@ pub async fn run(
             }
         }
         let ceiling = backoff_ceiling(
-            cfg.reconnect.initial_backoff_ms,
-            cfg.reconnect.max_backoff_ms,
+            cfg.reconnect.initial_backoff,
+            cfg.reconnect.max_backoff,
             attempt,
         );
         attempt = attempt.saturating_add(1);
-        let wait = Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling));
+        let wait = rand::thread_rng().gen_range(Duration::ZERO..=ceiling);
         let mut d = drain_rx.clone();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -153,10 +151,18 @@ mod tests {
 
     #[test]
     fn backoff_grows_then_caps() {
-        assert_eq!(backoff_ceiling(100, 2000, 0), 100);
-        assert_eq!(backoff_ceiling(100, 2000, 1), 200);
-        assert_eq!(backoff_ceiling(100, 2000, 4), 1600);
-        assert_eq!(backoff_ceiling(100, 2000, 5), 2000);
-        assert_eq!(backoff_ceiling(100, 2000, 200), 2000);
+        let ms = Duration::from_millis;
+        assert_eq!(backoff_ceiling(ms(100), ms(2000), 0), ms(100));
+        assert_eq!(backoff_ceiling(ms(100), ms(2000), 1), ms(200));
+        assert_eq!(backoff_ceiling(ms(100), ms(2000), 4), ms(1600));
+        assert_eq!(backoff_ceiling(ms(100), ms(2000), 5), ms(2000));
+        assert_eq!(backoff_ceiling(ms(100), ms(2000), 200), ms(2000));
+        // Fractions of a millisecond and huge values stay exact or cap.
+        let us = Duration::from_micros;
+        assert_eq!(backoff_ceiling(us(1500), ms(10), 1), us(3000));
+        assert_eq!(
+            backoff_ceiling(Duration::from_secs(u64::MAX / 2), ms(10), 30),
+            ms(10)
+        );
     }
 }

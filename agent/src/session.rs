@@ -160,7 +160,7 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) -> Ended {
     let local = cfg.local_target().expect("validated at start");
-    let local_timeout = Duration::from_secs(cfg.local.connect_timeout_secs);
+    let local_timeout = cfg.local.connect_timeout;
     let shared = Arc::new(Shared {
         pool: Arc::new(crate::exchange::Local::new(
             local.clone(),
@@ -196,16 +196,12 @@ pub async fn serve(
     let ping = conn
         .ping_pong()
         .expect("taken once, right after the handshake");
-    let heartbeat = protocol::h2io::heartbeat(
-        ping,
-        Duration::from_secs(cfg.heartbeat.interval_secs),
-        Duration::from_secs(cfg.heartbeat.timeout_secs),
-    );
+    let heartbeat = protocol::h2io::heartbeat(ping, cfg.heartbeat.interval, cfg.heartbeat.timeout);
     tokio::pin!(heartbeat);
     let mut control: Option<H2Stream> = None;
     let mut drain_sent = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let grace = Duration::from_secs(cfg.drain.grace_secs);
+    let grace = cfg.drain.grace;
     loop {
         if *drain.borrow() && !drain_sent {
             if let Some(c) = control.as_mut() {

@@ -33,7 +33,7 @@ path = "db"
 kek_file = "kek"
 [plugins]
 dir = {dir:?}
-reload_interval_ms = 0
+reload_interval = "0s"
 [[routes]]
 name = "bench"
 host = "bench.test"

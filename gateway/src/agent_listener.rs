@@ -6,7 +6,7 @@
 //! Budgets, so that no one party can keep the others' agents out:
 //! unauthenticated connections share `max_pending_handshakes`, of which one
 //! source may hold `max_pending_handshakes_per_source`, and each has
-//! `tls_timeout_secs` to finish TLS; authenticated ones share
+//! `tls_timeout` to finish TLS; authenticated ones share
 //! `max_connections`, of which one tunnel may hold `max_agents_per_tunnel`.
 //! An agent refused for a full budget after a good proof is told `TryLater`
 //! and retries with backoff; it never sees `Rejected`, which is final.
@@ -190,7 +190,7 @@ async fn serve_agent(
     pending: (tokio::sync::OwnedSemaphorePermit, SourceSlot),
 ) {
     let _ = tcp.set_nodelay(true);
-    let timeout = Duration::from_secs(shared.cfg.handshake_timeout_secs);
+    let timeout = shared.cfg.handshake_timeout;
     // Boxed, here and for the other one-time steps below: a task keeps the
     // space of its largest await for its whole life, and an agent's task
     // lives as long as its connection. The handshake's state (TLS and
@@ -256,7 +256,7 @@ async fn handshake(
 ) -> Result<Admitted, HsError> {
     // A peer that sends nothing (or trickles its ClientHello) holds a
     // pending slot for this long, not for the whole handshake timeout.
-    let tls_limit = Duration::from_secs(shared.cfg.tls_timeout_secs);
+    let tls_limit = shared.cfg.tls_timeout;
     let tls = tokio::time::timeout(tls_limit, shared.acceptor.accept(tcp))
         .await
         .map_err(|_| HsError::TlsTimeout(tls_limit))?
@@ -295,9 +295,7 @@ async fn handshake(
             ServerError::Transport(e) => HsError::Ws(e),
             ServerError::Protocol(e) => HsError::Protocol(e),
             ServerError::Closed => HsError::Closed,
-            ServerError::Timeout => {
-                HsError::Timeout(Duration::from_secs(shared.cfg.handshake_timeout_secs))
-            }
+            ServerError::Timeout => HsError::Timeout(shared.cfg.handshake_timeout),
             ServerError::Lookup(StoreUnavailable) => HsError::Store,
             ServerError::Rejected { hello, .. } => HsError::Rejected {
                 tunnel_id: hello.tunnel_id,
@@ -456,16 +454,13 @@ async fn run_tunnel(
     // this token is how we close the connection (drained, shutdown).
     let closer = tokio_util::sync::CancellationToken::new();
     let _close_on_exit = closer.clone().drop_guard();
-    let hb = Duration::from_secs(shared.cfg.heartbeat_interval_secs);
-    let hb_timeout = Duration::from_secs(shared.cfg.heartbeat_timeout_secs);
+    let hb = shared.cfg.heartbeat_interval;
+    let hb_timeout = shared.cfg.heartbeat_timeout;
     let mut io = WsByteStream::server(ws).with_cancel(closer.clone());
     // The agent speaks first (its HTTP/2 SETTINGS): see `peer_spoke`.
-    tokio::time::timeout(
-        Duration::from_secs(shared.cfg.handshake_timeout_secs),
-        Box::pin(io.peer_spoke()),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("agent sent nothing after the handshake"))??;
+    tokio::time::timeout(shared.cfg.handshake_timeout, Box::pin(io.peer_spoke()))
+        .await
+        .map_err(|_| anyhow::anyhow!("agent sent nothing after the handshake"))??;
     let (sender, mut conn) = Box::pin(
         h2::client::Builder::new()
             // Fixed, generous windows: the default 64 KiB caps a stream at
@@ -497,7 +492,7 @@ async fn run_tunnel(
         r
     });
     let control = match tokio::time::timeout(
-        Duration::from_secs(shared.cfg.handshake_timeout_secs),
+        shared.cfg.handshake_timeout,
         Box::pin(open_stream(sender.clone(), protocol::CONTROL_AUTHORITY)),
     )
     .await

@@ -297,7 +297,7 @@ fn dispatch(cfg: &GatewayConfig, op: Op) -> anyhow::Result<Value> {
                 Err(e @ ClientError::Unreachable(..)) if !matches!(op, Op::Rekey { .. }) => {
                     eprintln!(
                         "warning: {e}; working on the store directly (the gateway sees the \
-                         change within store.refresh_secs)"
+                         change within store.refresh)"
                     );
                 }
                 Err(e) => return Err(e.into()),

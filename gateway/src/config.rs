@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -72,15 +73,21 @@ pub struct ServerSection {
     /// cores (at least 1): the two sides together then use every core
     /// without oversubscribing it, which measured fastest.
     pub threads: usize,
-    /// Seconds in-flight requests get to finish after SIGTERM.
-    pub grace_period_secs: u64,
+    /// Time in-flight requests get to finish after SIGTERM, in whole
+    /// seconds (`"10s"`; a bare number is seconds).
+    #[serde(
+        alias = "grace_period_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub grace_period: Duration,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             threads: default_threads(),
-            grace_period_secs: 10,
+            grace_period: Duration::from_secs(10),
         }
     }
 }
@@ -103,15 +110,25 @@ pub struct PublicSection {
     /// Default largest request body in bytes; larger gets 413. Routes may override.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
-    /// Seconds to wait for the local service to answer (and between body
-    /// reads); longer gets 504.
-    #[serde(default = "default_upstream_timeout")]
-    pub upstream_timeout_secs: u64,
-    /// Seconds an idle keep-alive connection is kept: a caller's, waiting
+    /// Time to wait for the local service to answer (and between body
+    /// reads); longer gets 504. At least 1s.
+    #[serde(
+        default = "default_upstream_timeout",
+        alias = "upstream_timeout_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub upstream_timeout: Duration,
+    /// Time an idle keep-alive connection is kept: a caller's, waiting
     /// for its next request (then closed without a word), and one into a
-    /// tunnel, waiting for reuse. 1 to 3600.
-    #[serde(default = "default_keepalive")]
-    pub keepalive_secs: u64,
+    /// tunnel, waiting for reuse. 1s to 1h.
+    #[serde(
+        default = "default_keepalive",
+        alias = "keepalive_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub keepalive: Duration,
     /// Most caller connections open at once, TLS handshakes included; past
     /// it a new connection is closed as soon as it is accepted.
     #[serde(default = "default_max_public_connections")]
@@ -121,38 +138,50 @@ pub struct PublicSection {
     /// is closed as soon as it is accepted. At most `max_connections`.
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
-    /// Seconds a caller has to send a whole request head: a new connection
+    /// Time a caller has to send a whole request head: a new connection
     /// from its accept (TLS handshake included), a keep-alive connection
     /// from the first byte of its next request. Late gets 408 and the
-    /// connection closes. 1 to 3600.
-    #[serde(default = "default_header_read_timeout")]
-    pub header_read_timeout_secs: u64,
-    /// Seconds a caller may leave a request body (or an upgraded
+    /// connection closes. 1s to 1h.
+    #[serde(
+        default = "default_header_read_timeout",
+        alias = "header_read_timeout_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub header_read_timeout: Duration,
+    /// Time a caller may leave a request body (or an upgraded
     /// connection) without sending a byte; then the connection closes.
-    /// 1 to 3600.
-    #[serde(default = "default_public_io_timeout")]
-    pub read_timeout_secs: u64,
-    /// Seconds one write to a caller may wait for the caller to read; then
+    /// 1s to 1h.
+    #[serde(
+        default = "default_public_io_timeout",
+        alias = "read_timeout_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub read_timeout: Duration,
+    /// Time one write to a caller may wait for the caller to read; then
     /// the connection closes (a caller that reads a response very slowly
-    /// holds it no longer). 1 to 3600.
-    #[serde(default = "default_public_io_timeout")]
-    pub write_timeout_secs: u64,
+    /// holds it no longer). 1s to 1h.
+    #[serde(
+        default = "default_public_io_timeout",
+        alias = "write_timeout_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub write_timeout: Duration,
 }
 
 impl PublicSection {
     /// The connection caps and deadlines of the callers' listener.
     fn validate_budgets(&self) -> Result<(), ConfigError> {
-        for (field, secs) in [
-            ("public.keepalive_secs", self.keepalive_secs),
-            (
-                "public.header_read_timeout_secs",
-                self.header_read_timeout_secs,
-            ),
-            ("public.read_timeout_secs", self.read_timeout_secs),
-            ("public.write_timeout_secs", self.write_timeout_secs),
+        for (field, d) in [
+            ("public.keepalive", self.keepalive),
+            ("public.header_read_timeout", self.header_read_timeout),
+            ("public.read_timeout", self.read_timeout),
+            ("public.write_timeout", self.write_timeout),
         ] {
-            if !(1..=3600).contains(&secs) {
-                return Err(invalid(field, "must be between 1 and 3600"));
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                return Err(invalid(field, "must be between 1s and 1h"));
             }
         }
         if self.max_connections == 0 {
@@ -180,15 +209,31 @@ pub struct AgentsSection {
     pub tls_cert: PathBuf,
     /// PEM private key for `tls_cert`.
     pub tls_key: PathBuf,
-    /// Seconds an agent has to finish TLS, upgrade and handshake.
-    #[serde(default = "default_handshake_timeout")]
-    pub handshake_timeout_secs: u64,
-    /// Seconds between HTTP/2 PINGs to each agent.
-    #[serde(default = "default_hb_interval")]
-    pub heartbeat_interval_secs: u64,
-    /// Seconds without a PING answer before an agent is dropped.
-    #[serde(default = "default_hb_timeout")]
-    pub heartbeat_timeout_secs: u64,
+    /// Time an agent has to finish TLS, upgrade and handshake. At least 1s.
+    #[serde(
+        default = "default_handshake_timeout",
+        alias = "handshake_timeout_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub handshake_timeout: Duration,
+    /// Time between HTTP/2 PINGs to each agent. At least 1s.
+    #[serde(
+        default = "default_hb_interval",
+        alias = "heartbeat_interval_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub heartbeat_interval: Duration,
+    /// Time without a PING answer before an agent is dropped; at least
+    /// `heartbeat_interval`.
+    #[serde(
+        default = "default_hb_timeout",
+        alias = "heartbeat_timeout_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub heartbeat_timeout: Duration,
     /// Most authenticated agent connections at once.
     #[serde(default = "default_max_agents")]
     pub max_connections: usize,
@@ -201,11 +246,17 @@ pub struct AgentsSection {
     /// closed at once.
     #[serde(default = "default_max_pending_per_source")]
     pub max_pending_handshakes_per_source: usize,
-    /// Seconds a new connection has to complete TLS. Much shorter than
-    /// `handshake_timeout_secs` (which still bounds the whole handshake), so
+    /// Time a new connection has to complete TLS. Much shorter than
+    /// `handshake_timeout` (which still bounds the whole handshake), so
     /// a connection that says nothing holds a pending slot only briefly.
-    #[serde(default = "default_tls_timeout")]
-    pub tls_timeout_secs: u64,
+    /// At least 1s.
+    #[serde(
+        default = "default_tls_timeout",
+        alias = "tls_timeout_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub tls_timeout: Duration,
     /// Most authenticated agent connections of one tunnel: the holder of one
     /// tunnel's key cannot take all of `max_connections`. The agent over the
     /// cap is told so and retries with backoff.
@@ -222,14 +273,16 @@ impl AgentsSection {
                 "must be at least 1",
             ));
         }
-        if self.tls_timeout_secs == 0 {
-            return Err(invalid("agents.tls_timeout_secs", "must be at least 1"));
+        if self.tls_timeout < Duration::from_secs(1) {
+            return Err(invalid("agents.tls_timeout", "must be at least 1s"));
         }
-        // A zero handshake timeout is reported by its own check.
-        if self.handshake_timeout_secs > 0 && self.tls_timeout_secs > self.handshake_timeout_secs {
+        // A handshake timeout under 1s is reported by its own check.
+        if self.handshake_timeout >= Duration::from_secs(1)
+            && self.tls_timeout > self.handshake_timeout
+        {
             return Err(invalid(
-                "agents.tls_timeout_secs",
-                "must be at most agents.handshake_timeout_secs",
+                "agents.tls_timeout",
+                "must be at most agents.handshake_timeout",
             ));
         }
         if self.max_agents_per_tunnel == 0 {
@@ -255,10 +308,16 @@ pub struct StoreSection {
     /// Name of an environment variable holding the key-encryption key (base64).
     #[serde(default)]
     pub kek_env: Option<String>,
-    /// Seconds a cached tunnel or caller is trusted before it is read from
+    /// Time a cached tunnel or caller is trusted before it is read from
     /// the store again (how long a revoked caller token may still pass).
-    #[serde(default = "default_refresh")]
-    pub refresh_secs: u64,
+    /// At least 1s.
+    #[serde(
+        default = "default_refresh",
+        alias = "refresh_secs",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub refresh: Duration,
 }
 
 /// Caller authentication.
@@ -369,11 +428,11 @@ fn default_max_header() -> usize {
 fn default_max_body() -> u64 {
     1 << 30
 }
-fn default_upstream_timeout() -> u64 {
-    60
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(60)
 }
-fn default_keepalive() -> u64 {
-    60
+fn default_keepalive() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_max_public_connections() -> usize {
     10_000
@@ -381,20 +440,20 @@ fn default_max_public_connections() -> usize {
 fn default_max_connections_per_source() -> usize {
     256
 }
-fn default_header_read_timeout() -> u64 {
-    10
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_public_io_timeout() -> u64 {
-    60
+fn default_public_io_timeout() -> Duration {
+    Duration::from_secs(60)
 }
-fn default_handshake_timeout() -> u64 {
-    10
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_hb_interval() -> u64 {
-    10
+fn default_hb_interval() -> Duration {
+    Duration::from_secs(10)
 }
-fn default_hb_timeout() -> u64 {
-    30
+fn default_hb_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_agents() -> usize {
     10_000
@@ -405,14 +464,14 @@ fn default_max_pending() -> usize {
 fn default_max_pending_per_source() -> usize {
     8
 }
-fn default_tls_timeout() -> u64 {
-    3
+fn default_tls_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_max_agents_per_tunnel() -> usize {
     16
 }
-fn default_refresh() -> u64 {
-    5
+fn default_refresh() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_prefix() -> String {
     "/".into()
@@ -437,6 +496,36 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Fields renamed when durations became text, by section (old name, new
+/// name): [`GatewayConfig::load`] still reads the old names, in the file
+/// and from the environment, and refuses both names of one field in one
+/// of them. Each is also a serde alias of its field.
+pub const RENAMED: protocol::layered::Renamed = &[
+    ("server", &[("grace_period_secs", "grace_period")]),
+    (
+        "public",
+        &[
+            ("upstream_timeout_secs", "upstream_timeout"),
+            ("keepalive_secs", "keepalive"),
+            ("header_read_timeout_secs", "header_read_timeout"),
+            ("read_timeout_secs", "read_timeout"),
+            ("write_timeout_secs", "write_timeout"),
+        ],
+    ),
+    (
+        "agents",
+        &[
+            ("handshake_timeout_secs", "handshake_timeout"),
+            ("heartbeat_interval_secs", "heartbeat_interval"),
+            ("heartbeat_timeout_secs", "heartbeat_timeout"),
+            ("tls_timeout_secs", "tls_timeout"),
+        ],
+    ),
+    ("store", &[("refresh_secs", "refresh")]),
+    ("plugins", PluginsSection::RENAMED),
+    ("telemetry", telemetry::TelemetrySection::RENAMED),
+];
+
 impl GatewayConfig {
     /// Loads `path`, applies `GATEWAY__…` environment overrides and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -444,18 +533,8 @@ impl GatewayConfig {
             path: path.display().to_string(),
             source,
         };
-        let cfg: GatewayConfig = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("GATEWAY")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()
-            .map_err(load_err)?
-            .try_deserialize()
-            .map_err(load_err)?;
+        let cfg: GatewayConfig =
+            protocol::layered::load(path, "GATEWAY", RENAMED).map_err(load_err)?;
         cfg.validate()?;
         Ok(GatewayConfig {
             source: Some(path.to_path_buf()),
@@ -484,11 +563,17 @@ impl GatewayConfig {
             return Err(invalid("public.max_header_bytes", "must be at least 1024"));
         }
         self.public.validate_budgets()?;
-        if self.public.upstream_timeout_secs == 0 {
+        if !protocol::duration::whole_secs(self.server.grace_period) {
             return Err(invalid(
-                "public.upstream_timeout_secs",
-                "must be at least 1",
+                "server.grace_period",
+                format!(
+                    "{}: must be whole seconds (pingora counts the shutdown in seconds)",
+                    protocol::duration::show(self.server.grace_period)
+                ),
             ));
+        }
+        if self.public.upstream_timeout < Duration::from_secs(1) {
+            return Err(invalid("public.upstream_timeout", "must be at least 1s"));
         }
         if self.agents.max_connections == 0 {
             return Err(invalid("agents.max_connections", "must be at least 1"));
@@ -505,25 +590,19 @@ impl GatewayConfig {
                 "must be at least 1",
             ));
         }
-        if self.store.refresh_secs == 0 {
-            return Err(invalid("store.refresh_secs", "must be at least 1"));
+        if self.store.refresh < Duration::from_secs(1) {
+            return Err(invalid("store.refresh", "must be at least 1s"));
         }
-        if self.agents.handshake_timeout_secs == 0 {
-            return Err(invalid(
-                "agents.handshake_timeout_secs",
-                "must be at least 1",
-            ));
+        if self.agents.handshake_timeout < Duration::from_secs(1) {
+            return Err(invalid("agents.handshake_timeout", "must be at least 1s"));
         }
-        if self.agents.heartbeat_interval_secs == 0 {
-            return Err(invalid(
-                "agents.heartbeat_interval_secs",
-                "must be at least 1",
-            ));
+        if self.agents.heartbeat_interval < Duration::from_secs(1) {
+            return Err(invalid("agents.heartbeat_interval", "must be at least 1s"));
         }
-        if self.agents.heartbeat_timeout_secs < self.agents.heartbeat_interval_secs {
+        if self.agents.heartbeat_timeout < self.agents.heartbeat_interval {
             return Err(invalid(
-                "agents.heartbeat_timeout_secs",
-                "must be at least agents.heartbeat_interval_secs",
+                "agents.heartbeat_timeout",
+                "must be at least agents.heartbeat_interval",
             ));
         }
         match (&self.store.kek_file, &self.store.kek_env) {
@@ -551,10 +630,10 @@ impl GatewayConfig {
             self.plugins.dir.is_some(),
         )?;
         let p = &self.plugins;
-        if p.call_timeout_ms == 0 || p.call_timeout_ms > 60_000 {
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&p.call_timeout) {
             return Err(invalid(
-                "plugins.call_timeout_ms",
-                "must be between 1 and 60000",
+                "plugins.call_timeout",
+                "must be between 1ms and 60s",
             ));
         }
         if p.max_memory_bytes < (1 << 20) {
@@ -764,18 +843,18 @@ allow_without_plugins = true
         let p = load_str(base()).unwrap().public;
         assert_eq!(p.max_connections, 10_000);
         assert_eq!(p.max_connections_per_source, 256);
-        assert_eq!(p.header_read_timeout_secs, 10);
-        assert_eq!(p.keepalive_secs, 60);
-        assert_eq!(p.read_timeout_secs, 60);
-        assert_eq!(p.write_timeout_secs, 60);
+        assert_eq!(p.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(p.keepalive, Duration::from_secs(60));
+        assert_eq!(p.read_timeout, Duration::from_secs(60));
+        assert_eq!(p.write_timeout, Duration::from_secs(60));
         for (field, value) in [
             ("max_connections", "0"),
             ("max_connections_per_source", "0"),
             ("max_connections_per_source", "10001"),
-            ("header_read_timeout_secs", "0"),
-            ("keepalive_secs", "0"),
-            ("read_timeout_secs", "3601"),
-            ("write_timeout_secs", "0"),
+            ("header_read_timeout", "\"0s\""),
+            ("keepalive", "\"999ms\""),
+            ("read_timeout", "\"1h 1s\""),
+            ("write_timeout", "0"),
         ] {
             let bad = base().replace("[agents]", &format!("{field} = {value}\n[agents]"));
             let e = load_str(&bad).unwrap_err().to_string();
@@ -783,6 +862,173 @@ allow_without_plugins = true
                 e.contains(&format!("public.{field}")),
                 "{field}={value}: {e}"
             );
+        }
+    }
+
+    /// `base()` with `line` added to `[section]` (appended when `base()`
+    /// has no such section).
+    fn with(section: &str, line: &str) -> String {
+        let header = format!("[{section}]\n");
+        if base().contains(&header) {
+            base().replacen(&header, &format!("{header}{line}\n"), 1)
+        } else {
+            format!("{}\n{header}{line}\n", base())
+        }
+    }
+
+    #[test]
+    fn durations_are_written_as_text_or_as_a_number_in_the_old_unit() {
+        let c = load_str(&with("public", "upstream_timeout = \"1m30s\"")).unwrap();
+        assert_eq!(c.public.upstream_timeout, Duration::from_secs(90));
+        let c = load_str(&with("plugins", "call_timeout = \"75ms\"")).unwrap();
+        assert_eq!(c.plugins.call_timeout, Duration::from_millis(75));
+        // A bare number is in the old unit, under either name.
+        for line in ["upstream_timeout = 60", "upstream_timeout_secs = 60"] {
+            let c = load_str(&with("public", line)).unwrap();
+            assert_eq!(c.public.upstream_timeout, Duration::from_secs(60), "{line}");
+        }
+        for line in ["call_timeout = 50", "call_timeout_ms = 50"] {
+            let c = load_str(&with("plugins", line)).unwrap();
+            assert_eq!(c.plugins.call_timeout, Duration::from_millis(50), "{line}");
+        }
+        // Digits as text, as an environment override hands them over.
+        let c = load_str(&with("public", "upstream_timeout_secs = \"60\"")).unwrap();
+        assert_eq!(c.public.upstream_timeout, Duration::from_secs(60));
+        let c = load_str(&with("telemetry", "export_interval = \"250\"")).unwrap();
+        assert_eq!(c.telemetry.export_interval, Duration::from_millis(250));
+        // A timeout that is a Duration all the way takes fractions.
+        let c = load_str(&with("public", "header_read_timeout = \"1500ms\"")).unwrap();
+        assert_eq!(c.public.header_read_timeout, Duration::from_millis(1500));
+        // Written back as text.
+        let v = serde_json::to_value(load_str(&with("public", "upstream_timeout = 90")).unwrap())
+            .unwrap();
+        assert_eq!(v["public"]["upstream_timeout"], "1m 30s");
+        assert_eq!(v["plugins"]["call_timeout"], "50ms");
+        assert!(v["public"].get("upstream_timeout_secs").is_none(), "{v}");
+    }
+
+    #[test]
+    fn every_old_name_is_read_as_its_new_name_in_its_unit() {
+        for (section, fields) in RENAMED {
+            for (old, new) in fields.iter() {
+                let c = load_str(&with(section, &format!("{old} = 7"))).ok();
+                // Read without the loader (serde's alias), so bounds do not
+                // apply and the alias itself is what is tested.
+                let text = with(section, &format!("{old} = 7"));
+                let c2: GatewayConfig = config::Config::builder()
+                    .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+                    .build()
+                    .and_then(|c| c.try_deserialize())
+                    .unwrap_or_else(|e| panic!("{section}.{old}: {e}"));
+                let v = serde_json::to_value(&c2).unwrap();
+                let unit = if old.ends_with("_ms") { "7ms" } else { "7s" };
+                assert_eq!(v[section][new], unit, "{section}.{old} -> {new}");
+                if let Some(c) = c {
+                    assert_eq!(serde_json::to_value(&c).unwrap()[section][new], unit);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn old_and_new_name_of_one_field_are_refused_naming_both() {
+        let text = with(
+            "public",
+            "upstream_timeout = \"60s\"\nupstream_timeout_secs = 60",
+        );
+        let e = load_str(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("`public.upstream_timeout_secs` and `public.upstream_timeout` are both set"),
+            "{e}"
+        );
+        assert!(e.contains("keep only `upstream_timeout`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_field_and_what_is_accepted() {
+        let e = load_str(&with("public", "upstream_timeout = \"60 secondz\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("public.upstream_timeout: \"60 secondz\" is not a duration ("),
+            "{e}"
+        );
+        assert!(
+            e.contains("write e.g. \"60s\", \"1m30s\", \"500ms\", or a number of seconds)"),
+            "{e}"
+        );
+        let e = load_str(&with("plugins", "call_timeout_ms = 1.5"))
+            .unwrap_err()
+            .to_string();
+        // Named by its current name, whichever the file used.
+        assert!(
+            e.contains("plugins.call_timeout: 1.5 is not a duration"),
+            "{e}"
+        );
+        assert!(e.contains("a number of milliseconds"), "{e}");
+    }
+
+    #[test]
+    fn duration_bounds_are_kept_and_name_the_new_field() {
+        for (section, line, field) in [
+            (
+                "public",
+                "upstream_timeout = \"999ms\"",
+                "public.upstream_timeout",
+            ),
+            (
+                "public",
+                "upstream_timeout_secs = 0",
+                "public.upstream_timeout",
+            ),
+            ("public", "keepalive = \"1h 1ms\"", "public.keepalive"),
+            ("store", "refresh = \"0s\"", "store.refresh"),
+            (
+                "agents",
+                "handshake_timeout = \"500ms\"",
+                "agents.handshake_timeout",
+            ),
+            (
+                "agents",
+                "heartbeat_interval = 0",
+                "agents.heartbeat_interval",
+            ),
+            (
+                "agents",
+                "heartbeat_timeout = \"5s\"",
+                "agents.heartbeat_timeout",
+            ),
+            ("agents", "tls_timeout = \"10s 1ms\"", "agents.tls_timeout"),
+            ("plugins", "call_timeout = 0", "plugins.call_timeout"),
+            (
+                "plugins",
+                "call_timeout = \"1m 1ms\"",
+                "plugins.call_timeout",
+            ),
+            (
+                "telemetry",
+                "export_timeout = \"11m\"",
+                "telemetry.export_timeout",
+            ),
+            ("server", "grace_period = \"1500ms\"", "server.grace_period"),
+        ] {
+            let e = load_str(&with(section, line)).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "{line}: {e}");
+        }
+        let e = load_str(&with("server", "grace_period = \"2.5s\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be whole seconds"), "{e}");
+        for (section, line) in [
+            ("public", "upstream_timeout = \"1s\""),
+            ("public", "keepalive = \"1h\""),
+            ("public", "upstream_timeout = \"1500ms\""),
+            ("agents", "tls_timeout = \"10s\""),
+            ("plugins", "call_timeout = \"1m\""),
+            ("plugins", "reload_interval = 0"),
+            ("server", "grace_period = 0"),
+        ] {
+            load_str(&with(section, line)).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
     }
 
@@ -831,15 +1077,15 @@ allow_without_plugins = true
     fn agent_listener_budgets_have_strict_defaults_and_are_checked() {
         let c = load_str(base()).unwrap();
         assert_eq!(c.agents.max_pending_handshakes_per_source, 8);
-        assert_eq!(c.agents.tls_timeout_secs, 3);
+        assert_eq!(c.agents.tls_timeout, Duration::from_secs(3));
         assert_eq!(c.agents.max_agents_per_tunnel, 16);
         for (setting, field) in [
             (
                 "max_pending_handshakes_per_source = 0",
                 "agents.max_pending_handshakes_per_source",
             ),
-            ("tls_timeout_secs = 0", "agents.tls_timeout_secs"),
-            ("tls_timeout_secs = 11", "agents.tls_timeout_secs"),
+            ("tls_timeout = \"0s\"", "agents.tls_timeout"),
+            ("tls_timeout = \"11s\"", "agents.tls_timeout"),
             ("max_agents_per_tunnel = 0", "agents.max_agents_per_tunnel"),
         ] {
             let bad = base().replace("[agents]", &format!("[agents]\n{setting}"));

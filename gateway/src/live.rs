@@ -28,9 +28,9 @@ pub struct Live {
     pub wildcard_chain: Arc<[ChainEntry]>,
     /// `public.max_header_bytes`: larger header blocks get 431.
     pub max_header_bytes: usize,
-    /// `public.upstream_timeout_secs`.
+    /// `public.upstream_timeout`.
     pub upstream_timeout: Duration,
-    /// `public.keepalive_secs`, for pooled tunnel connections.
+    /// `public.keepalive`, for pooled tunnel connections.
     pub pool_idle: Duration,
 }
 
@@ -48,8 +48,8 @@ impl Live {
             wildcard_chain: plugins.chain(&cfg.routing.plugins),
             plugins,
             max_header_bytes: cfg.public.max_header_bytes,
-            upstream_timeout: Duration::from_secs(cfg.public.upstream_timeout_secs),
-            pool_idle: Duration::from_secs(cfg.public.keepalive_secs),
+            upstream_timeout: cfg.public.upstream_timeout,
+            pool_idle: cfg.public.keepalive,
         }
     }
 }

@@ -14,19 +14,19 @@
 //!    is closed at once, before TLS: the caller sees the connection accepted
 //!    then closed (EOF, or a reset if it had sent bytes);
 //! 2. does the TLS handshake itself (the listener is plain TCP to pingora),
-//!    within `header_read_timeout_secs` of the accept;
+//!    within `header_read_timeout` of the accept;
 //! 3. for HTTP/1, reads each request head itself, against one deadline for
 //!    the whole head (from the accept for the first request, from its first
 //!    byte for later ones; the wait for that first byte is the idle
-//!    keep-alive time, `keepalive_secs`), then hands the bytes to pingora as
+//!    keep-alive time, `keepalive`), then hands the bytes to pingora as
 //!    an already-read prefix ([`ServerSession::set_pipelined_prefix`]), so
 //!    pingora parses them without reading. A late head gets 408 and the
 //!    connection closes; a head over the size limit gets 431;
-//! 4. sets the per-read body timeout (`read_timeout_secs`) and the
-//!    per-write timeout (`write_timeout_secs`) on every session;
+//! 4. sets the per-read body timeout (`read_timeout`) and the
+//!    per-write timeout (`write_timeout`) on every session;
 //! 5. for HTTP/2 (by ALPN), requires the client preface within the same
 //!    deadline ([`PrefaceDeadline`]) and lets pingora close a connection
-//!    idle for `keepalive_secs` (`h2_idle_timeout`).
+//!    idle for `keepalive` (`h2_idle_timeout`).
 //!
 //! The slot is a guard dropped when `process_new` returns, which for both
 //! HTTP versions is when the connection is done: pingora's own keep-alive
@@ -93,10 +93,10 @@ impl Limits {
         Limits {
             max_connections: p.max_connections,
             max_connections_per_source: p.max_connections_per_source,
-            header_read_timeout: Duration::from_secs(p.header_read_timeout_secs),
-            keepalive: Duration::from_secs(p.keepalive_secs),
-            read_timeout: Duration::from_secs(p.read_timeout_secs),
-            write_timeout: Duration::from_secs(p.write_timeout_secs),
+            header_read_timeout: p.header_read_timeout,
+            keepalive: p.keepalive,
+            read_timeout: p.read_timeout,
+            write_timeout: p.write_timeout,
             max_head_bytes: p.max_header_bytes + REQUEST_LINE_ALLOWANCE,
         }
     }
@@ -312,11 +312,11 @@ where
                         // Nothing was asked: nothing to answer.
                         return;
                     }
-                    let secs = l.header_read_timeout.as_secs();
+                    let within = protocol::duration::show(l.header_read_timeout);
                     answer(
                         &mut stream,
                         "408 Request Timeout",
-                        &format!("request head not received within {secs}s"),
+                        &format!("request head not received within {within}"),
                     )
                     .await;
                     return;
@@ -339,7 +339,9 @@ where
             // The head is complete in the prefix, so pingora does not read
             // for it; should it disagree, each of its reads is bounded by
             // this (a silent close, as for an idle keep-alive connection).
-            session.set_keepalive(Some(l.header_read_timeout.as_secs()));
+            // (pingora counts it in whole seconds: rounded up.)
+            let head_secs = l.header_read_timeout.as_secs_f64().ceil() as u64;
+            session.set_keepalive(Some(head_secs));
             session.set_read_timeout(Some(l.read_timeout));
             session.set_write_timeout(Some(l.write_timeout));
             session.set_pipelined_prefix(head);

@@ -647,7 +647,7 @@ mod tests {
             path: dir.join("g.db"),
             kek_file: Some(dir.join("kek")),
             kek_env: None,
-            refresh_secs: 5,
+            refresh: std::time::Duration::from_secs(5),
         })
         .await
         .unwrap();

@@ -271,11 +271,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let (reservation, public_addr) = reserve_port(public_addr)
         .with_context(|| format!("binding public.listen {public_addr}"))?;
 
-    let grace = cfg.server.grace_period_secs;
+    // Whole seconds (checked at load): pingora counts them so.
+    let grace = cfg.server.grace_period;
     let conf = ServerConf {
         threads: cfg.server.threads,
-        grace_period_seconds: Some(grace),
-        graceful_shutdown_timeout_seconds: Some(grace + 1),
+        grace_period_seconds: Some(grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(grace.as_secs() + 1),
         max_retries: 3,
         upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
@@ -321,10 +322,10 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
                 agent_tls,
                 registry.clone(),
                 cfg.agents.clone(),
-                Duration::from_secs(grace),
+                grace,
             ),
             registry: registry.clone(),
-            refresh: Duration::from_secs(cfg.store.refresh_secs),
+            refresh: cfg.store.refresh,
             stop_plugin_reloads,
         },
     });

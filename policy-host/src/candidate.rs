@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::load::{engine, TICK};
 use crate::{file, FileError, Identity, Plugins, PluginsSection, ReplaySet};
@@ -47,7 +46,7 @@ impl Plugins {
         let host = Plugins {
             engine: engine(limits).map_err(|e| FileError::Engine(format!("{e:#}")))?,
             limits: limits.clone(),
-            timeout: Duration::from_millis(limits.call_timeout_ms),
+            timeout: limits.call_timeout,
             slots: HashMap::new(),
             idle: Arc::new(AtomicU32::new(0)),
         };

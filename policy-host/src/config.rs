@@ -2,6 +2,7 @@
 //! plugin of a route's chain, as the configuration file writes them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,12 +13,23 @@ pub struct PluginsSection {
     /// Folder of plugin components: a route's plugin `name` is the file
     /// `<dir>/<name>.wasm`. Required when any route lists plugins.
     pub dir: Option<PathBuf>,
-    /// Milliseconds between checks of the folder for replaced files; 0
-    /// turns hot reload off.
-    pub reload_interval_ms: u64,
-    /// Milliseconds one plugin may run for one request (its sandbox setup,
-    /// `init` and `on-request` together). Past it the request gets 503.
-    pub call_timeout_ms: u64,
+    /// Time between checks of the folder for replaced files (`"1s"`; a
+    /// bare number is milliseconds); 0 turns hot reload off.
+    #[serde(
+        alias = "reload_interval_ms",
+        deserialize_with = "protocol::duration::millis",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub reload_interval: Duration,
+    /// Time one plugin may run for one request (its sandbox setup, `init`
+    /// and `on-request` together; `"50ms"`, a bare number is
+    /// milliseconds). Past it the request gets 503.
+    #[serde(
+        alias = "call_timeout_ms",
+        deserialize_with = "protocol::duration::millis",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub call_timeout: Duration,
     /// Largest linear memory of one plugin sandbox, in bytes. Growing past
     /// it fails inside the plugin, and the request gets 500.
     pub max_memory_bytes: usize,
@@ -50,12 +62,21 @@ pub struct PluginsSection {
     pub max_requests_per_sandbox: u32,
 }
 
+impl PluginsSection {
+    /// Fields renamed when durations became text (old name, new name):
+    /// the old names are still read ([`protocol::layered`]).
+    pub const RENAMED: &'static [(&'static str, &'static str)] = &[
+        ("reload_interval_ms", "reload_interval"),
+        ("call_timeout_ms", "call_timeout"),
+    ];
+}
+
 impl Default for PluginsSection {
     fn default() -> Self {
         PluginsSection {
             dir: None,
-            reload_interval_ms: 1000,
-            call_timeout_ms: 50,
+            reload_interval: Duration::from_secs(1),
+            call_timeout: Duration::from_millis(50),
             max_memory_bytes: 16 << 20,
             max_table_elements: 10_000,
             max_sandboxes: 256,

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub enum Failure {
     /// The plugin trapped (panic, `unreachable`, stack overflow…).
     Trap(String),
-    /// The plugin ran past `plugins.call_timeout_ms`.
+    /// The plugin ran past `plugins.call_timeout`.
     Deadline(Duration),
     /// The plugin tried to grow its memory past `plugins.max_memory_bytes`.
     Memory(usize),

@@ -190,11 +190,11 @@ impl Plugins {
         configs: HashMap<String, Vec<String>>,
     ) -> Result<Arc<Self>, LoadError> {
         let limits = limits.clone();
-        let timeout = Duration::from_millis(limits.call_timeout_ms);
+        let timeout = limits.call_timeout;
         let engine = engine(&limits).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         // The epoch clock, started before any plugin code runs: without it
         // a plugin whose `identify` or `init` never returns would hang the
-        // start instead of meeting `call_timeout_ms`. It stops with the
+        // start instead of meeting `call_timeout`. It stops with the
         // process.
         let clock = engine.clone();
         std::thread::Builder::new()

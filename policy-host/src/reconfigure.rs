@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use protocol::events::emit;
 use serde_json::json;
@@ -48,7 +48,7 @@ impl Plugins {
         let limits = limits.clone();
         let mut host = Plugins {
             engine: self.engine.clone(),
-            timeout: Duration::from_millis(limits.call_timeout_ms),
+            timeout: limits.call_timeout,
             limits,
             slots: HashMap::new(),
             idle: self.idle.clone(),

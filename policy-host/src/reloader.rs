@@ -2,7 +2,6 @@
 //! the running version, which it replaces only when it passes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -14,7 +13,7 @@ use crate::{stamp, Plugins};
 
 impl Plugins {
     /// Starts the thread that reloads replaced plugin files (when
-    /// `plugins.reload_interval_ms` is not 0). It watches the plugins of
+    /// `plugins.reload_interval` is not 0). It watches the plugins of
     /// the host `current` returns at each round: after a live reload of the
     /// configuration ([`Plugins::reconfigure`]), the new host's. It stops
     /// when `stop` turns true (or its sender is dropped): the gateway
@@ -26,10 +25,10 @@ impl Plugins {
         current: impl Fn() -> Arc<Plugins> + Send + 'static,
         mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-        if self.limits.reload_interval_ms == 0 {
+        if self.limits.reload_interval.is_zero() {
             return Ok(None);
         }
-        let every = Duration::from_millis(self.limits.reload_interval_ms);
+        let every = self.limits.reload_interval;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -122,7 +121,7 @@ impl Plugins {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::PluginsSection;
@@ -130,7 +129,7 @@ mod tests {
     #[test]
     fn the_reloader_stops_when_told_and_when_its_sender_goes() {
         let limits = PluginsSection {
-            reload_interval_ms: 60_000,
+            reload_interval: Duration::from_secs(60),
             max_sandboxes: 2,
             ..PluginsSection::default()
         };
@@ -159,7 +158,7 @@ mod tests {
         }
         let off = Plugins::load(
             &PluginsSection {
-                reload_interval_ms: 0,
+                reload_interval: Duration::ZERO,
                 max_sandboxes: 2,
                 ..PluginsSection::default()
             },

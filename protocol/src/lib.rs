@@ -19,10 +19,12 @@
 //!    our own code. One extra long-lived stream ([`CONTROL_AUTHORITY`])
 //!    carries [`Control`] lines such as the agent's drain notice.
 
+pub mod duration;
 pub mod events;
 pub mod exchange;
 pub mod h2io;
 pub mod handshake;
+pub mod layered;
 pub mod pem;
 pub mod secret;
 pub mod wsio;

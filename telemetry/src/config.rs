@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,10 +83,30 @@ pub struct TelemetrySection {
     pub queue_size: usize,
     /// Most spans in one export.
     pub batch_size: usize,
-    /// Milliseconds between exports.
-    pub export_interval_ms: u64,
-    /// Milliseconds one export may take before it counts as failed.
-    pub export_timeout_ms: u64,
+    /// Time between exports (`"1s"`; a bare number is milliseconds).
+    #[serde(
+        alias = "export_interval_ms",
+        deserialize_with = "protocol::duration::millis",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub export_interval: Duration,
+    /// Time one export may take before it counts as failed (`"5s"`; a bare
+    /// number is milliseconds).
+    #[serde(
+        alias = "export_timeout_ms",
+        deserialize_with = "protocol::duration::millis",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub export_timeout: Duration,
+}
+
+impl TelemetrySection {
+    /// Fields renamed when durations became text (old name, new name):
+    /// the old names are still read ([`protocol::layered`]).
+    pub const RENAMED: &'static [(&'static str, &'static str)] = &[
+        ("export_interval_ms", "export_interval"),
+        ("export_timeout_ms", "export_timeout"),
+    ];
 }
 
 impl Default for TelemetrySection {
@@ -101,8 +122,8 @@ impl Default for TelemetrySection {
             resource: BTreeMap::new(),
             queue_size: 4096,
             batch_size: 512,
-            export_interval_ms: 1000,
-            export_timeout_ms: 5000,
+            export_interval: Duration::from_secs(1),
+            export_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -121,8 +142,8 @@ impl std::fmt::Debug for TelemetrySection {
             .field("resource", &self.resource)
             .field("queue_size", &self.queue_size)
             .field("batch_size", &self.batch_size)
-            .field("export_interval_ms", &self.export_interval_ms)
-            .field("export_timeout_ms", &self.export_timeout_ms)
+            .field("export_interval", &self.export_interval)
+            .field("export_timeout", &self.export_timeout)
             .finish()
     }
 }
@@ -177,17 +198,15 @@ impl TelemetrySection {
                 format!("must be 1 to queue_size ({})", self.queue_size),
             ));
         }
-        if !(1..=600_000).contains(&self.export_interval_ms) {
+        let export_bounds = Duration::from_millis(1)..=Duration::from_secs(600);
+        if !export_bounds.contains(&self.export_interval) {
             return Err(bad(
-                "telemetry.export_interval_ms",
-                "must be 1 to 600000".into(),
+                "telemetry.export_interval",
+                "must be 1ms to 10m".into(),
             ));
         }
-        if !(1..=600_000).contains(&self.export_timeout_ms) {
-            return Err(bad(
-                "telemetry.export_timeout_ms",
-                "must be 1 to 600000".into(),
-            ));
+        if !export_bounds.contains(&self.export_timeout) {
+            return Err(bad("telemetry.export_timeout", "must be 1ms to 10m".into()));
         }
         if let Some(ca) = &self.ca_file {
             if !ca.is_file() {
@@ -324,13 +343,17 @@ mod tests {
             "telemetry.batch_size"
         );
         assert_eq!(
-            field_of(with(|t| t.export_interval_ms = 0)),
-            "telemetry.export_interval_ms"
+            field_of(with(|t| t.export_interval = Duration::ZERO)),
+            "telemetry.export_interval"
         );
         assert_eq!(
-            field_of(with(|t| t.export_timeout_ms = 0)),
-            "telemetry.export_timeout_ms"
+            field_of(with(|t| t.export_timeout = Duration::from_secs(601))),
+            "telemetry.export_timeout"
         );
+        let sub_ms = with(|t| t.export_interval = Duration::from_micros(999));
+        assert_eq!(field_of(sub_ms), "telemetry.export_interval");
+        let top = with(|t| t.export_timeout = Duration::from_secs(600));
+        assert!(top.validate().is_ok());
         assert_eq!(
             field_of(with(|t| t.service_name = Some(" ".into()))),
             "telemetry.service_name"

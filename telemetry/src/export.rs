@@ -59,7 +59,7 @@ pub(super) fn provider(
             "telemetry.headers are sent in clear text: the collector endpoint is not https"
         );
     }
-    let timeout = Duration::from_millis(t.export_timeout_ms);
+    let timeout = t.export_timeout;
     let ca = match &t.ca_file {
         Some(p) => {
             Some(std::fs::read(p).with_context(|| format!("telemetry.ca_file {}", p.display()))?)
@@ -155,7 +155,7 @@ pub(super) fn provider(
             BatchConfigBuilder::default()
                 .with_max_queue_size(t.queue_size)
                 .with_max_export_batch_size(t.batch_size)
-                .with_scheduled_delay(Duration::from_millis(t.export_interval_ms))
+                .with_scheduled_delay(t.export_interval)
                 .build(),
         )
         .build();

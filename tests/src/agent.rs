@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::events::{current_start, kind, EventLog};
 use crate::gateway::{Gateway, Tunnel};
 use crate::process::{Proc, Signal};
-use crate::{bin_path, toml_str, PATIENCE};
+use crate::{bin_path, toml_duration, toml_str, PATIENCE};
 
 /// How to configure an agent; unset fields keep the defaults of the
 /// contract (loopback only, AES-256-GCM, short reconnect backoff).
@@ -24,8 +24,8 @@ pub struct AgentOptions {
     allow_remote: bool,
     url: Option<String>,
     ca_file: Option<PathBuf>,
-    heartbeat_secs: Option<(u64, u64)>,
-    drain_grace_secs: Option<u64>,
+    heartbeat: Option<(Duration, Duration)>,
+    drain_grace: Option<Duration>,
     extra_config: String,
     gateway_extra: String,
     env: Vec<(String, String)>,
@@ -62,14 +62,14 @@ impl AgentOptions {
     }
 
     /// Heartbeat interval and dead-peer timeout.
-    pub fn heartbeat_secs(mut self, interval: u64, timeout: u64) -> Self {
-        self.heartbeat_secs = Some((interval, timeout));
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat = Some((interval, timeout));
         self
     }
 
     /// How long in-flight requests may run after SIGTERM.
-    pub fn drain_grace_secs(mut self, secs: u64) -> Self {
-        self.drain_grace_secs = Some(secs);
+    pub fn drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = Some(grace);
         self
     }
 
@@ -87,10 +87,10 @@ impl AgentOptions {
         self
     }
 
-    /// Sets `gateway.connect_timeout_secs` (TCP, proxy, TLS and handshake together).
-    pub fn connect_timeout_secs(mut self, secs: u64) -> Self {
+    /// Sets `gateway.connect_timeout` (TCP, proxy, TLS and handshake together).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.gateway_extra
-            .push_str(&format!("connect_timeout_secs = {secs}\n"));
+            .push_str(&format!("connect_timeout = {}\n", toml_duration(timeout)));
         self
     }
 
@@ -283,8 +283,8 @@ impl Agent {
 
     /// Waits for the agent to exit on its own (drain grace + 10 s).
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        let grace = self.opts.drain_grace_secs.unwrap_or(10);
-        self.proc.wait_exit(Duration::from_secs(grace + 10)).await
+        let grace = self.opts.drain_grace.unwrap_or(Duration::from_secs(10));
+        self.proc.wait_exit(grace + Duration::from_secs(10)).await
     }
 
     /// The last lines of the agent's logs.
@@ -429,14 +429,16 @@ impl Prepared {
             .ca_file
             .clone()
             .unwrap_or_else(|| gateway.pki().ca_file.clone());
-        let (interval, timeout) = opts.heartbeat_secs.unwrap_or((5, 15));
+        let (interval, timeout) = opts
+            .heartbeat
+            .unwrap_or((Duration::from_secs(5), Duration::from_secs(15)));
         let text = format!(
             "[gateway]\nurl = {}\nca_file = {}\n{}\n\
              [tunnel]\nid = {}\nagent_name = {}\nkey_file = {}\nkek_file = {}\ncipher = {}\n\n\
              [local]\naddress = {}\nallow_remote = {}\n\n\
-             [heartbeat]\ninterval_secs = {interval}\ntimeout_secs = {timeout}\n\n\
-             [reconnect]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nstable_after_secs = 30\n\n\
-             [drain]\ngrace_secs = {}\n\n\
+             [heartbeat]\ninterval = {}\ntimeout = {}\n\n\
+             [reconnect]\ninitial_backoff = \"100ms\"\nmax_backoff = \"2s\"\nstable_after = \"30s\"\n\n\
+             [drain]\ngrace = {}\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
             toml_str(&url),
             path(ca),
@@ -448,7 +450,9 @@ impl Prepared {
             toml_str(opts.cipher.as_deref().unwrap_or("aes-256-gcm")),
             toml_str(&local.to_string()),
             opts.allow_remote,
-            opts.drain_grace_secs.unwrap_or(10),
+            toml_duration(interval),
+            toml_duration(timeout),
+            toml_duration(opts.drain_grace.unwrap_or(Duration::from_secs(10))),
             opts.extra_config,
         );
         std::fs::write(&config, text).expect("write agent config");

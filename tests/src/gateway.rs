@@ -14,7 +14,7 @@ use crate::caller::Caller;
 use crate::events::{kind, EventLog};
 use crate::pki::{CertFiles, Pki};
 use crate::process::{Proc, Signal};
-use crate::{bin_path, toml_str, PATIENCE};
+use crate::{bin_path, toml_duration, toml_str, PATIENCE};
 
 /// A route of the gateway config: requests for `host` (and `path_prefix`)
 /// go to the tunnel named `tunnel`.
@@ -108,9 +108,9 @@ pub struct GatewayOptions {
     base_domain: Option<String>,
     max_header_bytes: Option<u64>,
     max_body_bytes: Option<u64>,
-    upstream_timeout_secs: Option<u64>,
-    heartbeat_secs: Option<(u64, u64)>,
-    grace_period_secs: Option<u64>,
+    upstream_timeout: Option<Duration>,
+    heartbeat: Option<(Duration, Duration)>,
+    grace_period: Option<Duration>,
     pki: Option<Arc<Pki>>,
     agents_cert: Option<CertFiles>,
     public_tls: bool,
@@ -158,14 +158,14 @@ impl GatewayOptions {
     }
 
     /// A local service slower than this is answered 504.
-    pub fn upstream_timeout_secs(mut self, secs: u64) -> Self {
-        self.upstream_timeout_secs = Some(secs);
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_timeout = Some(timeout);
         self
     }
 
     /// Heartbeat interval and dead-peer timeout on the agents' listener.
-    pub fn heartbeat_secs(mut self, interval: u64, timeout: u64) -> Self {
-        self.heartbeat_secs = Some((interval, timeout));
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat = Some((interval, timeout));
         self
     }
 
@@ -221,9 +221,9 @@ impl GatewayOptions {
         self
     }
 
-    /// Seconds in-flight requests get after SIGTERM (default 1).
-    pub fn grace_period_secs(mut self, secs: u64) -> Self {
-        self.grace_period_secs = Some(secs);
+    /// Time in-flight requests get after SIGTERM, whole seconds (default 1s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = Some(grace);
         self
     }
 
@@ -516,8 +516,8 @@ impl Gateway {
 
     pub async fn terminate(&mut self) -> ExitStatus {
         self.proc.signal_terminate();
-        let grace = self.opts.grace_period_secs.unwrap_or(1);
-        self.proc.wait_exit(Duration::from_secs(grace + 5)).await
+        let grace = self.opts.grace_period.unwrap_or(Duration::from_secs(1));
+        self.proc.wait_exit(grace + Duration::from_secs(5)).await
     }
 
     /// Starts the gateway again with the same config, store and agents'
@@ -670,8 +670,13 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
     let agents_cert = opts.agents_cert.as_ref().unwrap_or(&pki.gateway);
     let path_str = |p: &Path| toml_str(&p.to_string_lossy());
     let mut c = String::new();
-    let grace = opts.grace_period_secs.unwrap_or(1);
-    c += &format!("[server]\nthreads = 2\ngrace_period_secs = {grace}\n\n");
+    // Durations in the current form ("10s"); `agent_config` and the
+    // unit tests keep the old `_secs`/`_ms` names exercised.
+    let grace = opts.grace_period.unwrap_or(Duration::from_secs(1));
+    c += &format!(
+        "[server]\nthreads = 2\ngrace_period = {}\n\n",
+        toml_duration(grace)
+    );
     c += "[public]\nlisten = \"127.0.0.1:0\"\n";
     if opts.public_tls {
         c += &format!(
@@ -683,20 +688,28 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
     for (key, value) in [
         ("max_header_bytes", opts.max_header_bytes),
         ("max_body_bytes", opts.max_body_bytes),
-        ("upstream_timeout_secs", opts.upstream_timeout_secs),
     ] {
         if let Some(value) = value {
             c += &format!("{key} = {value}\n");
         }
     }
+    if let Some(timeout) = opts.upstream_timeout {
+        c += &format!("upstream_timeout = {}\n", toml_duration(timeout));
+    }
     c += &format!(
-        "\n[agents]\nlisten = {}\ntls_cert = {}\ntls_key = {}\nhandshake_timeout_secs = 10\n",
+        "\n[agents]\nlisten = {}\ntls_cert = {}\ntls_key = {}\nhandshake_timeout = \"10s\"\n",
         toml_str(agents_listen),
         path_str(&agents_cert.cert),
         path_str(&agents_cert.key)
     );
-    let (interval, timeout) = opts.heartbeat_secs.unwrap_or((5, 15));
-    c += &format!("heartbeat_interval_secs = {interval}\nheartbeat_timeout_secs = {timeout}\n");
+    let (interval, timeout) = opts
+        .heartbeat
+        .unwrap_or((Duration::from_secs(5), Duration::from_secs(15)));
+    c += &format!(
+        "heartbeat_interval = {}\nheartbeat_timeout = {}\n",
+        toml_duration(interval),
+        toml_duration(timeout)
+    );
     for (key, value) in &opts.agents_settings {
         c += &format!("{key} = {value}\n");
     }

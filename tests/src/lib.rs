@@ -119,3 +119,9 @@ pub fn bin_path(name: &str) -> PathBuf {
 pub(crate) fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
+
+/// A duration as a TOML string in the configuration's form (`"1m 30s"`,
+/// `"500ms"`).
+pub(crate) fn toml_duration(d: std::time::Duration) -> String {
+    toml_str(&protocol::duration::show(d))
+}

@@ -1,7 +1,8 @@
 //! Story: the agent forwards to services on its own machine only; a
 //! non-loopback local address is refused unless explicitly allowed. Its
 //! name is logged by the gateway before it is authenticated, so a name with
-//! spaces or control characters is refused at start.
+//! spaces or control characters is refused at start. A config written
+//! before durations became text (`interval_secs = 5`) still runs.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -183,4 +184,60 @@ async fn a_ca_file_without_a_certificate_or_with_a_cut_one_is_refused_at_start_n
         );
         assert!(!stdout.contains("\"connected\""), "{stdout}");
     }
+}
+
+/// The harness writes durations as text (`interval = "5s"`); a config of
+/// an older deployment names them with their unit and a bare number
+/// (`interval_secs = 5`, `initial_backoff_ms = 100`). That one still
+/// loads, connects and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_with_the_old_duration_names_still_connects_and_serves() {
+    let t = WikiTunnel::start().await;
+    let config = std::fs::read_to_string(t.agent.config_path()).unwrap();
+    let current = format!("agent_name = \"{}\"", t.agent.name());
+    assert!(config.contains(&current), "{config}");
+    let mut old = config.replace(&current, "agent_name = \"old-style\"");
+    for (new, was) in [
+        ("interval = \"5s\"", "interval_secs = 5"),
+        ("timeout = \"15s\"", "timeout_secs = 15"),
+        ("initial_backoff = \"100ms\"", "initial_backoff_ms = 100"),
+        ("max_backoff = \"2s\"", "max_backoff_ms = 2000"),
+        ("stable_after = \"30s\"", "stable_after_secs = 30"),
+        ("grace = \"10s\"", "grace_secs = 10"),
+    ] {
+        let line = format!("\n{new}\n");
+        assert!(old.contains(&line), "no `{new}` in:\n{old}");
+        old = old.replace(&line, &format!("\n{was}\n"));
+    }
+    // The two connect timeouts the harness leaves at their defaults.
+    old = old
+        .replacen("[tunnel]", "connect_timeout_secs = 10\n\n[tunnel]", 1)
+        .replacen("[local]\n", "[local]\nconnect_timeout_secs = 5\n", 1);
+    let path = t.agent.config_path().with_file_name("old-style.toml");
+    std::fs::write(&path, &old).unwrap();
+
+    let mut command = Command::new(bin_path("agent"));
+    command
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for var in ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] {
+        command.env_remove(var);
+    }
+    let mut child = command.spawn().expect("spawn agent run");
+    t.gateway
+        .wait_for("agent_connected", &[("agent", "old-style")])
+        .await;
+    // With the harness's agent gone, only the old-style one serves.
+    let mut first = t.agent;
+    assert_eq!(first.terminate().await.code(), Some(0));
+    let reply = t.caller.get("wiki.test", "/old-style").send().await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the old-style agent exited"
+    );
+    child.kill().await.unwrap();
 }

@@ -4,6 +4,8 @@
 //! shown); a proxy that refuses is named with its status and retried with
 //! backoff; `HTTPS_PROXY`/`NO_PROXY` work as with curl.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use tests::connect_proxy::{ConnectProxy, Seen};
 use tests::upstream::{self, Upstream};
@@ -251,7 +253,7 @@ async fn a_proxy_that_never_answers_costs_one_connect_timeout_per_attempt_and_is
     proxy.go_silent();
     let opts = AgentOptions::new()
         .proxy(&proxy.url(None))
-        .connect_timeout_secs(1);
+        .connect_timeout(Duration::from_secs(1));
     let agent = Agent::start(&site.gateway, &site.tunnel, site.wiki.addr(), opts).await;
     let failed = failures(&agent, 2).await;
     let reason = failed[0]["reason"].as_str().unwrap_or_default();

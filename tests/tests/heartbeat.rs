@@ -25,7 +25,7 @@ fn noticed_in_time(frozen_at: Instant) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_drops_a_hung_agent_and_takes_it_back_when_it_recovers() {
-    let opts = GatewayOptions::new().heartbeat_secs(1, 3);
+    let opts = GatewayOptions::new().heartbeat(Duration::from_secs(1), Duration::from_secs(3));
     let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
 
     t.agent.freeze();
@@ -51,7 +51,7 @@ async fn the_agent_notices_a_hung_gateway_and_reconnects_when_it_recovers() {
     let gateway = tests::Gateway::start(gateway_opts).await;
     let tunnel = gateway.create_tunnel("acme", "wiki").await;
     let wiki = upstream::echo("wiki").await;
-    let opts = tests::AgentOptions::new().heartbeat_secs(1, 3);
+    let opts = tests::AgentOptions::new().heartbeat(Duration::from_secs(1), Duration::from_secs(3));
     let agent = tests::Agent::connect(&gateway, &tunnel, wiki.addr(), opts).await;
     let caller = gateway.caller(&gateway.create_caller("acme").await);
 

@@ -11,6 +11,8 @@
 //! - access-log lines carry route, tunnel, agent, status, duration, bytes
 //!   and trace id, as JSON when the config asks for it.
 
+use std::time::Duration;
+
 use tests::scrape::{self, Metrics};
 use tests::{eventually, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route, PATIENCE};
 
@@ -215,7 +217,7 @@ async fn an_agent_leaving_is_counted_and_access_lines_are_json_when_asked() {
     let gateway = Gateway::start(
         GatewayOptions::new()
             .with_route(Route::new("wiki.test", "wiki").plugin("org-check", ""))
-            .grace_period_secs(10)
+            .grace_period(Duration::from_secs(10))
             .extra_config("[log]\nformat = \"json\"\n"),
     )
     .await;

@@ -157,7 +157,7 @@ async fn misbehaving_plugins_fail_closed_within_the_deadline() {
     let gateway = Gateway::start(
         GatewayOptions::new()
             .env("GATEWAY__SERVER__THREADS", "1")
-            .plugin_setting("call_timeout_ms", &timeout_ms.to_string())
+            .plugin_setting("call_timeout", &format!("\"{timeout_ms}ms\""))
             .plugin_setting("max_memory_bytes", &(8u64 << 20).to_string())
             .with_route(
                 Route::new("spin.test", "wiki")
@@ -262,7 +262,7 @@ async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused()
     let authz_rules = r#"{"rules": [{"methods": ["GET"]}]}"#;
     let gateway = Gateway::start(
         GatewayOptions::new()
-            .plugin_setting("reload_interval_ms", "100")
+            .plugin_setting("reload_interval", "\"100ms\"")
             .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "allow"))
             .with_route(Route::new("api.test", "wiki").plugin("authz", authz_rules)),
     )

@@ -95,7 +95,7 @@ async fn a_connection_that_never_starts_tls_is_closed_after_the_tls_deadline() {
         matches!(read, Ok(0) | Err(_)),
         "the gateway sent bytes to a client that never spoke: {read:?}"
     );
-    // tls_timeout_secs defaults to 3; the whole handshake may take 10.
+    // tls_timeout defaults to 3s; the whole handshake may take 10s.
     assert!(
         held >= Duration::from_secs(2) && held < Duration::from_secs(6),
         "a silent connection was held for {held:?}"

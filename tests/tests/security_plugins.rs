@@ -50,7 +50,7 @@ async fn authz_copied_over_org_check_is_refused_at_start_and_at_reload() {
     // At reload: the copy is rejected and org-check keeps judging.
     let gateway = Gateway::start(
         GatewayOptions::new()
-            .plugin_setting("reload_interval_ms", "100")
+            .plugin_setting("reload_interval", "\"100ms\"")
             .with_route(Route::new("wiki.test", "wiki").plugin("org-check", "")),
     )
     .await;
@@ -115,7 +115,7 @@ async fn a_plugin_file_that_is_not_the_pinned_build_is_refused_at_start_and_at_r
     let pinned = hex::encode(Sha256::digest(plugin_wasm("faulty")));
     let gateway = Gateway::start(
         GatewayOptions::new()
-            .plugin_setting("reload_interval_ms", "100")
+            .plugin_setting("reload_interval", "\"100ms\"")
             .plugin_setting("sha256", &format!("{{ faulty = \"{pinned}\" }}"))
             .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "allow")),
     )
@@ -183,7 +183,7 @@ async fn plugin_folders_and_files_writable_by_others_are_refused() {
     // the loaded version keeps serving.
     let gateway = Gateway::start(
         GatewayOptions::new()
-            .plugin_setting("reload_interval_ms", "100")
+            .plugin_setting("reload_interval", "\"100ms\"")
             .with_route(Route::new("wiki.test", "wiki").plugin("org-check", "")),
     )
     .await;

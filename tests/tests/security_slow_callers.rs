@@ -179,8 +179,8 @@ async fn a_request_head_sent_one_byte_at_a_time_is_cut_off_at_the_header_deadlin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_and_an_idle_keep_alive_one_are_closed_in_time() {
     let opts = GatewayOptions::new()
-        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT_SECS", "2")
-        .env("GATEWAY__PUBLIC__KEEPALIVE_SECS", "3");
+        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT", "2s")
+        .env("GATEWAY__PUBLIC__KEEPALIVE", "3s");
     let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
     let addr = t.gateway.public_addr();
 
@@ -196,7 +196,7 @@ async fn a_silent_connection_and_an_idle_keep_alive_one_are_closed_in_time() {
     .await;
     assert!(said.is_empty(), "nothing asked, nothing answered: {said:?}");
 
-    // Keep-alive: served, then closed once idle for keepalive_secs.
+    // Keep-alive: served, then closed once idle for `keepalive`.
     let mut kept = connect_from("127.0.0.1", addr).await;
     for _ in 0..2 {
         kept.write_all(get_head(&t.token).as_bytes()).await.unwrap();
@@ -217,8 +217,8 @@ async fn a_silent_connection_and_an_idle_keep_alive_one_are_closed_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_is_served_but_a_stalled_one_is_cut_off_at_the_read_timeout() {
     let opts = GatewayOptions::new()
-        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT_SECS", "2")
-        .env("GATEWAY__PUBLIC__READ_TIMEOUT_SECS", "3");
+        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT", "2s")
+        .env("GATEWAY__PUBLIC__READ_TIMEOUT", "3s");
     let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
     let addr = t.gateway.public_addr();
     let post = |len: usize| {
@@ -337,8 +337,8 @@ async fn past_the_global_cap_connections_are_closed_until_slots_free_up() {
 async fn a_stalled_tls_handshake_or_http2_preface_or_an_idle_http2_connection_is_cut_off() {
     let opts = GatewayOptions::new()
         .public_tls()
-        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT_SECS", "2")
-        .env("GATEWAY__PUBLIC__KEEPALIVE_SECS", "3");
+        .env("GATEWAY__PUBLIC__HEADER_READ_TIMEOUT", "2s")
+        .env("GATEWAY__PUBLIC__KEEPALIVE", "3s");
     let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
     let addr = t.gateway.public_addr();
 
@@ -387,7 +387,7 @@ async fn a_stalled_tls_handshake_or_http2_preface_or_an_idle_http2_connection_is
     );
 
     // Sends the preface and its SETTINGS, then no request: an idle HTTP/2
-    // connection, closed after keepalive_secs.
+    // connection, closed after `keepalive`.
     let tcp = connect_from(ATTACKER, addr).await;
     let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -422,6 +422,8 @@ async fn a_stalled_tls_handshake_or_http2_preface_or_an_idle_http2_connection_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_stops_reading_its_response_is_cut_off_at_the_write_timeout() {
+    // The field's old name with a bare number of seconds (as deployments
+    // set it before durations became text): still read.
     let opts = GatewayOptions::new().env("GATEWAY__PUBLIC__WRITE_TIMEOUT_SECS", "2");
     let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
     let size: usize = 64 << 20;

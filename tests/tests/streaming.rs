@@ -27,7 +27,7 @@ fn size() -> u64 {
 
 async fn big_body_tunnel() -> WikiTunnel {
     let opts = GatewayOptions::new()
-        .upstream_timeout_secs(600)
+        .upstream_timeout(Duration::from_secs(600))
         .with_route(Route::new("big.test", "wiki").max_body_bytes(2 * GIB));
     WikiTunnel::start_with(opts, upstream::echo("wiki").await).await
 }

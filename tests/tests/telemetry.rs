@@ -27,7 +27,7 @@ const EXPORT_WAIT: Duration = Duration::from_secs(20);
 fn telemetry(endpoint: &str, protocol: &str) -> String {
     format!(
         "[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\n\
-         export_interval_ms = 50\n\
+         export_interval = \"50ms\"\n\
          [telemetry.headers]\nx-collector-key = \"k-123\"\n\
          [telemetry.resource]\n\"deployment.environment\" = \"test\"\n"
     )
@@ -455,8 +455,8 @@ async fn with_the_collector_down_requests_succeed_without_waiting_and_lost_spans
     let refused = closed_port().await;
     let settings = |endpoint: String| {
         format!(
-            "[telemetry]\nendpoint = \"{endpoint}\"\nexport_interval_ms = 20\n\
-             export_timeout_ms = 3000\nqueue_size = 32\nbatch_size = 8\n"
+            "[telemetry]\nendpoint = \"{endpoint}\"\nexport_interval = \"20ms\"\n\
+             export_timeout = \"3s\"\nqueue_size = 32\nbatch_size = 8\n"
         )
     };
     let gateway = Gateway::start(

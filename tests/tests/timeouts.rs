@@ -9,7 +9,7 @@ use tests::{upstream, GatewayOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_too_slow_local_service_gives_504() {
-    let opts = GatewayOptions::new().upstream_timeout_secs(2);
+    let opts = GatewayOptions::new().upstream_timeout(Duration::from_secs(2));
     let t = WikiTunnel::start_with(opts, upstream::echo("wiki").await).await;
 
     let slow_but_fine = t.caller.get("wiki.test", "/slow/500").send().await;

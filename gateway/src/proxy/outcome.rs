@@ -425,7 +425,7 @@ mod tests {
                 Outcome::BodyTooLarge { declared: None, limit: 5 },
             ),
             (
-                "a form body for the plugins not received within `upstream_timeout_secs`",
+                "a form body for the plugins not received within `upstream_timeout`",
                 Outcome::BodyLate,
             ),
             (
@@ -456,7 +456,7 @@ mod tests {
                 "a plugin traps, grows past `max_memory_bytes`, refuses its configuration or returns an invalid decision",
                 failed(Failure::Invalid("status 99".into())),
             ),
-            ("a plugin runs past `call_timeout_ms`", failed(Failure::Deadline(Duration::from_millis(50)))),
+            ("a plugin runs past `call_timeout`", failed(Failure::Deadline(Duration::from_millis(50)))),
             ("every plugin sandbox is busy (`max_sandboxes`)", failed(Failure::Busy)),
             (
                 "the caller's organization is not the tunnel's (and the route is not `cross_org`)",
@@ -470,7 +470,7 @@ mod tests {
             ("the agent cannot reach its local service", Outcome::ServiceUnreachable { tunnel: t() }),
             ("the local service does not accept in time", Outcome::ServiceNotAccepting { tunnel: t() }),
             (
-                "the local service does not answer in time (`upstream_timeout_secs`)",
+                "the local service does not answer in time (`upstream_timeout`)",
                 Outcome::ServiceTooSlow { tunnel: t() },
             ),
             ("the tunnel fails while the request is in flight", Outcome::TunnelFailed { tunnel: t() }),

@@ -20,14 +20,14 @@ pub const LIVE_FIELDS: &[&str] = &[
     "public.max_header_bytes",
     "public.max_connections",
     "public.max_connections_per_source",
-    "public.header_read_timeout_secs",
-    "public.read_timeout_secs",
-    "public.write_timeout_secs",
-    "public.upstream_timeout_secs",
+    "public.header_read_timeout",
+    "public.read_timeout",
+    "public.write_timeout",
+    "public.upstream_timeout",
     "callers.max_failures_per_minute",
     "log.level",
     "plugins.dir",
-    "plugins.call_timeout_ms",
+    "plugins.call_timeout",
     "plugins.sha256",
     "plugins.max_file_bytes",
     "plugins.max_requests_per_sandbox",
@@ -224,7 +224,7 @@ allow_without_plugins = true
         let mut new = cfg(ROUTES);
         new.public.listen = "127.0.0.1:8443".into();
         new.server.threads += 1;
-        new.store.refresh_secs = 9;
+        new.store.refresh = std::time::Duration::from_secs(9);
         new.agents.max_connections = 7;
         new.admin.listen = Some("off".into());
         new.log.format = telemetry::LogFormat::Json;
@@ -235,7 +235,7 @@ allow_without_plugins = true
         // Live ones beside them.
         new.public.max_body_bytes = 10;
         new.callers.max_failures_per_minute = 5;
-        new.plugins.call_timeout_ms = 80;
+        new.plugins.call_timeout = std::time::Duration::from_millis(80);
         new.log.level = "debug".into();
         let d = diff(&old, &new);
         let mut fixed = d.fixed();
@@ -249,14 +249,14 @@ allow_without_plugins = true
                 "plugins.max_sandboxes",
                 "public.listen",
                 "server.threads",
-                "store.refresh_secs",
+                "store.refresh",
                 "telemetry.headers.authorization",
             ]
         );
         for live in [
             "public.max_body_bytes",
             "callers.max_failures_per_minute",
-            "plugins.call_timeout_ms",
+            "plugins.call_timeout",
             "log.level",
         ] {
             assert!(d.fields.iter().any(|f| f == live), "{live}: {d:?}");

@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let collector = Collector::start().await;
     let export = |endpoint: String, protocol: &str| {
         format!(
-            "[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\nexport_interval_ms = 200\n"
+            "[telemetry]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\nexport_interval = \"200ms\"\n"
         )
     };
     println!(
