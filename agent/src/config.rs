@@ -327,15 +327,13 @@ impl AgentConfig {
                 "must be 1-128 characters of A-Z a-z 0-9 . _ -",
             ));
         }
-        match (&self.tunnel.kek_file, &self.tunnel.kek_env) {
-            (None, None) => return Err(invalid("tunnel.kek_file", "set kek_file or kek_env")),
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "tunnel.kek_env",
-                    "set only one of kek_file and kek_env",
-                ))
-            }
-            _ => {}
+        let kek = keyfile::KekSource {
+            section: "tunnel",
+            file: self.tunnel.kek_file.as_deref(),
+            env: self.tunnel.kek_env.as_deref(),
+        };
+        if let Some((field, why)) = kek.mistake() {
+            return Err(invalid(&field, why));
         }
         self.local_target()?;
         if self.heartbeat.interval < Duration::from_secs(1) {

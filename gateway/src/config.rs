@@ -605,15 +605,13 @@ impl GatewayConfig {
                 "must be at least agents.heartbeat_interval",
             ));
         }
-        match (&self.store.kek_file, &self.store.kek_env) {
-            (None, None) => return Err(invalid("store.kek_file", "set kek_file or kek_env")),
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "store.kek_env",
-                    "set only one of kek_file and kek_env",
-                ))
-            }
-            _ => {}
+        let kek = keyfile::KekSource {
+            section: "store",
+            file: self.store.kek_file.as_deref(),
+            env: self.store.kek_env.as_deref(),
+        };
+        if let Some((field, why)) = kek.mistake() {
+            return Err(invalid(&field, why));
         }
         if let Some(d) = &self.routing.base_domain {
             if d.is_empty() || d.starts_with('.') || d.contains(char::is_whitespace) {

@@ -39,6 +39,25 @@ pub struct KekSource<'a> {
     pub env: Option<&'a str>,
 }
 
+impl KekSource<'_> {
+    /// The mistake a configuration can make in naming its KEK, as the
+    /// field to name and why: neither `kek_file` nor `kek_env`, or both
+    /// (a configuration must say which one it means).
+    pub fn mistake(&self) -> Option<(String, &'static str)> {
+        match (self.file, self.env) {
+            (None, None) => Some((
+                format!("{}.kek_file", self.section),
+                "set kek_file or kek_env",
+            )),
+            (Some(_), Some(_)) => Some((
+                format!("{}.kek_env", self.section),
+                "set only one of kek_file and kek_env",
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// What [`Kek::load`] does when the KEK file does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IfMissing {
@@ -316,6 +335,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_configuration_names_exactly_one_kek_source() {
+        let file = Path::new("/etc/gateway/kek");
+        let source = |file, env| KekSource {
+            section: "store",
+            file,
+            env,
+        };
+        assert_eq!(
+            source(None, None).mistake(),
+            Some(("store.kek_file".into(), "set kek_file or kek_env"))
+        );
+        assert_eq!(
+            source(Some(file), Some("GATEWAY_KEK")).mistake(),
+            Some((
+                "store.kek_env".into(),
+                "set only one of kek_file and kek_env"
+            ))
+        );
+        assert_eq!(source(Some(file), None).mistake(), None);
+        assert_eq!(source(None, Some("GATEWAY_KEK")).mistake(), None);
     }
 
     #[test]
