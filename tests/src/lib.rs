@@ -56,7 +56,7 @@ pub mod setup;
 pub mod upstream;
 pub mod wire;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use admin::{AdminApi, ApiReply, Operator, RequestLoop};
@@ -81,6 +81,41 @@ pub fn plugins_dir() -> PathBuf {
     std::env::var_os("TUNNEL_PLUGINS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("PLUGINS_DIR")))
+}
+
+/// Builds the plugin crate in `dir` as the template's README says
+/// (`cargo build --release --target wasm32-wasip2`, offline) into the
+/// plugins' target folder of this build, which shares the dependencies
+/// built there; returns the component's path. Panics with cargo's errors.
+pub async fn build_plugin(dir: &Path, krate: &str) -> PathBuf {
+    let dist = PathBuf::from(env!("PLUGINS_DIR"));
+    let target = dist.parent().expect("plugins' target folder").to_path_buf();
+    let mut cmd =
+        tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(dir)
+        .args([
+            "build",
+            "--release",
+            "--offline",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .arg("--target-dir")
+        .arg(&target);
+    for var in OUTER_BUILD_ENV {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().await.expect("running cargo");
+    assert!(
+        out.status.success(),
+        "building the plugin in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join(format!(
+        "wasm32-wasip2/release/{}.wasm",
+        krate.replace('-', "_")
+    ))
 }
 
 /// The bytes of the built plugin `name`.

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use tests::{bin_path, plugin_wasm, plugins_dir, upstream, Agent, AgentOptions, Gateway};
+use tests::{bin_path, plugin_wasm, upstream, Agent, AgentOptions, Gateway};
 use tests::{GatewayOptions, Route};
 use tokio::process::Command;
 
@@ -45,37 +45,6 @@ fn edit(path: &Path, old: &str, new: &str) {
         path.display()
     );
     std::fs::write(path, text.replacen(old, new, 1)).unwrap();
-}
-
-/// `cargo build --release --target wasm32-wasip2` in `dir`, as the
-/// template's README says, into the plugins' target folder (which shares
-/// the dependencies already built); returns the component's path.
-async fn build_plugin(dir: &Path, krate: &str) -> PathBuf {
-    let target = plugins_dir().parent().unwrap().to_path_buf();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(dir)
-        .args([
-            "build",
-            "--release",
-            "--offline",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .arg("--target-dir")
-        .arg(&target);
-    for var in tests::OUTER_BUILD_ENV {
-        cmd.env_remove(var);
-    }
-    let out = cmd.output().await.expect("running cargo");
-    assert!(
-        out.status.success(),
-        "building the plugin copied from the template failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target.join(format!(
-        "wasm32-wasip2/release/{}.wasm",
-        krate.replace('-', "_")
-    ))
 }
 
 async fn plugin_check(args: &[&str]) -> Output {
@@ -129,7 +98,7 @@ async fn a_plugin_made_from_the_template_is_checked_installed_and_decides_reques
         "pub const DENY_STATUS: u16 = 403;",
         "pub const DENY_STATUS: u16 = 451;",
     );
-    let wasm = build_plugin(&src, "team-rule").await;
+    let wasm = tests::build_plugin(&src, "team-rule").await;
     let wasm_arg = wasm.to_str().unwrap();
 
     // What the gateway would say, before installing it.
