@@ -701,7 +701,7 @@ mod handshake_refusals {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn hellos_the_gateway_cannot_take_are_closed_without_a_verdict_and_named_in_its_log() {
+    async fn hellos_the_gateway_cannot_take_are_closed_and_named_in_its_log() {
         let gateway = Gateway::start(GatewayOptions::new().route("wiki.test", "wiki")).await;
         let tunnel = gateway.create_tunnel("acme", "wiki").await;
         let id = tunnel.id.as_str();
@@ -709,16 +709,6 @@ mod handshake_refusals {
         let proof = json!({"type": "proof", "mac": protocol::handshake::b64(&[7; 32])}).to_string();
         // What each client sends first, and what the gateway's log says.
         let cases: Vec<(&str, Vec<Ws>, String)> = vec![
-            (
-                "a protocol version from the future",
-                vec![Ws::text(hello(3, id, "node-1"))],
-                "unsupported protocol version 3 (this side speaks 1 to 2)".into(),
-            ),
-            (
-                "protocol version 0",
-                vec![Ws::text(hello(0, id, "node-1"))],
-                "unsupported protocol version 0 (this side speaks 1 to 2)".into(),
-            ),
             (
                 "an oversized hello",
                 vec![Ws::text(oversized.clone())],
@@ -775,6 +765,39 @@ mod handshake_refusals {
             s.closed_without_a_verdict(what).await;
             count += 1.0;
             assert_eq!(refusals(&gateway, "protocol").await, count, "{what}");
+        }
+
+        // A version the gateway does not speak: the client is told to try
+        // later (never `rejected`), with both sides' versions, and the
+        // connection closes.
+        for version in [3u32, 0] {
+            let mut s = Session::open(&gateway).await;
+            s.text(hello(version, id, "node-1")).await;
+            match s.next().await {
+                Next::Text(t) => {
+                    let m: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+                    assert_eq!(m["type"], "try_later", "{t}");
+                    assert_eq!(
+                        m["reason"],
+                        format!(
+                            "the agent speaks protocol version {version}; this gateway speaks 1 to 2"
+                        ),
+                        "{t}"
+                    );
+                }
+                other => panic!("protocol version {version}: expected the reason, got {other:?}"),
+            }
+            match s.next().await {
+                Next::Closed(_) => {}
+                Next::Text(t) => panic!("protocol version {version}: then {t}"),
+            }
+            count += 1.0;
+            assert_eq!(refusals(&gateway, "protocol").await, count);
+            gateway
+                .wait_log(&format!(
+                    "unsupported protocol version {version} (this side speaks 1 to 2)"
+                ))
+                .await;
         }
 
         // A good hello, then something else than the proof.

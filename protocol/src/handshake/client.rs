@@ -91,6 +91,9 @@ async fn exchange<S: MessageStream>(
     let challenge = match recv(stream).await? {
         Message::Challenge { nonce } => unb64::<NONCE_LEN>(&nonce, "nonce")?,
         Message::Rejected { reason } => return Err(ClientError::Rejected(reason)),
+        // A gateway that does not speak this agent's version says so
+        // before any challenge; it may speak it after an upgrade.
+        Message::TryLater { reason } => return Err(ClientError::TryLater(reason)),
         other => {
             return Err(HandshakeError::Unexpected {
                 expected: "challenge",

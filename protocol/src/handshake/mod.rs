@@ -3,7 +3,7 @@
 //! ```text
 //! agent                                   gateway
 //!   ── Hello {version, tunnel_id, agent} ──▶
-//!   ◀──────────── Challenge {nonce} ───────
+//!   ◀──── Challenge {nonce} | TryLater ────   TryLater: a version it does not speak
 //!   ── Proof {mac} ────────────────────────▶   mac = HMAC-SHA256(key, transcript)
 //!   ◀── Welcome {..} | Rejected | TryLater ─
 //! ```
@@ -11,8 +11,10 @@
 //! `Rejected` is final (the key or the tunnel is wrong: retrying cannot
 //! help); `TryLater` says the proof was good but the gateway cannot take
 //! this agent now (the tunnel has its most agents, the gateway is full), so
-//! the agent retries with backoff. An agent older than `TryLater` fails to
-//! decode it and also retries, never exits.
+//! the agent retries with backoff. A `Hello` of a protocol version the
+//! gateway does not speak gets `TryLater` at once, naming both sides'
+//! versions (an upgrade of the gateway fixes it). An agent older than
+//! `TryLater` fails to decode it and also retries, never exits.
 //!
 //! The transcript binds the proof to the tunnel id, the agent name, the
 //! gateway's fresh challenge and the TLS exporter value of this very
@@ -42,8 +44,8 @@ mod tests_exchange;
 
 pub use client::{client, ClientError, Identity, Welcomed};
 pub use server::{
-    server, Accepted, Admit, Hello, KeyUsed, Keys, Rejection, ServerError, ServerErrorOf,
-    ServerParams, Verifier,
+    server, version_mismatch, Accepted, Admit, Hello, KeyUsed, Keys, Rejection, ServerError,
+    ServerErrorOf, ServerParams, Verifier,
 };
 pub use stream::{MessageStream, Received};
 

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use super::stream::MessageStream;
 use super::{
-    new_challenge, recv, send, unb64, verify_proof, HandshakeError, Message, Step, NONCE_LEN,
-    REJECTED_REASON,
+    new_challenge, recv, send, unb64, verify_proof, HandshakeError, Message, Step,
+    MIN_PROTOCOL_VERSION, NONCE_LEN, PROTOCOL_VERSION, REJECTED_REASON,
 };
 use crate::TunnelKey;
 
@@ -165,8 +165,9 @@ pub type ServerErrorOf<S, V> =
 
 /// Runs the gateway's half over `stream`. The stream is left open after a
 /// welcome (it then carries the tunnel), closed after `Rejected` or
-/// `TryLater` or a failed lookup, and left as is after a protocol breach,
-/// a transport failure or the deadline.
+/// `TryLater` or a failed lookup, closed after telling an agent of another
+/// protocol version to try later ([`version_mismatch`]), and left as is after any
+/// other protocol breach, a transport failure or the deadline.
 pub async fn server<S: MessageStream, V: Verifier>(
     stream: &mut S,
     verifier: &mut V,
@@ -177,12 +178,31 @@ pub async fn server<S: MessageStream, V: Verifier>(
         .unwrap_or(Err(ServerError::Timeout))
 }
 
+/// What an agent speaking `version` is told: both sides' versions.
+pub fn version_mismatch(version: u32) -> String {
+    format!(
+        "the agent speaks protocol version {version}; this gateway speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+    )
+}
+
 async fn exchange<S: MessageStream, V: Verifier>(
     stream: &mut S,
     verifier: &mut V,
     params: &ServerParams,
 ) -> Result<Accepted<V::Admitted>, ServerErrorOf<S, V>> {
-    let hello = match recv(stream).await? {
+    let first = match recv(stream).await {
+        // A version this side does not speak is no secret: the agent is
+        // told, with both sides' versions, to try later (an upgrade of
+        // this gateway fixes it; a rejection would make it stop for good).
+        Err(Step::Protocol(HandshakeError::Version(version))) => {
+            let reason = version_mismatch(version);
+            let _ = send(stream, &Message::TryLater { reason }).await;
+            stream.close_quietly().await;
+            return Err(ServerError::Protocol(HandshakeError::Version(version)));
+        }
+        other => other?,
+    };
+    let hello = match first {
         Message::Hello {
             version,
             tunnel_id,

@@ -299,7 +299,7 @@ async fn a_failed_lookup_closes_without_a_verdict() {
 }
 
 #[tokio::test]
-async fn a_version_the_gateway_does_not_speak_is_refused() {
+async fn a_version_the_gateway_does_not_speak_is_refused_naming_both() {
     tokio::time::pause();
     let k = key();
     for version in [MIN_PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
@@ -312,8 +312,16 @@ async fn a_version_the_gateway_does_not_speak_is_refused() {
             ),
             "{gateway_side:?}"
         );
-        // No verdict: the gateway drops the connection.
-        assert_eq!(agent, Err(ClientError::Closed));
+        // The agent is told, with both sides' versions, to try again
+        // later (after an upgrade of the gateway).
+        assert_eq!(agent, Err(ClientError::TryLater(version_mismatch(version))));
+        assert!(
+            version_mismatch(version).contains(&format!("protocol version {version}"))
+                && version_mismatch(version)
+                    .contains(&format!("{MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}")),
+            "{}",
+            version_mismatch(version)
+        );
         assert_eq!(gateway.lookups, 0, "refused before any lookup");
     }
 }
