@@ -263,10 +263,12 @@ pub const RENAMED: protocol::layered::Renamed = &[
 /// A configuration error, naming the file or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot load config {path}: {source}")]
+    /// The cause is in the message, not the error's source: printed with
+    /// its chain, it would be said twice.
+    #[error("cannot load config {path}: {error}")]
     Load {
         path: String,
-        source: config::ConfigError,
+        error: config::ConfigError,
     },
     #[error("invalid config field `{field}`: {reason}")]
     Invalid { field: String, reason: String },
@@ -292,9 +294,9 @@ pub struct GatewayUrl {
 impl AgentConfig {
     /// Loads `path`, applies `AGENT__…` environment overrides and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let load_err = |source| ConfigError::Load {
+        let load_err = |error| ConfigError::Load {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let cfg: AgentConfig = protocol::layered::load(path, "AGENT", RENAMED).map_err(load_err)?;
         cfg.validate()?;
@@ -459,9 +461,9 @@ address = "127.0.0.1:8080"
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|source| ConfigError::Load {
+            .map_err(|error| ConfigError::Load {
                 path: "inline".into(),
-                source,
+                error,
             })?;
         cfg.validate()?;
         Ok(cfg)

@@ -480,10 +480,12 @@ fn default_prefix() -> String {
 /// A configuration error, naming the file or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot load config {path}: {source}")]
+    /// The cause is in the message, not the error's source: printed with
+    /// its chain, it would be said twice.
+    #[error("cannot load config {path}: {error}")]
     Load {
         path: String,
-        source: config::ConfigError,
+        error: config::ConfigError,
     },
     #[error("invalid config field `{field}`: {reason}")]
     Invalid { field: String, reason: String },
@@ -529,9 +531,9 @@ pub const RENAMED: protocol::layered::Renamed = &[
 impl GatewayConfig {
     /// Loads `path`, applies `GATEWAY__…` environment overrides and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let load_err = |source| ConfigError::Load {
+        let load_err = |error| ConfigError::Load {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let cfg: GatewayConfig =
             protocol::layered::load(path, "GATEWAY", RENAMED).map_err(load_err)?;

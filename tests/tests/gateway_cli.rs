@@ -79,6 +79,28 @@ async fn a_bad_config_is_refused_naming_the_field() {
         stderr.contains("public.listen"),
         "stderr should name public.listen:\n{stderr}"
     );
+
+    // A file that cannot be read as a configuration at all: its cause is
+    // said once, not once more as the error's source.
+    let unreadable = gateway.config_path().with_file_name("unreadable.toml");
+    std::fs::write(&unreadable, "[public]\nlisten = 5\n").unwrap();
+    let run = Command::new(bin_path("gateway"))
+        .args(["serve", "--config"])
+        .arg(&unreadable)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("a gateway with a bad config exits at once")
+        .expect("run gateway");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.matches("missing configuration field").count(),
+        1,
+        "the cause once, after the file's name:\n{stderr}"
+    );
+    assert!(stderr.contains("unreadable.toml"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
