@@ -51,6 +51,20 @@ async fn the_environment_overrides_the_config_file() {
     assert_ne!(addr.port(), 0);
 }
 
+/// `gateway serve --config PATH` for a config it must refuse: its output,
+/// once it has exited.
+async fn serve_once(path: &std::path::Path) -> std::process::Output {
+    let run = Command::new(bin_path("gateway"))
+        .args(["serve", "--config"])
+        .arg(path)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("a gateway with a bad config exits at once")
+        .expect("run gateway")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_is_refused_naming_the_field() {
     let mut gateway = Gateway::start(GatewayOptions::new()).await;
@@ -61,15 +75,7 @@ async fn a_bad_config_is_refused_naming_the_field() {
     let path = gateway.config_path().with_file_name("broken.toml");
     std::fs::write(&path, broken).unwrap();
 
-    let run = Command::new(bin_path("gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(PATIENCE, run)
-        .await
-        .expect("a gateway with a bad config exits at once")
-        .expect("run gateway");
+    let out = serve_once(&path).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -84,15 +90,7 @@ async fn a_bad_config_is_refused_naming_the_field() {
     // said once, not once more as the error's source.
     let unreadable = gateway.config_path().with_file_name("unreadable.toml");
     std::fs::write(&unreadable, "[public]\nlisten = 5\n").unwrap();
-    let run = Command::new(bin_path("gateway"))
-        .args(["serve", "--config"])
-        .arg(&unreadable)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(PATIENCE, run)
-        .await
-        .expect("a gateway with a bad config exits at once")
-        .expect("run gateway");
+    let out = serve_once(&unreadable).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(

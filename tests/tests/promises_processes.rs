@@ -149,6 +149,18 @@ fn hold(caller: &Caller) -> tokio::task::JoinHandle<(Result<Reply, String>, Inst
 // ---------------------------------------------------------------------
 // Gateway SIGTERM.
 
+/// The gateway, told to stop at `asked`, exits 0 within its grace plus
+/// 5 s.
+async fn exits_0_within_its_grace(gateway: &mut Gateway, asked: Instant, grace: u64) {
+    let status = gateway.terminate().await;
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", gateway.logs());
+    assert!(
+        took < Duration::from_secs(grace + 5),
+        "the gateway exited {took:?} after SIGTERM (grace {grace} s)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_turns_new_callers_away_and_exits_0() {
     let grace = 6;
@@ -222,13 +234,7 @@ async fn sigterm_lets_the_request_in_flight_finish_turns_new_callers_away_and_ex
         at.duration_since(asked)
     );
 
-    let status = t.gateway.terminate().await;
-    let took = asked.elapsed();
-    assert_eq!(status.code(), Some(0), "{}", t.gateway.logs());
-    assert!(
-        took < Duration::from_secs(grace + 5),
-        "the gateway exited {took:?} after SIGTERM (grace {grace} s)"
-    );
+    exits_0_within_its_grace(&mut t.gateway, asked, grace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,13 +273,7 @@ async fn sigterm_cuts_a_request_that_outlasts_the_grace_and_the_gateway_still_ex
         "cut only {after:?} after SIGTERM (grace {grace} s): {reply:?}"
     );
 
-    let status = t.gateway.terminate().await;
-    let took = asked.elapsed();
-    assert_eq!(status.code(), Some(0), "{}", t.gateway.logs());
-    assert!(
-        took < Duration::from_secs(grace + 5),
-        "the gateway exited {took:?} after SIGTERM (grace {grace} s)"
-    );
+    exits_0_within_its_grace(&mut t.gateway, asked, grace).await;
 }
 
 // ---------------------------------------------------------------------
