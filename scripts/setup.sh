@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing:
-# cmake (pingora builds zlib-ng with it), the wasm32-wasip2 target
+# cmake (pingora builds zlib-ng with it), Chromium and its WebDriver (the
+# dashboard's browser tests), the wasm32-wasip2 target
 # (policy plugins), rustfmt and clippy, cargo-deny (scripts/lint.sh) and
 # Python's oauthlib (the OAuth 1.0a end-to-end test).
 # Arguments name more Debian packages, installed when their command is
@@ -15,6 +16,10 @@ as_root() {
 
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
+# The dashboard's browser tests (tests/tests/dashboard.rs) drive Debian's
+# headless Chromium through its WebDriver.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 for pkg in "$@"; do
   case "$pkg" in
     # The bench's reverse-proxy peer; Debian puts it in /usr/sbin, which a

@@ -195,6 +195,14 @@ pub enum AgentCommand {
         /// Its connection id (`agent list`).
         conn_id: u64,
     },
+    /// Disconnect one agent now: its requests in flight fail; it dials
+    /// again unless its tunnel's key no longer lets it in.
+    Disconnect {
+        #[command(flatten)]
+        common: Common,
+        /// Its connection id (`agent list`).
+        conn_id: u64,
+    },
 }
 
 /// Admin-token commands.
@@ -303,7 +311,10 @@ fn dispatch(cfg: &GatewayConfig, op: Op) -> anyhow::Result<Value> {
                 Err(e) => return Err(e.into()),
             }
         }
-        if matches!(op, Op::ListAgents | Op::DrainAgent { .. }) {
+        if matches!(
+            op,
+            Op::ListAgents | Op::DrainAgent { .. } | Op::DisconnectAgent { .. }
+        ) {
             return Err(OpError::NotRunning.into());
         }
         let store = Store::open(&cfg.store)
@@ -464,6 +475,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             AgentCommand::List { common } => (common, Op::ListAgents, show_agents),
             AgentCommand::Drain { common, conn_id } => {
                 (common, Op::DrainAgent { conn_id }, show_pretty)
+            }
+            AgentCommand::Disconnect { common, conn_id } => {
+                (common, Op::DisconnectAgent { conn_id }, show_pretty)
             }
         },
         Command::AdminToken { command } => match command {

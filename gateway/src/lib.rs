@@ -31,6 +31,7 @@
 //!   Prometheus metrics of the admin listener; [`per_source`] what one
 //!   network source holds at once.
 
+pub mod activity;
 pub mod admin;
 pub mod agent_listener;
 /// Framing checks and header rewriting (crate `gateway-judge`).

@@ -32,6 +32,48 @@ pub struct Live {
     pub upstream_timeout: Duration,
     /// `public.keepalive`, for pooled tunnel connections.
     pub pool_idle: Duration,
+    /// The routes as the admin API shows them.
+    pub route_views: Vec<RouteView>,
+    /// `routing.base_domain` and the wildcard chain's plugin names.
+    pub wildcard: Option<(String, Vec<String>)>,
+}
+
+/// A configured route, as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteView {
+    pub name: String,
+    pub host: String,
+    pub path_prefix: String,
+    #[serde(skip)]
+    pub tunnel: String,
+    /// Its plugin chain, in order.
+    pub plugins: Vec<String>,
+}
+
+impl Live {
+    /// The routes that reach tunnel `name`: its configured routes, or the
+    /// wildcard `<name>.<base_domain>` when none names it.
+    pub fn routes_of(&self, name: &str) -> Vec<RouteView> {
+        let explicit: Vec<RouteView> = self
+            .route_views
+            .iter()
+            .filter(|r| r.tunnel == name)
+            .cloned()
+            .collect();
+        if !explicit.is_empty() {
+            return explicit;
+        }
+        self.wildcard
+            .iter()
+            .map(|(base, plugins)| RouteView {
+                name: "*wildcard*".into(),
+                host: format!("{name}.{base}"),
+                path_prefix: "/".into(),
+                tunnel: name.to_string(),
+                plugins: plugins.clone(),
+            })
+            .collect()
+    }
 }
 
 impl Live {
@@ -50,6 +92,23 @@ impl Live {
             max_header_bytes: cfg.public.max_header_bytes,
             upstream_timeout: cfg.public.upstream_timeout,
             pool_idle: cfg.public.keepalive,
+            route_views: cfg
+                .routes
+                .iter()
+                .map(|r| RouteView {
+                    name: r.name.clone(),
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    tunnel: r.tunnel.clone(),
+                    plugins: r.plugins.iter().map(|p| p.name.clone()).collect(),
+                })
+                .collect(),
+            wildcard: cfg.routing.base_domain.as_ref().map(|base| {
+                (
+                    base.clone(),
+                    cfg.routing.plugins.iter().map(|p| p.name.clone()).collect(),
+                )
+            }),
         }
     }
 }

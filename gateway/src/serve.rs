@@ -289,6 +289,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     // live reload of the configuration (`crate::reload`).
     let live = crate::live::current(crate::live::Live::new(&cfg, plugins.clone()));
     let watched = live.clone();
+    let shown = live.clone();
     // The file reloader stops when a shutdown begins (`TunnelServices`).
     let (stop_plugin_reloads, plugin_reloads_stop) = tokio::sync::watch::channel(false);
     plugins
@@ -336,6 +337,8 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             store_rt: store_rt.handle().clone(),
             local_token: local_token.clone(),
             failures: crate::auth_limit::FailureBudget::new(cfg.callers.max_failures_per_minute),
+            live: shown,
+            sessions: Default::default(),
         });
         let api: telemetry::admin::Api = Arc::new(move |req, peer| {
             Box::pin(crate::admin::api::handle(api_state.clone(), req, peer))

@@ -21,6 +21,9 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every [`Failure::kind`].
+    pub const KINDS: [&'static str; 6] = ["trap", "deadline", "memory", "busy", "init", "invalid"];
+
     /// Short name for logs and counters.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -34,6 +34,7 @@ pub mod config;
 mod error;
 mod failure;
 mod file;
+pub mod history;
 mod load;
 pub mod metrics;
 mod reconfigure;
@@ -59,7 +60,7 @@ pub use chain::{ChainEntry, Verdict};
 pub use config::{PluginRef, PluginsSection};
 pub use error::{FileError, LoadError};
 pub use failure::Failure;
-pub use load::{stamp, Identity, Plugins, Slot, Stamp};
+pub use load::{stamp, Identity, PluginView, Plugins, Slot, Stamp};
 pub use replay::{ReplaySet, Scope};
 pub use sandbox::Sandbox;
 

@@ -7,15 +7,13 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use protocol::events::emit;
-use serde_json::json;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::{self, PolicyPre};
 use crate::chain::ChainEntry;
 use crate::{
-    clip, file, FileError, LoadError, PluginRef, PluginsSection, ReplaySet, Sandbox,
+    clip, file, Failure, FileError, LoadError, PluginRef, PluginsSection, ReplaySet, Sandbox,
     MAX_IDENTITY_CHARS, MAX_REASON_CHARS,
 };
 
@@ -55,6 +53,20 @@ pub fn stamp(path: &Path) -> std::io::Result<Stamp> {
         inode: (m.dev(), m.ino()),
         len: m.len(),
     })
+}
+
+/// A loaded plugin, as [`Plugins::views`] shows it.
+#[derive(Debug, Clone)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub path: String,
+    /// Requests it allowed and denied.
+    pub allowed: u64,
+    pub denied: u64,
+    /// Calls that failed, by kind ([`Failure::KINDS`]).
+    pub failures: Vec<(&'static str, u64)>,
 }
 
 /// One plugin name: its running version, replay set and counters. Survives
@@ -227,10 +239,7 @@ impl Plugins {
                     plugin = %name, version = %version.version, sha256 = %version.sha256,
                     pinned = host.limits.sha256.contains_key(&name), "plugin loaded"
                 );
-                emit(json!({
-                    "event": "plugin_loaded", "plugin": &name,
-                    "version": version.version, "sha256": version.sha256,
-                }));
+                crate::history::loaded(&name, &version.version, &version.sha256);
                 host.slots.insert(name, slot);
             }
         }
@@ -315,6 +324,40 @@ impl Plugins {
     /// A loaded plugin by name.
     pub fn slot(&self, name: &str) -> Option<&Arc<Slot>> {
         self.slots.get(name)
+    }
+
+    /// Every loaded plugin as the dashboard shows it, by name: the version
+    /// serving, its file and what it decided since the process started.
+    pub fn views(&self) -> Vec<PluginView> {
+        use crate::metrics::{FailureLabels, METRICS};
+        let mut views: Vec<PluginView> = self
+            .slots
+            .values()
+            .map(|slot| {
+                let v = slot.version();
+                let failures = Failure::KINDS
+                    .iter()
+                    .map(|&kind| {
+                        let labels = FailureLabels {
+                            plugin: slot.name.to_string(),
+                            kind,
+                        };
+                        (kind, METRICS.failures.get(&labels).map_or(0, |c| c.get()))
+                    })
+                    .collect();
+                PluginView {
+                    name: slot.name.to_string(),
+                    version: v.version.clone(),
+                    sha256: v.sha256.clone(),
+                    path: slot.path.display().to_string(),
+                    allowed: slot.counters.allow.get(),
+                    denied: slot.counters.deny.get(),
+                    failures,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
     }
 
     /// Reads, compiles and checks one file: it must be private and match

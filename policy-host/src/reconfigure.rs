@@ -17,9 +17,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use protocol::events::emit;
-use serde_json::json;
-
 use crate::load::{Slot, SlotCounters};
 use crate::{LoadError, Plugins, PluginsSection, Stamp};
 
@@ -102,10 +99,7 @@ impl Plugins {
         // later loads nothing.
         for (name, version, sha256) in loaded {
             tracing::info!(plugin = %name, version = %version, sha256 = %sha256, "plugin loaded");
-            emit(json!({
-                "event": "plugin_loaded", "plugin": &*name,
-                "version": version, "sha256": sha256,
-            }));
+            crate::history::loaded(&name, &version, &sha256);
         }
         Ok(Arc::new(host))
     }

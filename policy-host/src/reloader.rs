@@ -5,9 +5,6 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use protocol::events::emit;
-use serde_json::json;
-
 use crate::load::Slot;
 use crate::{stamp, Plugins};
 
@@ -89,10 +86,7 @@ impl Plugins {
                 tracing::info!(
                     plugin = %slot.name, version = %version, sha256 = %sha, "plugin reloaded"
                 );
-                emit(json!({
-                    "event": "plugin_loaded", "plugin": &*slot.name,
-                    "version": version, "sha256": sha,
-                }));
+                crate::history::loaded(&slot.name, &version, &sha);
             }
             Err(e) => {
                 // A busy pool or a slow init under load says nothing about
@@ -107,12 +101,7 @@ impl Plugins {
                     plugin = %slot.name, running = %running,
                     "replacement plugin rejected, previous version keeps serving: {e}"
                 );
-                emit(json!({
-                    "event": "plugin_rejected",
-                    "plugin": &*slot.name,
-                    "error": e.to_string(),
-                    "running_sha256": running,
-                }));
+                crate::history::rejected(&slot.name, &e.to_string(), &running);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `GET /healthz`
 //! (the process answers) and `GET /readyz` (it can serve traffic), and,
-//! when the process has one, its admin API under `/v1/`.
+//! when the process has one, its admin API under `/v1/` and its dashboard
+//! under `/ui/`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +27,8 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// An answer of the admin API.
 pub type ApiFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Response<Full<Bytes>>> + Send>>;
-/// The admin API: every request under `/v1/`, with the peer's address.
+/// The admin API: every request under `/v1/` and `/ui/`, with the peer's
+/// address.
 pub type Api = Arc<dyn Fn(Request<Incoming>, std::net::SocketAddr) -> ApiFuture + Send + Sync>;
 
 /// What the admin listener serves.
@@ -113,9 +115,7 @@ impl Admin {
                     let admin = admin.clone();
                     async move {
                         Ok::<_, Infallible>(match &admin.api {
-                            Some(api) if req.uri().path().starts_with("/v1/") => {
-                                api(req, peer).await
-                            }
+                            Some(api) if api_path(req.uri().path()) => api(req, peer).await,
                             _ => admin.answer(&req),
                         })
                     }
@@ -130,6 +130,12 @@ impl Admin {
             });
         }
     }
+}
+
+/// Whether `path` is the process's API's: `/v1/…`, and the dashboard at
+/// `/ui/` that uses it.
+fn api_path(path: &str) -> bool {
+    path.starts_with("/v1/") || path == "/ui" || path.starts_with("/ui/")
 }
 
 /// Binds the admin listener of `section` (`default` when `listen` is

@@ -57,6 +57,8 @@ impl ApiReply {
 pub struct AdminApi {
     addr: SocketAddr,
     token: Option<String>,
+    /// More headers sent with every request (a cookie, a CSRF token).
+    headers: Vec<(String, String)>,
 }
 
 impl AdminApi {
@@ -65,7 +67,15 @@ impl AdminApi {
         AdminApi {
             addr,
             token: token.map(str::to_string),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same client, also sending `name: value` (which replaces the
+    /// JSON `Content-Type` when it names that header).
+    pub fn with_header(mut self, name: &str, value: &str) -> AdminApi {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// `GET path`.
@@ -102,9 +112,18 @@ impl AdminApi {
             if let Some(token) = &self.token {
                 req = req.header("authorization", format!("Bearer {token}"));
             }
+            let typed = self
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+            for (name, value) in &self.headers {
+                req = req.header(name.as_str(), value.as_str());
+            }
             let body = match body {
                 Some(bytes) => {
-                    req = req.header("content-type", "application/json");
+                    if !typed {
+                        req = req.header("content-type", "application/json");
+                    }
                     body::full(bytes)
                 }
                 None => body::empty(),

@@ -33,6 +33,7 @@
 //!   transfer tests, and its SHA-256.
 //! - [`otlp`]: a real OTLP trace collector (gRPC and HTTP/protobuf) that
 //!   keeps every span it receives, and a blackhole collector that hangs.
+//! - [`browser`]: a headless Chromium driven through WebDriver.
 //!
 //! Every wait has a deadline and every child process is killed when its
 //! handle is dropped, so a broken binary fails a test instead of hanging it.
@@ -40,6 +41,7 @@
 pub mod admin;
 pub mod agent;
 pub mod body;
+pub mod browser;
 pub mod caller;
 pub mod connect_proxy;
 pub mod events;

@@ -163,3 +163,66 @@ async fn agents_are_listed_and_one_is_drained_while_the_other_serves() {
         "agent list should say the gateway is not running: {stopped:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_disconnected_by_the_operator_goes_at_once_and_dials_again() {
+    let t = TwoNodes::start(GatewayOptions::new()).await;
+    let gateway = &t.gateway;
+    let a = Agent::connect(
+        gateway,
+        &t.tunnel,
+        t.node_a.addr(),
+        AgentOptions::new().name("node-a"),
+    )
+    .await;
+    let caller = gateway.caller(&gateway.create_caller("acme").await);
+    // A slow request on it: a disconnect, unlike a drain, does not wait.
+    let slow = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.get("wiki.test", "/slow/20000").send().await })
+    };
+    t.node_a
+        .stats()
+        .in_flight
+        .wait_at_least(1, "a slow request at node A", PATIENCE)
+        .await;
+    let conn = gateway.conn_id("node-a");
+    let mark = gateway.events().mark();
+    let shown = gateway
+        .cli_json(&["agent", "disconnect", &conn.to_string()])
+        .await;
+    assert_eq!(shown["conn_id"], conn, "{shown}");
+    assert_eq!(shown["inflight"], 1, "{shown}");
+    let (gone, _) = disconnected(gateway, mark, "node-a").await;
+    assert_eq!(gone["conn"], conn, "{gone}");
+    assert!(
+        reason(&gone).contains("disconnected by an operator (cli:"),
+        "{gone}"
+    );
+    let lost = tokio::time::timeout(PATIENCE, slow)
+        .await
+        .expect("the request in flight ends with the connection")
+        .unwrap();
+    assert_eq!(lost.status, 502, "{lost:?}");
+    // It comes back on a new connection, and serves.
+    a.wait_connected().await;
+    tests::eventually("node-a on a new connection", PATIENCE, || async {
+        let now = gateway.conn_id("node-a");
+        if now != conn {
+            Ok(())
+        } else {
+            Err(format!("still connection {now}"))
+        }
+    })
+    .await;
+    assert_eq!(caller.get("wiki.test", "/after").send().await.status, 200);
+    let audit = gateway.audit_list().await;
+    let entry = find_audit(&audit, "agent.disconnect", &conn.to_string());
+    assert_eq!(entry["detail"]["agent"], "node-a", "{entry}");
+
+    let unknown = gateway.try_cli(&["agent", "disconnect", "999999"]).await;
+    assert!(
+        !unknown.status.success() && unknown.stderr.contains("no agent connection 999999"),
+        "disconnecting an unknown agent: {unknown:?}"
+    );
+}

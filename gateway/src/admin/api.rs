@@ -24,6 +24,8 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::ops::{execute, Actor, Op, OpError};
+use super::ui::{self, Sessions};
+use crate::activity::ACTIVITY;
 use crate::auth_limit::FailureBudget;
 use crate::registry::Registry;
 use crate::store::AdminScope;
@@ -48,11 +50,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/callers/{id}/revoke"),
     ("GET", "/v1/agents"),
     ("POST", "/v1/agents/{conn_id}/drain"),
+    ("POST", "/v1/agents/{conn_id}/disconnect"),
     ("GET", "/v1/admin-tokens"),
     ("POST", "/v1/admin-tokens"),
     ("POST", "/v1/admin-tokens/{id}/revoke"),
     ("GET", "/v1/audit"),
     ("POST", "/v1/store/rekey"),
+    ("GET", "/v1/activity"),
+    ("GET", "/v1/refusals"),
+    ("GET", "/v1/plugins"),
     ("GET", "/v1/openapi.json"),
 ];
 
@@ -64,6 +70,11 @@ pub struct ApiState {
     /// The per-process credential of the local CLI (runtime file).
     pub local_token: String,
     pub failures: FailureBudget,
+    /// The configuration in force: the routes and plugins the dashboard
+    /// shows.
+    pub live: crate::live::Current,
+    /// The dashboard's browser sessions.
+    pub sessions: Sessions,
 }
 
 /// A refusal before any operation ran.
@@ -108,12 +119,26 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    match answer(&state, req, peer).await {
-        Ok(r) => r,
+    let path = req.uri().path();
+    let page = path == "/ui" || path.starts_with("/ui/");
+    let result = if page {
+        ui_answer(&state, req, peer).await
+    } else {
+        answer(&state, req, peer).await
+    };
+    match result {
+        Ok(mut r) => {
+            if page {
+                ui::page_headers(r.headers_mut());
+            }
+            r
+        }
         Err(r) => {
             let status = r.status;
             let mut resp = error_response(r);
-            if status == StatusCode::UNAUTHORIZED {
+            if page {
+                ui::page_headers(resp.headers_mut());
+            } else if status == StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
@@ -153,8 +178,17 @@ async fn answer(
     let actor = authenticate(state, &req, peer).await?;
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
+    if method == Method::GET {
+        if let Some(view) = view(state, &path, &query)? {
+            return Ok(json_response(StatusCode::OK, &view));
+        }
+    }
     let body = read_body(req).await?;
     let op = route(&method, &path, &query, &body)?;
+    let shown_tunnel = match &op {
+        Op::ShowTunnel { name } => Some(name.clone()),
+        _ => None,
+    };
     if op.writes() && actor.scope == AdminScope::Read {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -163,7 +197,11 @@ async fn answer(
     }
     let who = Actor {
         actor: actor.name,
-        source: peer.to_string(),
+        source: if actor.dashboard {
+            format!("{peer} (dashboard)")
+        } else {
+            peer.to_string()
+        },
     };
     let run = execute(
         op,
@@ -178,12 +216,233 @@ async fn answer(
         )
     })?;
     match result {
-        Ok(a) => Ok(json_response(
-            StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
-            &a.body,
-        )),
+        Ok(mut a) => {
+            if let Some(name) = shown_tunnel {
+                a.body["routes"] = json!(state.live.load().routes_of(&name));
+            }
+            Ok(json_response(
+                StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
+                &a.body,
+            ))
+        }
         Err(e) => Err(op_refusal(e)),
     }
+}
+
+/// What the gateway keeps in memory rather than in the store, for the
+/// dashboard: `None` when `path` is not one of these.
+fn view(state: &ApiState, path: &str, query: &str) -> Result<Option<Value>, Refusal> {
+    let value = match path {
+        "/v1/activity" => {
+            no_query(query)?;
+            let (now, tunnels) = ACTIVITY.tunnels();
+            json!({ "now": now, "seconds": crate::activity::SECONDS, "tunnels": tunnels })
+        }
+        "/v1/refusals" => {
+            let max = crate::activity::MAX_REFUSALS;
+            let limit = query_limit(query)?.unwrap_or(100) as usize;
+            if limit == 0 || limit > max {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid limit: a number from 1 to {max}"),
+                ));
+            }
+            json!(ACTIVITY.refusals(limit))
+        }
+        "/v1/plugins" => {
+            no_query(query)?;
+            let live = state.live.load();
+            let plugins: Vec<Value> = live
+                .plugins
+                .views()
+                .into_iter()
+                .map(|p| {
+                    let mut routes: Vec<&str> = live
+                        .route_views
+                        .iter()
+                        .filter(|r| r.plugins.contains(&p.name))
+                        .map(|r| r.name.as_str())
+                        .collect();
+                    if live
+                        .wildcard
+                        .as_ref()
+                        .is_some_and(|(_, chain)| chain.contains(&p.name))
+                    {
+                        routes.push("*wildcard*");
+                    }
+                    let failures: serde_json::Map<String, Value> = p
+                        .failures
+                        .iter()
+                        .map(|(kind, n)| (kind.to_string(), json!(n)))
+                        .collect();
+                    json!({
+                        "name": p.name, "version": p.version, "sha256": p.sha256,
+                        "path": p.path,
+                        "decisions": { "allow": p.allowed, "deny": p.denied },
+                        "failures": failures,
+                        "routes": routes,
+                    })
+                })
+                .collect();
+            json!({ "plugins": plugins, "history": crate::plugins::history::history() })
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(value))
+}
+
+fn no_query(query: &str) -> Result<(), Refusal> {
+    if query.is_empty() {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "this path takes no query parameters",
+        ))
+    }
+}
+
+/// Answers the dashboard's paths: its files and its session.
+async fn ui_answer(
+    state: &ApiState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Refusal> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path == "/ui" {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/ui/"));
+        return Ok(r);
+    }
+    if path != "/ui/session" {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(Refusal {
+                allow: Some("GET, HEAD".into()),
+                ..refuse(StatusCode::METHOD_NOT_ALLOWED, format!("{path} takes GET"))
+            });
+        }
+        return ui::file(&path).ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "no such page: the dashboard is at /ui/",
+            )
+        });
+    }
+    match method {
+        Method::GET => {
+            let (id, session) = session_of(state, &req)?;
+            let who = token_auth(state, &session.token).await?.ok_or_else(|| {
+                state.sessions.end(&id);
+                session_ended()
+            })?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ui::whoami(&who.token_name, &who.name, who.scope, &session.csrf),
+            ))
+        }
+        Method::POST => sign_in(state, req, peer).await,
+        Method::DELETE => {
+            let (id, session) = session_of(state, &req)?;
+            if !ui::csrf_ok(req.headers(), &session.csrf) {
+                return Err(csrf_refused());
+            }
+            state.sessions.end(&id);
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r.headers_mut()
+                .insert(header::SET_COOKIE, ui::set_cookie(None, false));
+            Ok(r)
+        }
+        _ => Err(Refusal {
+            allow: Some("GET, POST, DELETE".into()),
+            ..refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/ui/session takes GET, POST, DELETE",
+            )
+        }),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+}
+
+/// `POST /ui/session`: an admin token in, a session cookie out.
+async fn sign_in(
+    state: &ApiState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Refusal> {
+    if let Some(wait) = state.failures.exhausted(peer.ip()) {
+        return Err(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed admin credentials from this address; retry in {}s",
+                wait.as_secs() + 1
+            ),
+        ));
+    }
+    // A form from another site cannot send JSON without asking first
+    // (CORS), which this listener never allows: no sign-in by forgery.
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next() == Some("application/json"));
+    if !json {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "sign in with a JSON body: {\"token\": \"at_...\"}",
+        ));
+    }
+    let body = read_body(req).await?;
+    let SignIn { token } = parse(&body)?;
+    let token = zeroize::Zeroizing::new(token);
+    let who = token_auth(state, token.trim()).await?.ok_or_else(|| {
+        state.failures.record(peer.ip());
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "unknown or revoked admin token (create one with `gateway admin-token create`)",
+        )
+    })?;
+    let (id, csrf) = state.sessions.start(token.trim());
+    tracing::info!(actor = %who.name, client = %peer, "dashboard sign-in");
+    let mut r = json_response(
+        StatusCode::OK,
+        &ui::whoami(&who.token_name, &who.name, who.scope, &csrf),
+    );
+    r.headers_mut()
+        .insert(header::SET_COOKIE, ui::set_cookie(Some(&id), false));
+    Ok(r)
+}
+
+/// The session a request's cookie names, with the cookie's value.
+fn session_of(
+    state: &ApiState,
+    req: &Request<Incoming>,
+) -> Result<(String, ui::SessionAuth), Refusal> {
+    let id = ui::cookie(req.headers()).ok_or_else(session_ended)?;
+    let session = state.sessions.get(&id).ok_or_else(session_ended)?;
+    Ok((id, session))
+}
+
+fn session_ended() -> Refusal {
+    refuse(
+        StatusCode::UNAUTHORIZED,
+        "not signed in, or the session ended: sign in again",
+    )
+}
+
+fn csrf_refused() -> Refusal {
+    refuse(
+        StatusCode::FORBIDDEN,
+        "a change from the dashboard needs its X-CSRF-Token, from the dashboard's own page",
+    )
 }
 
 fn op_refusal(e: OpError) -> Refusal {
@@ -198,6 +457,8 @@ fn op_refusal(e: OpError) -> Refusal {
 struct Authenticated {
     name: String,
     scope: AdminScope,
+    /// Through the dashboard's session rather than a header.
+    dashboard: bool,
 }
 
 async fn authenticate(
@@ -213,13 +474,33 @@ async fn authenticate(
              (create one with `gateway admin-token create`)",
         )
     };
-    let token = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(unauthorized)?;
+        .map(str::trim);
+    let Some(token) = bearer else {
+        // The dashboard's session stands in for the header; a change also
+        // needs the session's CSRF token.
+        if req.headers().contains_key(header::AUTHORIZATION) || ui::cookie(req.headers()).is_none()
+        {
+            return Err(unauthorized());
+        }
+        let (id, session) = session_of(state, req)?;
+        if req.method() != Method::GET && !ui::csrf_ok(req.headers(), &session.csrf) {
+            return Err(csrf_refused());
+        }
+        let who = token_auth(state, &session.token).await?.ok_or_else(|| {
+            state.sessions.end(&id);
+            session_ended()
+        })?;
+        return Ok(Authenticated {
+            name: who.name,
+            scope: who.scope,
+            dashboard: true,
+        });
+    };
     if bool::from(token.as_bytes().ct_eq(state.local_token.as_bytes())) {
         let user = req
             .headers()
@@ -235,14 +516,37 @@ async fn authenticate(
         return Ok(Authenticated {
             name: format!("cli:{user}"),
             scope: AdminScope::Write,
+            dashboard: false,
         });
     }
-    match state.registry.admin_token(token).await {
-        Ok(Some(info)) => Ok(Authenticated {
-            name: format!("admin-token:{}({})", info.id, info.name),
-            scope: info.scope,
+    match token_auth(state, token).await? {
+        Some(who) => Ok(Authenticated {
+            name: who.name,
+            scope: who.scope,
+            dashboard: false,
         }),
-        Ok(None) => Err(unauthorized()),
+        None => Err(unauthorized()),
+    }
+}
+
+/// An admin token found in the store.
+struct TokenOwner {
+    /// `admin-token:<id>(<name>)`, for the audit log.
+    name: String,
+    /// The token's own name.
+    token_name: String,
+    scope: AdminScope,
+}
+
+/// Looks up an admin token (not the local CLI's credential): `None` when
+/// unknown or revoked.
+async fn token_auth(state: &ApiState, token: &str) -> Result<Option<TokenOwner>, Refusal> {
+    match state.registry.admin_token(token).await {
+        Ok(info) => Ok(info.map(|info| TokenOwner {
+            name: format!("admin-token:{}({})", info.id, info.name),
+            token_name: info.name,
+            scope: info.scope,
+        })),
         Err(e) => {
             tracing::error!("admin token lookup failed: {e}");
             Err(refuse(
@@ -392,13 +696,14 @@ fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Op, Re
         ("POST", ["callers", id, "revoke"]) => Op::RevokeCaller { id: (*id).into() },
         ("GET", ["agents"]) => Op::ListAgents,
         ("POST", ["agents", id, "drain"]) => Op::DrainAgent {
-            conn_id: id.parse().map_err(|_| {
-                refuse(
-                    StatusCode::NOT_FOUND,
-                    format!("no agent connection `{id}`: connection ids are numbers"),
-                )
-            })?,
+            conn_id: conn_id(id)?,
         },
+        ("POST", ["agents", id, "disconnect"]) => {
+            let _: Empty = parse(body)?;
+            Op::DisconnectAgent {
+                conn_id: conn_id(id)?,
+            }
+        }
         ("GET", ["admin-tokens"]) => Op::ListAdminTokens,
         ("POST", ["admin-tokens"]) => {
             let b: NewAdminToken = parse(body)?;
@@ -419,6 +724,15 @@ fn route(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Op, Re
         _ => return Err(no_path(path)),
     };
     Ok(op)
+}
+
+fn conn_id(id: &str) -> Result<u64, Refusal> {
+    id.parse().map_err(|_| {
+        refuse(
+            StatusCode::NOT_FOUND,
+            format!("no agent connection `{id}`: connection ids are numbers"),
+        )
+    })
 }
 
 fn no_path(path: &str) -> Refusal {
@@ -463,7 +777,15 @@ mod tests {
                 .replace("{name}", "wiki")
                 .replace("{id}", "cal_1")
                 .replace("{conn_id}", "7");
-            if path == "/v1/openapi.json" {
+            if [
+                "/v1/openapi.json",
+                "/v1/activity",
+                "/v1/refusals",
+                "/v1/plugins",
+            ]
+            .contains(&path.as_str())
+            {
+                // Served before any operation: see `view`.
                 continue;
             }
             let body = match (*m, path.as_str()) {

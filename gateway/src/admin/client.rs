@@ -60,6 +60,11 @@ pub fn request_of(op: &Op) -> (Method, String, Option<Value>) {
         Op::RevokeCaller { id } => (Method::POST, format!("/v1/callers/{id}/revoke"), None),
         Op::ListAgents => (Method::GET, "/v1/agents".into(), None),
         Op::DrainAgent { conn_id } => (Method::POST, format!("/v1/agents/{conn_id}/drain"), None),
+        Op::DisconnectAgent { conn_id } => (
+            Method::POST,
+            format!("/v1/agents/{conn_id}/disconnect"),
+            None,
+        ),
         Op::ListAdminTokens => (Method::GET, "/v1/admin-tokens".into(), None),
         Op::CreateAdminToken { name, scope } => (
             Method::POST,

@@ -53,6 +53,11 @@ pub enum Op {
     DrainAgent {
         conn_id: u64,
     },
+    /// Closes an agent's connection now; its requests in flight fail. The
+    /// agent dials again unless its key no longer opens the tunnel.
+    DisconnectAgent {
+        conn_id: u64,
+    },
     CreateAdminToken {
         name: String,
         scope: AdminScope,
@@ -292,6 +297,19 @@ pub async fn execute(
                 json!({"tunnel": agent.tunnel.name, "agent": agent.agent_name}),
             );
             (ok(json!(agent.view())), audit)
+        }
+        Op::DisconnectAgent { conn_id } => {
+            let r = reg.ok_or(OpError::NotRunning)?;
+            let agent = r.agent(conn_id).ok_or(OpError::NoAgent(conn_id))?;
+            let view = agent.view();
+            agent.kick(&format!("disconnected by an operator ({})", who.actor));
+            let audit = entry(
+                &who,
+                "agent.disconnect",
+                &conn_id.to_string(),
+                json!({"tunnel": agent.tunnel.name, "agent": agent.agent_name, "inflight": view.inflight}),
+            );
+            (ok(json!(view)), audit)
         }
         Op::ListAdminTokens => return ok(json!(store.list_admin_tokens().await?)),
         Op::CreateAdminToken { name, scope } => {

@@ -143,6 +143,9 @@ pub struct Ctx {
     /// The final response head went to the caller (a stream of its own,
     /// [`exchange`]): no retry after that.
     response_started: bool,
+    /// What the gateway answered itself, in its own words (a refusal or a
+    /// failure): the tunnel's last error on the dashboard.
+    answered: Option<String>,
 }
 
 /// A request whose tunnel stream broke after the request was written.
@@ -183,6 +186,7 @@ impl ProxyHttp for TunnelProxy {
             lost_retries: 0,
             response_started: false,
             picked: None,
+            answered: None,
         }
     }
 
@@ -305,6 +309,7 @@ impl ProxyHttp for TunnelProxy {
         let answer = Outcome::of_error(e, ctx, method.as_str()).respond();
         let error_code = answer.as_ref().map_or(0, |a| a.status);
         if let Some(answer) = answer {
+            ctx.answered = Some(answer.reason.clone());
             if session.response_written().is_none() {
                 if let Err(err) = answer.write(session).await {
                     tracing::debug!("could not send error response: {err}");

@@ -67,6 +67,14 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     m.response_body_bytes
         .get_or_create(&labels)
         .inc_by(bytes_out);
+    if let Some(t) = &ctx.tunnel {
+        let error = (status >= 500).then(|| {
+            ctx.answered
+                .take()
+                .unwrap_or_else(|| format!("the local service answered {status}"))
+        });
+        crate::activity::ACTIVITY.request(&t.name, status, error.as_deref());
+    }
     finish_request_span(ctx, status, agent, e);
     ctx.guard = None;
     // The stream ends before the request it belongs to.

@@ -330,11 +330,29 @@ impl Outcome {
 
     /// Answers a request refused before it entered a tunnel, with the
     /// refusal on the log and on the request's span.
-    pub(super) async fn refuse(self, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    pub(super) async fn refuse(self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let plugin = self.plugin().cloned();
+        // The recent refusals never show what the caller wrote: not the
+        // Host of an unrouted request, nor a wildcard tunnel name taken
+        // from it.
+        let shown = match &self {
+            Outcome::NoRoute { .. } => Some("no route for the Host and path"),
+            Outcome::NoTunnel { .. } => Some("the route's tunnel does not exist"),
+            _ => None,
+        };
         let Some(mut answer) = self.respond() else {
             return Ok(());
         };
+        crate::activity::ACTIVITY.refused(crate::activity::Refusal {
+            at: 0,
+            route: ctx.route.as_deref().map(str::to_string),
+            tunnel: ctx.tunnel.as_ref().map(|t| t.name.clone()),
+            org: ctx.caller.as_ref().map(|c| c.org.clone()),
+            status: answer.status,
+            plugin: plugin.as_deref().map(str::to_string),
+            reason: shown.map_or_else(|| answer.reason.clone(), str::to_string),
+        });
+        ctx.answered = Some(answer.reason.clone());
         // A body left unread would have to be drained before the
         // connection could serve another request: close instead.
         if !session.as_mut().is_body_done() {

@@ -9,7 +9,9 @@
 
 use anyhow::Context as _;
 use tests::otlp::{Collector, ReceivedSpan};
-use tests::{body, scrape, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Pki, Route};
+use tests::{
+    body, scrape, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Operator, Pki, Route,
+};
 
 /// The demo route's authz rules: reads anywhere, uploads under /upload/.
 const AUTHZ: &str = r#"{"rules": [
@@ -211,6 +213,11 @@ async fn main() -> anyhow::Result<()> {
         gateway.admin(),
         agent.admin().await
     );
+
+    let admin = gateway.admin_token("write").await;
+    println!("\nDashboard: http://{}/ui/", gateway.admin());
+    println!("  sign in with the admin token {admin}");
+    println!("  (tunnels and their rate live, agents, callers, plugins, refusals, audit)");
 
     println!("\nTry it yourself:\n");
     println!(

@@ -1,0 +1,840 @@
+//! Story: the people who run the gateway look at a page, not at `curl
+//! /metrics`. In a real headless Chromium (Debian's, through its
+//! WebDriver) an operator signs in to the dashboard on the admin listener,
+//! sees the tunnel with its agent connected and its rate move as requests
+//! pass, rotates the tunnel's key, creates a caller and revokes it (its
+//! next request is refused), reads the refusals, plugins and audit pages,
+//! disconnects an agent and deletes a tunnel; a read-only token sees
+//! everything and changes nothing; a wrong token cannot sign in; names
+//! with markup in them are shown as text.
+//!
+//! Screenshots of every page go to `target/dashboard-screenshots/`.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tests::browser::{key, Browser};
+use tests::{
+    plugins_dir, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Operator, RequestLoop,
+    Route, PATIENCE,
+};
+
+/// Where the screenshots go (named in the README).
+fn shots() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("dashboard-screenshots")
+}
+
+async fn shot(browser: &Browser, name: &str) {
+    browser
+        .screenshot(&shots().join(format!("{name}.png")))
+        .await
+        .expect("screenshot");
+}
+
+async fn browser() -> Browser {
+    Browser::start().await.expect("headless Chromium")
+}
+
+/// A gateway whose `wiki.test` route runs org-check and authz (GET and
+/// POST only), the tunnel `wiki` of an organization whose name is markup,
+/// its agent and service, and a caller of that organization.
+struct Scene {
+    gateway: Gateway,
+    tunnel: tests::Tunnel,
+    _agent: Agent,
+    _wiki: upstream::Upstream,
+    org: &'static str,
+    caller: tests::Caller,
+}
+
+/// An organization name is printable ASCII without spaces: markup fits.
+const MARKUP_ORG: &str = "<script>alert(1)</script>";
+/// A caller name may hold spaces too.
+const MARKUP_NAME: &str = "<img src=x onerror=\"alert(2)\"> ci-bot";
+
+async fn scene() -> Scene {
+    let gateway = Gateway::start(
+        GatewayOptions::new()
+            .with_route(
+                Route::new("wiki.test", "wiki")
+                    .plugin("org-check", "")
+                    .plugin("authz", r#"{"rules":[{"methods":["GET","POST"]}]}"#),
+            )
+            .extra_config("[callers]\nmax_failures_per_minute = 100000"),
+    )
+    .await;
+    let tunnel = gateway.create_tunnel(MARKUP_ORG, "wiki").await;
+    let wiki = upstream::echo("wiki").await;
+    let agent = Agent::connect(
+        &gateway,
+        &tunnel,
+        wiki.addr(),
+        AgentOptions::new().name("wiki-agent-1"),
+    )
+    .await;
+    let caller = gateway.caller(&gateway.create_caller(MARKUP_ORG).await);
+    Scene {
+        gateway,
+        tunnel,
+        _agent: agent,
+        _wiki: wiki,
+        org: MARKUP_ORG,
+        caller,
+    }
+}
+
+/// Opens the dashboard and signs in with `token` by typing it.
+async fn sign_in(browser: &Browser, gateway: &Gateway, token: &str) {
+    browser
+        .goto(&format!("http://{}/ui/", gateway.admin()))
+        .await
+        .unwrap();
+    let field = browser.wait_for("#token", PATIENCE).await.unwrap();
+    field.send_keys(token).await.unwrap();
+    browser
+        .find("#signin-submit")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for("main#view[data-page=tunnels]", PATIENCE)
+        .await
+        .unwrap();
+}
+
+async fn visit(browser: &Browser, hash: &str, page: &str) {
+    browser
+        .find(&format!("nav a[href=\"{hash}\"]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for(&format!("main#view[data-page={page}]"), PATIENCE)
+        .await
+        .unwrap();
+}
+
+/// Confirms the open confirmation panel (typing `typed` first if given).
+async fn confirm(browser: &Browser, typed: Option<&str>) {
+    browser.wait_for("#confirm", PATIENCE).await.unwrap();
+    if let Some(text) = typed {
+        browser
+            .find("#confirm-input")
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+    browser
+        .find("#confirm-yes")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_gone("#confirm", PATIENCE).await.unwrap();
+}
+
+/// The secret shown once, after which the panel is dismissed.
+async fn take_secret(browser: &Browser) -> String {
+    let secret = browser
+        .wait_text("#secret-value", |t: &str| !t.trim().is_empty(), PATIENCE)
+        .await
+        .unwrap();
+    browser
+        .find("#secret-done")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_gone("#secret", PATIENCE).await.unwrap();
+    secret.trim().to_string()
+}
+
+fn rate_of(text: &str) -> f64 {
+    text.trim()
+        .trim_end_matches("/s")
+        .trim()
+        .parse()
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
+    let s = scene().await;
+    let gateway = &s.gateway;
+    let write = gateway.admin_token("write").await;
+    let browser = browser().await;
+
+    // A wrong token does not get in, and the browser keeps no session.
+    browser
+        .goto(&format!("http://{}/ui/", gateway.admin()))
+        .await
+        .unwrap();
+    browser
+        .wait_for("#token", PATIENCE)
+        .await
+        .unwrap()
+        .send_keys("at_not-a-real-token")
+        .await
+        .unwrap();
+    browser
+        .find("#signin-submit")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let said = browser
+        .wait_text("#signin-error", |t: &str| !t.is_empty(), PATIENCE)
+        .await
+        .unwrap();
+    assert!(said.contains("unknown or revoked admin token"), "{said}");
+    assert!(!browser
+        .find("nav")
+        .await
+        .unwrap()
+        .is_displayed()
+        .await
+        .unwrap());
+    assert!(browser.cookies().await.unwrap().is_empty());
+    shot(&browser, "sign-in").await;
+
+    // The right one does; the session is a cookie the page cannot read.
+    browser.find("#token").await.unwrap().clear().await.unwrap();
+    sign_in(&browser, gateway, &write).await;
+    let cookies = browser.cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "tunnel_admin_session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    let script_sees = browser
+        .execute("return document.cookie;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(script_sees, json!(""), "the page's scripts see the cookie");
+    let who = browser.find("#whoami").await.unwrap().text().await.unwrap();
+    assert!(who.contains("ops-write"), "{who}");
+
+    // The tunnel, its organization shown as text, its agent connected.
+    let row = "tr[data-tunnel=wiki]";
+    browser
+        .wait_text(&format!("{row} .agents"), "1", PATIENCE)
+        .await
+        .unwrap();
+    let org = browser
+        .find(&format!("{row} .org"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(org, s.org, "the organization's name is shown as text");
+    let injected = browser
+        .execute(
+            "return document.querySelectorAll('main script, main img').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!(0), "markup in a name became elements");
+
+    // Requests pass: the rate moves without a reload.
+    let before = rate_of(
+        &browser
+            .find(&format!("{row} .rate"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before, 0.0, "no requests yet");
+    let load = RequestLoop::start(&s.caller, "wiki.test", "/load", 2);
+    load.wait_more(20).await;
+    let moved = browser
+        .wait_text(
+            &format!("{row} .rate"),
+            |t: &str| rate_of(t) > 0.0,
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+    let outcomes = load.stop().await;
+    assert!(
+        outcomes.iter().all(|o| o.result == Ok(200)),
+        "{:?}",
+        tests::admin::failures(&outcomes)
+    );
+    assert!(rate_of(&moved) > 0.0, "{moved}");
+    assert!(
+        !browser
+            .find_all(&format!("{row} svg.spark"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no chart"
+    );
+    shot(&browser, "tunnels").await;
+
+    // One tunnel: its agent, its route with the plugin chain.
+    browser
+        .find(&format!("{row} .name a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for("main#view[data-page=tunnel]", PATIENCE)
+        .await
+        .unwrap();
+    let conn = gateway.conn_id("wiki-agent-1");
+    let agent_row = format!("tr[data-conn=\"{conn}\"]");
+    browser
+        .wait_text(&format!("{agent_row} .name"), "wiki-agent-1", PATIENCE)
+        .await
+        .unwrap();
+    let chain = browser
+        .find("tr[data-route] .plugins")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        chain.find("org-check").unwrap() < chain.find("authz").unwrap(),
+        "chain in order: {chain}"
+    );
+    browser
+        .wait_for("svg#tunnel-chart", PATIENCE)
+        .await
+        .unwrap();
+    shot(&browser, "tunnel").await;
+
+    // Rotate the key: shown once, and it is the tunnel's key from now on.
+    browser
+        .find("#rotate-key")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let key = take_secret(&browser).await;
+    assert!(key.len() >= 40, "a key: {key}");
+    let api = gateway.api(&write);
+    let t = api.get("/v1/tunnels/wiki").await.expect(200, "show");
+    assert_eq!(t.json["key_generation"], 1, "{:?}", t.json);
+    assert!(!browser
+        .execute("return document.body.innerText;", vec![])
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .contains(&key));
+    let new_key_agent = Agent::connect(
+        gateway,
+        &tests::Tunnel {
+            key: key.clone(),
+            ..s.tunnel.clone()
+        },
+        s._wiki.addr(),
+        AgentOptions::new().name("wiki-agent-2"),
+    )
+    .await;
+    let second = gateway.conn_id("wiki-agent-2");
+    browser
+        .wait_for(&format!("tr[data-conn=\"{second}\"]"), PATIENCE)
+        .await
+        .unwrap();
+
+    // Disconnect the first agent: its row goes (it dials again with the
+    // previous key, still valid during the overlap, as a new connection).
+    browser
+        .find(&format!("{agent_row} button.disconnect"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    confirm(&browser, None).await;
+    browser.wait_gone(&agent_row, PATIENCE).await.unwrap();
+    drop(new_key_agent);
+
+    // Callers: create one (named with markup), use it, revoke it.
+    visit(&browser, "#/callers", "callers").await;
+    browser
+        .find("#new-caller-org")
+        .await
+        .unwrap()
+        .send_keys(s.org)
+        .await
+        .unwrap();
+    browser
+        .find("#new-caller-name")
+        .await
+        .unwrap()
+        .send_keys(MARKUP_NAME)
+        .await
+        .unwrap();
+    browser
+        .find("form#new-caller button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let token = take_secret(&browser).await;
+    assert!(token.starts_with("ct_"), "{token}");
+    let listed = api.get("/v1/callers").await.expect(200, "callers");
+    let id = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == MARKUP_NAME)
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .expect("the new caller is listed");
+    let caller_row = format!("tr[data-caller=\"{id}\"]");
+    let shown = browser
+        .wait_text(&format!("{caller_row} .name"), MARKUP_NAME, PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(shown, MARKUP_NAME);
+    let new_caller = gateway.caller(&token);
+    assert_eq!(new_caller.get("wiki.test", "/hi").send().await.status, 200);
+    browser
+        .find(&format!("{caller_row} button.revoke"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    confirm(&browser, None).await;
+    browser
+        .wait_text(&format!("{caller_row} .state"), "revoked", PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(
+        new_caller.get("wiki.test", "/after").send().await.status,
+        401,
+        "a caller revoked from the dashboard is refused"
+    );
+    shot(&browser, "callers").await;
+
+    // Refusals: the revoked caller's 401 and authz's denial, with the
+    // plugin's name, and never a token or a query string.
+    let denied = s
+        .caller
+        .request(http::Method::DELETE, "wiki.test", "/page?secret=s3cr3t")
+        .send()
+        .await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    visit(&browser, "#/refusals", "refusals").await;
+    browser
+        .wait_text("#refusals tr .plugin", "authz", PATIENCE)
+        .await
+        .unwrap();
+    browser
+        .wait_text("#refusals tr .status", "401", PATIENCE)
+        .await
+        .unwrap();
+    let page = browser
+        .execute("return document.documentElement.outerHTML;", vec![])
+        .await
+        .unwrap();
+    let page = page.as_str().unwrap();
+    for secret in [token.as_str(), "s3cr3t", key.as_str(), write.as_str()] {
+        assert!(!page.contains(secret), "the page shows {secret}");
+    }
+    shot(&browser, "refusals").await;
+
+    // Plugins: the loaded version's SHA-256 is the file's.
+    visit(&browser, "#/plugins", "plugins").await;
+    let file = std::fs::read(plugins_dir().join("authz.wasm")).unwrap();
+    let sha = hex::encode(Sha256::digest(&file));
+    browser
+        .wait_text("tr[data-plugin=authz] .sha256", sha.as_str(), PATIENCE)
+        .await
+        .unwrap();
+    let decisions = browser
+        .find("tr[data-plugin=authz] .decisions")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        decisions.contains("deny") || decisions.contains('1'),
+        "{decisions}"
+    );
+    shot(&browser, "plugins").await;
+
+    // Audit: every change above, by this token, from the dashboard.
+    visit(&browser, "#/audit", "audit").await;
+    for action in [
+        "tunnel.rotate_key",
+        "agent.disconnect",
+        "caller.create",
+        "caller.revoke",
+    ] {
+        browser
+            .wait_text("#audit tr .action", action, PATIENCE)
+            .await
+            .unwrap();
+    }
+    let audit: Vec<Value> = gateway.audit_list().await;
+    let revoke = tests::admin::find_audit(&audit, "caller.revoke", &id);
+    assert!(
+        revoke["actor"].as_str().unwrap().contains("ops-write"),
+        "{revoke}"
+    );
+    assert!(
+        revoke["source"].as_str().unwrap().contains("dashboard"),
+        "{revoke}"
+    );
+    shot(&browser, "audit").await;
+
+    // A tunnel made and deleted from the page (deleting asks for its name).
+    visit(&browser, "#/tunnels", "tunnels").await;
+    browser
+        .find("#new-tunnel-org")
+        .await
+        .unwrap()
+        .send_keys("acme")
+        .await
+        .unwrap();
+    browser
+        .find("#new-tunnel-name")
+        .await
+        .unwrap()
+        .send_keys("scratch")
+        .await
+        .unwrap();
+    browser
+        .find("form#new-tunnel button[type=submit]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let scratch_key = take_secret(&browser).await;
+    assert!(!scratch_key.is_empty());
+    browser
+        .wait_for("tr[data-tunnel=scratch] .name a", PATIENCE)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for("main#view[data-page=tunnel]", PATIENCE)
+        .await
+        .unwrap();
+    browser
+        .find("#delete-tunnel")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for("#confirm", PATIENCE).await.unwrap();
+    // Not without the name typed.
+    browser
+        .find("#confirm-yes")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get("/v1/tunnels/scratch").await.status,
+        200,
+        "deleted without the name typed"
+    );
+    confirm(&browser, Some("scratch")).await;
+    browser
+        .wait_for("main#view[data-page=tunnels]", PATIENCE)
+        .await
+        .unwrap();
+    browser
+        .wait_gone("tr[data-tunnel=scratch]", PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(api.get("/v1/tunnels/scratch").await.status, 404);
+
+    // Signing out ends the session on the server too.
+    let cookie = format!(
+        "tunnel_admin_session={}",
+        session["value"].as_str().unwrap()
+    );
+    browser
+        .find("#signout")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for("#token", PATIENCE).await.unwrap();
+    let after = gateway
+        .anonymous_api()
+        .with_header("cookie", &cookie)
+        .get("/v1/tunnels")
+        .await;
+    assert_eq!(after.status, 401, "{after:?}");
+    browser.quit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_token_sees_everything_changes_nothing_and_keyboard_alone_suffices() {
+    let s = scene().await;
+    let gateway = &s.gateway;
+    let read = gateway.admin_token("read").await;
+    let browser = browser().await;
+    browser
+        .goto(&format!("http://{}/ui/", gateway.admin()))
+        .await
+        .unwrap();
+    browser.wait_for("#token", PATIENCE).await.unwrap();
+
+    // Keyboard only: Tab to the token field, type, Enter.
+    let mut on_token = false;
+    for _ in 0..10 {
+        browser.press_key(key::TAB).await.unwrap();
+        let id = browser
+            .active_element()
+            .await
+            .unwrap()
+            .attr("id")
+            .await
+            .unwrap();
+        if id.as_deref() == Some("token") {
+            on_token = true;
+            break;
+        }
+    }
+    assert!(on_token, "Tab never reached the token field");
+    for c in read.chars() {
+        browser.press_key(&c.to_string()).await.unwrap();
+    }
+    browser.press_key(key::ENTER).await.unwrap();
+    browser
+        .wait_for("main#view[data-page=tunnels]", PATIENCE)
+        .await
+        .unwrap();
+    let who = browser.find("#whoami").await.unwrap().text().await.unwrap();
+    assert!(who.contains("read"), "{who}");
+    browser
+        .wait_text("tr[data-tunnel=wiki] .agents", "1", PATIENCE)
+        .await
+        .unwrap();
+
+    // Nothing to change with: no forms, no buttons that change.
+    let write_controls = "#new-tunnel, #new-caller, #rotate-key, #delete-tunnel, \
+                          button.drain, button.disconnect, button.revoke";
+    assert!(browser.find_all(write_controls).await.unwrap().is_empty());
+
+    // Keyboard only: Tab to the Callers link and follow it with Enter.
+    let mut on_link = false;
+    for _ in 0..30 {
+        browser.press_key(key::TAB).await.unwrap();
+        let href = browser
+            .active_element()
+            .await
+            .unwrap()
+            .attr("href")
+            .await
+            .unwrap();
+        if href.as_deref().is_some_and(|h| h.ends_with("#/callers")) {
+            on_link = true;
+            break;
+        }
+    }
+    assert!(on_link, "Tab never reached the Callers link");
+    browser.press_key(key::ENTER).await.unwrap();
+    browser
+        .wait_for("main#view[data-page=callers]", PATIENCE)
+        .await
+        .unwrap();
+    assert!(browser.find_all(write_controls).await.unwrap().is_empty());
+    browser
+        .find("tr[data-tunnel], #callers tbody tr")
+        .await
+        .expect("the callers are listed");
+
+    // The tunnel page shows the agent, without its buttons.
+    browser
+        .goto(&format!("http://{}/ui/#/tunnel/wiki", gateway.admin()))
+        .await
+        .unwrap();
+    browser
+        .wait_for("main#view[data-page=tunnel] tr[data-conn]", PATIENCE)
+        .await
+        .unwrap();
+    assert!(browser.find_all(write_controls).await.unwrap().is_empty());
+
+    // And the API refuses the session a change even with its CSRF token.
+    let answer = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/ui/session').then(r => r.json()).then(me =>
+               fetch('/v1/tunnels', {method: 'POST', headers: {
+                   'content-type': 'application/json', 'x-csrf-token': me.csrf},
+                 body: JSON.stringify({org: 'acme', name: 'sneaky'})}))
+             .then(r => r.json().then(b => done([r.status, b.error])))
+             .catch(e => done([0, String(e)]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer[0], 403, "{answer}");
+    assert!(
+        answer[1].as_str().unwrap().contains("read-only"),
+        "{answer}"
+    );
+    let tunnels = gateway.api(&read).get("/v1/tunnels").await.json;
+    assert_eq!(tunnels.as_array().unwrap().len(), 1, "{tunnels}");
+
+    // The agent gone, a request fails: the tunnel's last error says why.
+    drop(s._agent);
+    browser
+        .goto(&format!("http://{}/ui/#/tunnels", gateway.admin()))
+        .await
+        .unwrap();
+    browser
+        .wait_text("tr[data-tunnel=wiki] .agents", "0", PATIENCE)
+        .await
+        .unwrap();
+    let failed = s.caller.get("wiki.test", "/down").send().await;
+    assert_eq!(failed.status, 503, "{failed:?}");
+    let last = browser
+        .wait_text(
+            "tr[data-tunnel=wiki] .last-error",
+            "no agent is connected",
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+    assert!(last.contains("503"), "{last}");
+    browser
+        .wait_text("tr[data-tunnel=wiki] .error-rate", "100%", PATIENCE)
+        .await
+        .unwrap();
+
+    // Readable on a phone: the page itself does not scroll sideways.
+    browser.set_window_size(390, 844).await.unwrap();
+    browser
+        .goto(&format!("http://{}/ui/#/tunnels", gateway.admin()))
+        .await
+        .unwrap();
+    browser
+        .wait_for("main#view[data-page=tunnels]", PATIENCE)
+        .await
+        .unwrap();
+    let widths = browser
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        widths[0].as_u64().unwrap() <= widths[1].as_u64().unwrap(),
+        "the page scrolls sideways on a phone: {widths}"
+    );
+    shot(&browser, "tunnels-phone").await;
+    browser.quit().await.unwrap();
+}
+
+/// The session's rules, without a browser: what a forged or stale request
+/// meets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_session_needs_its_csrf_token_and_dies_with_its_admin_token() {
+    let gateway = Gateway::start(GatewayOptions::new().route("wiki.test", "wiki")).await;
+    let (id, write) = gateway.admin_token_with_id("ops", "write").await;
+    let anon = gateway.anonymous_api();
+
+    let page = anon.get("/ui/").await;
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "CSP {csp:?} lacks {directive}");
+    }
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert!(!page.text.contains("<script>"), "inline script in the page");
+    assert_eq!(anon.get("/ui/nope.js").await.status, 404);
+
+    // A form cannot sign in (no JSON, no sign-in by forgery); a wrong token
+    // cannot either.
+    let form = anon
+        .clone()
+        .with_header("content-type", "application/x-www-form-urlencoded")
+        .request(http::Method::POST, "/ui/session", Some(b"token=x".to_vec()))
+        .await;
+    assert_eq!(form.status, 415, "{form:?}");
+    let wrong = anon.post("/ui/session", json!({"token": "at_wrong"})).await;
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+    assert!(wrong.header("set-cookie").is_none());
+
+    let signed = anon.post("/ui/session", json!({"token": write})).await;
+    assert_eq!(signed.status, 200, "{signed:?}");
+    let set = signed.header("set-cookie").unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(
+        !signed.text.contains(&write),
+        "the answer repeats the token"
+    );
+    let csrf = signed.json["csrf"].as_str().unwrap().to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    let session = anon.clone().with_header("cookie", &cookie);
+
+    // Reads need only the cookie; a change also needs the CSRF token, and
+    // not from another site.
+    assert_eq!(session.get("/v1/tunnels").await.status, 200);
+    let new = json!({"org": "acme", "name": "wiki"});
+    let forged = session.post("/v1/tunnels", new.clone()).await;
+    assert_eq!(forged.status, 403, "{forged:?}");
+    assert!(forged.error().contains("CSRF"), "{forged:?}");
+    let cross = session
+        .clone()
+        .with_header("x-csrf-token", &csrf)
+        .with_header("sec-fetch-site", "cross-site")
+        .post("/v1/tunnels", new.clone())
+        .await;
+    assert_eq!(cross.status, 403, "{cross:?}");
+    let made = session
+        .clone()
+        .with_header("x-csrf-token", &csrf)
+        .post("/v1/tunnels", new)
+        .await;
+    assert_eq!(made.status, 201, "{made:?}");
+
+    // The admin token revoked: the session ends with it.
+    gateway
+        .api(&write)
+        .post(&format!("/v1/admin-tokens/{id}/revoke"), json!({}))
+        .await
+        .expect(200, "revoke");
+    let stale = session.get("/v1/tunnels").await;
+    assert_eq!(stale.status, 401, "{stale:?}");
+    assert_eq!(session.get("/ui/session").await.status, 401);
+}
