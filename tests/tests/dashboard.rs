@@ -272,12 +272,6 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         )
         .await
         .unwrap();
-    let outcomes = load.stop().await;
-    assert!(
-        outcomes.iter().all(|o| o.result == Ok(200)),
-        "{:?}",
-        tests::admin::failures(&outcomes)
-    );
     assert!(rate_of(&moved) > 0.0, "{moved}");
     assert!(
         !browser
@@ -322,7 +316,18 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         .wait_for("svg#tunnel-chart", PATIENCE)
         .await
         .unwrap();
+    // The requests go on while the page is open: its own rate moves too.
+    browser
+        .wait_text("#tunnel-rate", |t: &str| rate_of(t) > 0.0, PATIENCE)
+        .await
+        .unwrap();
     shot(&browser, "tunnel").await;
+    let outcomes = load.stop().await;
+    assert!(
+        outcomes.iter().all(|o| o.result == Ok(200)),
+        "{:?}",
+        tests::admin::failures(&outcomes)
+    );
 
     // Rotate the key: shown once, and it is the tunnel's key from now on.
     browser
@@ -461,9 +466,19 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
     }
     shot(&browser, "refusals").await;
 
-    // Plugins: the loaded version's SHA-256 is the file's.
-    visit(&browser, "#/plugins", "plugins").await;
+    // Plugins: the loaded version's SHA-256 is the file's; a broken
+    // replacement is in the history, the loaded version still serves.
     let file = std::fs::read(plugins_dir().join("authz.wasm")).unwrap();
+    let mark = gateway.events().mark();
+    gateway.replace_plugin("authz", b"not a component");
+    gateway
+        .wait_for_since(mark, "plugin_rejected", &[("plugin", "authz")])
+        .await;
+    visit(&browser, "#/plugins", "plugins").await;
+    browser
+        .wait_text("#plugin-history tr", "rejected", PATIENCE)
+        .await
+        .unwrap();
     let sha = hex::encode(Sha256::digest(&file));
     browser
         .wait_text("tr[data-plugin=authz] .sha256", sha.as_str(), PATIENCE)
