@@ -87,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             )?;
             let key = crate::keystore::load_key(&cfg.tunnel)?;
             let admin = telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
+            let admin_tls = telemetry::admin::tls(&cfg.admin)?;
             let rt = match cfg.runtime.threads {
                 1 => tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -108,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                         registry: Arc::new(crate::metrics::registry()),
                         ready: Arc::new(move || r.check()),
                         api: None,
+                        tls: admin_tls,
                     });
                     tokio::spawn(admin.serve(tokio::net::TcpListener::from_std(listener)?));
                     tracing::info!(%addr, "admin listener up: /metrics /healthz /readyz");

@@ -12,6 +12,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::agent_listener::AgentListener;
 use crate::config::{parse_listen, GatewayConfig};
@@ -186,6 +187,8 @@ struct Ready {
     readiness: Arc<Readiness>,
     /// The store's path and the local CLI credential.
     runtime: (std::path::PathBuf, String),
+    /// The SHA-256 of the admin listener's TLS certificate, if it has one.
+    admin_pin: Option<String>,
 }
 
 #[async_trait]
@@ -205,7 +208,7 @@ impl BackgroundService for Ready {
         drop(self.reservation.lock().expect("lock").take());
         if let Some(admin) = self.admin {
             let (store, token) = &self.runtime;
-            match crate::admin::runtime::write(store, admin, token) {
+            match crate::admin::runtime::write(store, admin, token, self.admin_pin.clone()) {
                 // Removed by `serve` once the server stops.
                 Ok(guard) => std::mem::forget(guard),
                 Err(e) => tracing::warn!(
@@ -254,15 +257,24 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     agents_listener.set_nonblocking(true)?;
     let agents_addr = agents_listener.local_addr()?;
 
+    let admin_tls = telemetry::admin::tls(&cfg.admin)?;
+    // What the CLI pins when it reaches the listener over TLS.
+    let admin_pin = match &cfg.admin.tls_cert {
+        Some(path) => protocol::pem::certs(path)?
+            .first()
+            .map(|c| hex::encode(Sha256::digest(c.as_ref()))),
+        None => None,
+    };
     let admin_listener = telemetry::admin::bind(&cfg.admin, crate::config::DEFAULT_ADMIN_LISTEN)?;
     let admin_addr = admin_listener
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-    if let Some(a) = admin_addr.filter(|a| !a.ip().is_loopback()) {
+    if let Some(a) = admin_addr.filter(|a| !a.ip().is_loopback() && admin_tls.is_none()) {
         tracing::warn!(
             "admin listener on {a}, not loopback: it speaks plain HTTP, so admin tokens cross \
-             the network in the clear; keep it on a trusted network or behind a TLS proxy"
+             the network in the clear; set admin.tls_cert and admin.tls_key, or keep it on a \
+             trusted network"
         );
     }
     let readiness = Arc::new(Readiness::default());
@@ -339,6 +351,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             failures: crate::auth_limit::FailureBudget::new(cfg.callers.max_failures_per_minute),
             live: shown,
             sessions: Default::default(),
+            secure_cookies: admin_tls.is_some(),
         });
         let api: telemetry::admin::Api = Arc::new(move |req, peer| {
             Box::pin(crate::admin::api::handle(api_state.clone(), req, peer))
@@ -351,6 +364,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
                     registry: Arc::new(crate::metrics::registry()),
                     ready: Arc::new(move || r.check()),
                     api: Some(api),
+                    tls: admin_tls.clone(),
                 }),
                 readiness: readiness.clone(),
             },
@@ -365,6 +379,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             reservation: Mutex::new(Some(reservation)),
             readiness,
             runtime: (cfg.store.path.clone(), local_token),
+            admin_pin,
         },
     ));
 

@@ -39,6 +39,29 @@ pub struct Admin {
     pub ready: ReadyCheck,
     /// The admin API under `/v1/`, if the process has one.
     pub api: Option<Api>,
+    /// HTTPS instead of HTTP ([`tls`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Longest a TLS handshake on the admin listener may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The TLS 1.3 configuration of `admin.tls_cert` / `admin.tls_key`, or
+/// `None` when the listener speaks plain HTTP.
+pub fn tls(section: &super::AdminSection) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let (Some(cert), Some(key)) = (&section.tls_cert, &section.tls_key) else {
+        return Ok(None);
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = protocol::pem::certs(cert).map_err(|e| anyhow::anyhow!("admin.tls_cert: {e}"))?;
+    let key = protocol::pem::private_key(key).map_err(|e| anyhow::anyhow!("admin.tls_key: {e}"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow::anyhow!("admin.tls_cert / admin.tls_key: {e}"))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(cfg)))
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -111,24 +134,47 @@ impl Admin {
             let admin = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let admin = admin.clone();
-                    async move {
-                        Ok::<_, Infallible>(match &admin.api {
-                            Some(api) if api_path(req.uri().path()) => api(req, peer).await,
-                            _ => admin.answer(&req),
-                        })
+                let served = async {
+                    let Some(cfg) = admin.tls.clone() else {
+                        return admin.serve_connection(stream, peer).await;
+                    };
+                    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(tls)) => admin.serve_connection(tls, peer).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "admin listener: TLS handshake failed: {e}")
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin listener: TLS handshake timed out"),
                     }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(5))
-                    .keep_alive(false)
-                    .max_buf_size(16 << 10)
-                    .serve_connection(TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                };
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
             });
         }
+    }
+}
+
+impl Admin {
+    /// Serves one request on `io`.
+    async fn serve_connection<I>(self: Arc<Self>, io: I, peer: std::net::SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let admin = self.clone();
+            async move {
+                Ok::<_, Infallible>(match &admin.api {
+                    Some(api) if api_path(req.uri().path()) => api(req, peer).await,
+                    _ => admin.answer(&req),
+                })
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(5))
+            .keep_alive(false)
+            .max_buf_size(16 << 10)
+            .serve_connection(TokioIo::new(io), service)
+            .await;
     }
 }
 

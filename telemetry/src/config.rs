@@ -267,12 +267,28 @@ pub struct AdminSection {
     /// Address to listen on (loopback by default; port 0 picks a free one,
     /// reported on stdout); `off` disables the listener.
     pub listen: Option<String>,
+    /// Serve HTTPS (TLS 1.3) with this certificate chain (PEM) and
+    /// [`AdminSection::tls_key`], for a listener reached over a network.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl AdminSection {
     /// The address to bind, `None` when turned off; `default` applies when
-    /// unset. The error names the field.
+    /// unset. The error names the field (a TLS certificate without its key
+    /// too).
     pub fn address(&self, default: &str) -> Result<Option<std::net::SocketAddr>, FieldError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(bad(
+                if self.tls_cert.is_some() {
+                    "admin.tls_key"
+                } else {
+                    "admin.tls_cert"
+                },
+                "admin.tls_cert and admin.tls_key must be set together".into(),
+            ));
+        }
         let text = self.listen.as_deref().unwrap_or(default).trim();
         if text.eq_ignore_ascii_case("off") {
             return Ok(None);
@@ -369,12 +385,19 @@ mod tests {
         assert_eq!(log.validate().unwrap_err().field, "log.level");
         let admin = AdminSection {
             listen: Some("localhost".into()),
+            ..AdminSection::default()
         };
         assert_eq!(admin.address("x").unwrap_err().field, "admin.listen");
         let off = AdminSection {
             listen: Some("off".into()),
+            ..AdminSection::default()
         };
         assert_eq!(off.address("127.0.0.1:1").unwrap(), None);
+        let half = AdminSection {
+            tls_key: Some("key.pem".into()),
+            ..AdminSection::default()
+        };
+        assert_eq!(half.address("x").unwrap_err().field, "admin.tls_cert");
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub struct GatewayOptions {
     env: Vec<(String, String)>,
     extra_config: String,
     plugin_settings: Vec<(String, String)>,
+    admin_settings: Vec<(String, String)>,
     plugin_files: Vec<(String, Vec<u8>)>,
     agents_settings: Vec<(String, String)>,
 }
@@ -197,6 +198,13 @@ impl GatewayOptions {
     /// Sets `key = value` (TOML) in the `[plugins]` section.
     pub fn plugin_setting(mut self, key: &str, value: &str) -> Self {
         self.plugin_settings
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets `key = value` (TOML) in the `[admin]` section.
+    pub fn admin_setting(mut self, key: &str, value: &str) -> Self {
+        self.admin_settings
             .push((key.to_string(), value.to_string()));
         self
     }
@@ -719,6 +727,9 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
         path_str(&dir.join("kek"))
     );
     c += "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    for (key, value) in &opts.admin_settings {
+        c += &format!("{key} = {value}\n");
+    }
     c += &format!("\n[plugins]\ndir = {}\n", path_str(&dir.join("plugins")));
     for (key, value) in &opts.plugin_settings {
         c += &format!("{key} = {value}\n");

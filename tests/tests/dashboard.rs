@@ -376,6 +376,24 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         .unwrap();
     confirm(&browser, None).await;
     browser.wait_gone(&agent_row, PATIENCE).await.unwrap();
+    // Drain the second: idle, it leaves at once, and says why.
+    let mark = gateway.events().mark();
+    browser
+        .find(&format!("tr[data-conn=\"{second}\"] button.drain"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let (gone, _) = tests::lifecycle::disconnected(gateway, mark, "wiki-agent-2").await;
+    assert!(
+        tests::lifecycle::reason(&gone).contains("drained by operator"),
+        "{gone}"
+    );
+    browser
+        .wait_gone(&format!("tr[data-conn=\"{second}\"]"), PATIENCE)
+        .await
+        .unwrap();
     drop(new_key_agent);
 
     // Callers: create one (named with markup), use it, revoke it.
@@ -852,4 +870,136 @@ async fn the_dashboard_session_needs_its_csrf_token_and_dies_with_its_admin_toke
     let stale = session.get("/v1/tunnels").await;
     assert_eq!(stale.status, 401, "{stale:?}");
     assert_eq!(session.get("/ui/session").await.status, 401);
+}
+
+/// `POST path` with a JSON body to an HTTPS admin listener, trusting only
+/// the test's CA: status, `Set-Cookie` and body.
+async fn https_post(
+    addr: std::net::SocketAddr,
+    pki: &tests::Pki,
+    path: &str,
+    body: Value,
+) -> (u16, Option<String>, String) {
+    use http_body_util::BodyExt as _;
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(pki.root_store())
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
+        .await
+        .expect("TLS to the admin listener, verified against the test CA");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(tests::body::full(body.to_string()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, cookie, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_session_cookie_is_secure_and_the_cli_pins_the_listener() {
+    let pki = tests::Pki::generate();
+    let files = pki.issue("admin", &["127.0.0.1"]);
+    let quoted = |p: &std::path::Path| format!("\"{}\"", p.display());
+    let gateway = Gateway::start(
+        GatewayOptions::new()
+            .pki(pki.clone())
+            .route("wiki.test", "wiki")
+            .admin_setting("tls_cert", &quoted(&files.cert))
+            .admin_setting("tls_key", &quoted(&files.key)),
+    )
+    .await;
+    // The CLI reaches the running gateway through its HTTPS listener: the
+    // change is audited as coming from an address, not from the store.
+    let (_, write) = gateway.admin_token_with_id("ops", "write").await;
+    let made = gateway
+        .try_cli(&["caller", "create", "--org", "acme"])
+        .await;
+    assert!(made.status.success(), "{made:?}");
+    assert!(
+        !made.stderr.contains("working on the store directly"),
+        "the CLI did not get through: {made:?}"
+    );
+    let audit = gateway.audit_list().await;
+    let created = audit
+        .iter()
+        .find(|e| e["action"] == "caller.create")
+        .expect("audited");
+    assert!(
+        created["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{created}"
+    );
+
+    let (status, cookie, body) = https_post(
+        gateway.admin(),
+        &pki,
+        "/ui/session",
+        json!({"token": write}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cookie = cookie.expect("a session cookie");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+
+    // Plain HTTP gets no answer from it.
+    let mut plain = tokio::net::TcpStream::connect(gateway.admin())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut got)).await;
+    assert!(!got.starts_with(b"HTTP/"), "plain HTTP was answered");
+
+    // A listener whose certificate is not the announced one is not
+    // trusted by the CLI: it says so, and works on the store instead.
+    let runtime = gateway.config_path().with_file_name("gateway.db.admin");
+    let text = std::fs::read_to_string(&runtime).expect("runtime file");
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["tls_sha256"] = json!("00".repeat(32));
+    std::fs::write(&runtime, v.to_string()).unwrap();
+    let impostor = gateway.try_cli(&["tunnel", "list"]).await;
+    assert!(
+        impostor
+            .stderr
+            .contains("is not the one the running gateway announced"),
+        "{impostor:?}"
+    );
+
+    // A certificate without its key is a configuration error.
+    let refused = Gateway::start_expecting_failure(
+        GatewayOptions::new()
+            .pki(pki.clone())
+            .admin_setting("tls_cert", &quoted(&files.cert)),
+    )
+    .await;
+    assert!(refused.contains("admin.tls_key"), "{refused}");
 }

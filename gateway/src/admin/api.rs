@@ -75,6 +75,8 @@ pub struct ApiState {
     pub live: crate::live::Current,
     /// The dashboard's browser sessions.
     pub sessions: Sessions,
+    /// The listener speaks HTTPS: session cookies are `Secure`.
+    pub secure_cookies: bool,
 }
 
 /// A refusal before any operation ran.
@@ -352,8 +354,10 @@ async fn ui_answer(
             state.sessions.end(&id);
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
-            r.headers_mut()
-                .insert(header::SET_COOKIE, ui::set_cookie(None, false));
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                ui::set_cookie(None, state.secure_cookies),
+            );
             Ok(r)
         }
         _ => Err(Refusal {
@@ -416,8 +420,10 @@ async fn sign_in(
         StatusCode::OK,
         &ui::whoami(&who.token_name, &who.name, who.scope, &csrf),
     );
-    r.headers_mut()
-        .insert(header::SET_COOKIE, ui::set_cookie(Some(&id), false));
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        ui::set_cookie(Some(&id), state.secure_cookies),
+    );
     Ok(r)
 }
 

@@ -1,13 +1,18 @@
 //! The CLI's side of the admin API: an operation sent to the running
 //! gateway named by the runtime file.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::api::ACTOR_HEADER;
 use super::ops::Op;
@@ -98,10 +103,29 @@ async fn call_inner(rt: &Runtime, op: &Op, user: &str) -> Result<Value, ClientEr
     let tcp = tokio::net::TcpStream::connect(rt.admin)
         .await
         .map_err(|e| unreachable(&e))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    tokio::spawn(conn);
+    let mut send = match &rt.tls_sha256 {
+        None => {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| unreachable(&e))?;
+            tokio::spawn(conn);
+            send
+        }
+        Some(pin) => {
+            let tls = pinned_tls(pin)
+                .connect(
+                    rustls::pki_types::ServerName::IpAddress(rt.admin.ip().into()),
+                    tcp,
+                )
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(&e))?;
+            tokio::spawn(conn);
+            send
+        }
+    };
     let (method, path, body) = request_of(op);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = Request::builder()
@@ -132,5 +156,82 @@ async fn call_inner(rt: &Runtime, op: &Op, user: &str) -> Result<Value, ClientEr
                 .unwrap_or("the gateway refused the operation")
                 .to_string(),
         })
+    }
+}
+
+/// A TLS 1.3 client that accepts exactly the certificate whose SHA-256 the
+/// runtime file names (the gateway wrote it from `admin.tls_cert`), with
+/// the handshake's signature checked against it: no CA is involved, so a
+/// self-signed certificate works, and no other certificate does.
+fn pinned_tls(sha256: &str) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned {
+        sha256: sha256.to_ascii_lowercase(),
+        provider: provider.clone(),
+    });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("the ring provider speaks TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct Pinned {
+    sha256: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if hex::encode(Sha256::digest(end_entity.as_ref())) == self.sha256 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the admin listener's certificate is not the one the running gateway \
+                 announced in its runtime file"
+                    .into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

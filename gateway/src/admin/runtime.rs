@@ -17,6 +17,10 @@ pub struct Runtime {
     pub pid: u32,
     pub admin: SocketAddr,
     pub token: String,
+    /// With `admin.tls_cert`: the SHA-256 (hex) of the certificate the
+    /// listener presents, which the CLI pins.
+    #[serde(default)]
+    pub tls_sha256: Option<String>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -25,6 +29,7 @@ impl std::fmt::Debug for Runtime {
             .field("pid", &self.pid)
             .field("admin", &self.admin)
             .field("token", &"MASKED")
+            .field("tls_sha256", &self.tls_sha256)
             .finish()
     }
 }
@@ -55,12 +60,18 @@ impl Drop for RuntimeGuard {
 
 /// Writes the runtime file (replacing one a crashed gateway left): mode
 /// 0600, atomically (`keyfile::write_private`).
-pub fn write(store_path: &Path, admin: SocketAddr, token: &str) -> std::io::Result<RuntimeGuard> {
+pub fn write(
+    store_path: &Path,
+    admin: SocketAddr,
+    token: &str,
+    tls_sha256: Option<String>,
+) -> std::io::Result<RuntimeGuard> {
     let target = path(store_path);
     let body = zeroize::Zeroizing::new(serde_json::to_vec(&Runtime {
         pid: std::process::id(),
         admin,
         token: token.into(),
+        tls_sha256,
     })?);
     keyfile::write_private(&target, &body)?;
     Ok(RuntimeGuard(target))

@@ -3,9 +3,9 @@
 //! air-gapped host) and the browser's session.
 //!
 //! - Signing in (`POST /ui/session` with an admin token) sets a session
-//!   cookie that is `HttpOnly` and `SameSite=Strict` (and `Secure` when the
-//!   page is served over TLS, which the admin listener itself never does);
-//!   the page never sees the cookie nor keeps the token.
+//!   cookie that is `HttpOnly` and `SameSite=Strict`, and `Secure` when the
+//!   listener speaks HTTPS (`admin.tls_cert`); the page never sees the
+//!   cookie nor keeps the token.
 //! - The page calls the same `/v1/` API as everyone else; the cookie
 //!   stands in for `Authorization`, and every call that changes something
 //!   must also carry the session's CSRF token in `X-CSRF-Token` and must
