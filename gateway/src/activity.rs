@@ -71,7 +71,7 @@ impl Series {
     fn window(&self, now: u64) -> (Vec<u32>, Vec<u32>) {
         let mut requests = Vec::with_capacity(SECONDS);
         let mut errors = Vec::with_capacity(SECONDS);
-        for s in (now + 1 - SECONDS as u64)..=now {
+        for s in (now + 1).saturating_sub(SECONDS as u64)..=now {
             let known = s <= self.last && s + (SECONDS as u64) > self.last;
             let i = (s % SECONDS as u64) as usize;
             requests.push(if known { self.requests[i] } else { 0 });
@@ -159,28 +159,71 @@ impl Activity {
         }
     }
 
-    /// Every followed tunnel's last [`SECONDS`] seconds, ending at the
-    /// current one; and that second.
-    pub fn tunnels(&self) -> (u64, HashMap<String, TunnelActivity>) {
+    /// The last [`SECONDS`] seconds, ending at the current one, of every
+    /// tunnel with a request in them or a last error (or of `only` that
+    /// tunnel); and that second.
+    pub fn tunnels(&self, only: Option<&str>) -> (u64, HashMap<String, TunnelActivity>) {
         let now = now().as_secs();
-        (now, self.tunnels_at(now))
+        (now, self.tunnels_at(now, only))
     }
 
-    fn tunnels_at(&self, now: u64) -> HashMap<String, TunnelActivity> {
-        let map = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter()
+    fn tunnels_at(&self, now: u64, only: Option<&str>) -> HashMap<String, TunnelActivity> {
+        // The proxy records under this lock: copy what is shown, and build
+        // the series after letting go. Idle tunnels need no copy.
+        let mut active: Vec<(String, Box<Series>)> = Vec::new();
+        let mut idle: Vec<(String, LastError)> = Vec::new();
+        {
+            let map = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+            let wanted = |name: &str| only.is_none_or(|o| o == name);
+            for (name, s) in map.iter().filter(|(name, _)| wanted(name)) {
+                if s.last + SECONDS as u64 > now {
+                    active.push((
+                        name.clone(),
+                        Box::new(Series {
+                            last: s.last,
+                            requests: s.requests,
+                            errors: s.errors,
+                            last_error: s.last_error.clone(),
+                        }),
+                    ));
+                } else if let Some(e) = &s.last_error {
+                    idle.push((name.clone(), e.clone()));
+                }
+            }
+        }
+        let mut shown: HashMap<String, TunnelActivity> = active
+            .into_iter()
             .map(|(name, s)| {
                 let (requests, errors) = s.window(now);
+                let last_error = s.last_error;
                 (
-                    name.clone(),
+                    name,
                     TunnelActivity {
                         requests,
                         errors,
-                        last_error: s.last_error.clone(),
+                        last_error,
                     },
                 )
             })
-            .collect()
+            .collect();
+        for (name, e) in idle {
+            shown.insert(
+                name,
+                TunnelActivity {
+                    requests: vec![0; SECONDS],
+                    errors: vec![0; SECONDS],
+                    last_error: Some(e),
+                },
+            );
+        }
+        shown
+    }
+
+    /// Forgets a deleted tunnel, so one made again under its name starts
+    /// afresh.
+    pub fn forget(&self, tunnel: &str) {
+        let mut map = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(tunnel);
     }
 
     /// Keeps a refused request (the oldest goes past [`MAX_REFUSALS`]).
@@ -212,7 +255,7 @@ mod tests {
         a.request_at(t0, "wiki", 200, None);
         a.request_at(t0, "wiki", 200, None);
         a.request_at(t0 + 2, "wiki", 502, Some("tunnel `wiki` failed"));
-        let w = a.tunnels_at(t0 + 2);
+        let w = a.tunnels_at(t0 + 2, None);
         let wiki = &w["wiki"];
         assert_eq!(wiki.requests.len(), SECONDS);
         assert_eq!(&wiki.requests[SECONDS - 3..], &[2, 0, 1]);
@@ -220,7 +263,8 @@ mod tests {
         let last = wiki.last_error.as_ref().unwrap();
         assert_eq!((last.at, last.status), (t0 + 2, 502));
         // Seen later, the same seconds have moved left; idle seconds are 0.
-        let later = a.tunnels_at(t0 + 10);
+        let later = a.tunnels_at(t0 + 10, Some("wiki"));
+        assert!(a.tunnels_at(t0 + 10, Some("other")).is_empty());
         assert_eq!(
             &later["wiki"].requests[SECONDS - 11..SECONDS - 7],
             &[2, 0, 1, 0]
@@ -228,9 +272,21 @@ mod tests {
         // Past the window nothing is left, even in reused slots.
         let end = t0 + 2 + SECONDS as u64;
         a.request_at(end, "wiki", 200, None);
-        let w = a.tunnels_at(end);
+        let w = a.tunnels_at(end, None);
         assert_eq!(w["wiki"].requests.iter().sum::<u32>(), 1);
         assert_eq!(w["wiki"].errors.iter().sum::<u32>(), 0);
+        // An idle tunnel is shown only for its last error; a forgotten one
+        // not at all.
+        a.request_at(end, "quiet", 200, None);
+        a.request_at(end, "failed", 502, Some("lost"));
+        let later = a.tunnels_at(end + SECONDS as u64, None);
+        assert!(!later.contains_key("quiet"), "{:?}", later.keys());
+        assert_eq!(later["failed"].last_error.as_ref().unwrap().status, 502);
+        a.forget("failed");
+        assert!(!a.tunnels_at(end, None).contains_key("failed"));
+        // A clock near the epoch does not underflow.
+        assert_eq!(a.tunnels_at(3, Some("none")).len(), 0);
+        Series::new(3).window(3);
     }
 
     #[test]

@@ -352,12 +352,20 @@ impl Registry {
 
     /// The admin token's record, if it is known and not revoked.
     pub async fn admin_token(&self, token: &str) -> Result<Option<AdminTokenInfo>, StoreError> {
-        let hash = token_hash(token);
-        if let Some(a) = self.tables().admins.get(&hash) {
+        self.admin_token_by_hash(&token_hash(token)).await
+    }
+
+    /// The admin token whose hash is `hash` (what a dashboard session
+    /// keeps instead of the token), if it is still valid.
+    pub async fn admin_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<AdminTokenInfo>, StoreError> {
+        if let Some(a) = self.tables().admins.get(hash) {
             return Ok(Some(a.clone()));
         }
         self.reread_if_changed().await?;
-        Ok(self.tables().admins.get(&hash).cloned())
+        Ok(self.tables().admins.get(hash).cloned())
     }
 
     /// The store, for the admin operations.

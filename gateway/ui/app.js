@@ -806,7 +806,10 @@
       let t;
       let activity;
       try {
-        [t, activity] = await Promise.all([api('GET', path), api('GET', '/v1/activity')]);
+        [t, activity] = await Promise.all([
+          api('GET', path),
+          api('GET', '/v1/activity?tunnel=' + encodeURIComponent(name)),
+        ]);
       } catch (e) {
         if (e.status !== 404 || gen !== navGen) throw e;
         // deleted (maybe by someone else): say so and stop asking

@@ -60,12 +60,16 @@ pub(crate) fn loaded(plugin: &str, version: &str, sha256: &str) {
     });
 }
 
-/// A replacement of `plugin` was refused; `running` still serves.
-pub(crate) fn rejected(plugin: &str, error: &str, running: &str) {
+/// A replacement of `plugin` was refused; `running` still serves. Kept in
+/// the history only when `kept` (a refusal for a passing reason is not).
+pub(crate) fn rejected(plugin: &str, error: &str, running: &str, kept: bool) {
     emit(json!({
         "event": "plugin_rejected", "plugin": plugin,
         "error": error, "running_sha256": running,
     }));
+    if !kept {
+        return;
+    }
     keep(HistoryEntry {
         at: now_ms(),
         plugin: plugin.to_string(),

@@ -101,7 +101,9 @@ impl Plugins {
                     plugin = %slot.name, running = %running,
                     "replacement plugin rejected, previous version keeps serving: {e}"
                 );
-                crate::history::rejected(&slot.name, &e.to_string(), &running);
+                // A transient refusal is looked at again next time: it
+                // would crowd the history out.
+                crate::history::rejected(&slot.name, &e.to_string(), &running, !transient);
             }
         }
     }

@@ -236,8 +236,8 @@ async fn answer(
 fn view(state: &ApiState, path: &str, query: &str) -> Result<Option<Value>, Refusal> {
     let value = match path {
         "/v1/activity" => {
-            no_query(query)?;
-            let (now, tunnels) = ACTIVITY.tunnels();
+            let only = tunnel_query(query)?;
+            let (now, tunnels) = ACTIVITY.tunnels(only.as_deref());
             json!({ "now": now, "seconds": crate::activity::SECONDS, "tunnels": tunnels })
         }
         "/v1/refusals" => {
@@ -293,6 +293,22 @@ fn view(state: &ApiState, path: &str, query: &str) -> Result<Option<Value>, Refu
     Ok(Some(value))
 }
 
+/// `tunnel=NAME`, or nothing.
+fn tunnel_query(query: &str) -> Result<Option<String>, Refusal> {
+    if query.is_empty() {
+        return Ok(None);
+    }
+    match query.split_once('=') {
+        Some(("tunnel", name)) if crate::store::validate_tunnel_name(name).is_ok() => {
+            Ok(Some(name.to_string()))
+        }
+        _ => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the only query parameter is tunnel=<name>",
+        )),
+    }
+}
+
 fn no_query(query: &str) -> Result<(), Refusal> {
     if query.is_empty() {
         Ok(())
@@ -335,11 +351,13 @@ async fn ui_answer(
     }
     match method {
         Method::GET => {
-            let (id, session) = session_of(state, &req)?;
-            let who = token_auth(state, &session.token).await?.ok_or_else(|| {
-                state.sessions.end(&id);
-                session_ended()
-            })?;
+            let session = session_of(state, &req)?;
+            let who = hash_auth(state, &session.token_hash)
+                .await?
+                .ok_or_else(|| {
+                    state.sessions.end(&session.id);
+                    session_ended()
+                })?;
             Ok(json_response(
                 StatusCode::OK,
                 &ui::whoami(&who.token_name, &who.name, who.scope, &session.csrf),
@@ -347,11 +365,11 @@ async fn ui_answer(
         }
         Method::POST => sign_in(state, req, peer).await,
         Method::DELETE => {
-            let (id, session) = session_of(state, &req)?;
+            let session = session_of(state, &req)?;
             if !ui::csrf_ok(req.headers(), &session.csrf) {
                 return Err(csrf_refused());
             }
-            state.sessions.end(&id);
+            state.sessions.end(&session.id);
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r.headers_mut().insert(
@@ -414,7 +432,7 @@ async fn sign_in(
             "unknown or revoked admin token (create one with `gateway admin-token create`)",
         )
     })?;
-    let (id, csrf) = state.sessions.start(token.trim());
+    let (id, csrf) = state.sessions.start(crate::store::token_hash(token.trim()));
     tracing::info!(actor = %who.name, client = %peer, "dashboard sign-in");
     let mut r = json_response(
         StatusCode::OK,
@@ -427,14 +445,12 @@ async fn sign_in(
     Ok(r)
 }
 
-/// The session a request's cookie names, with the cookie's value.
-fn session_of(
-    state: &ApiState,
-    req: &Request<Incoming>,
-) -> Result<(String, ui::SessionAuth), Refusal> {
-    let id = ui::cookie(req.headers()).ok_or_else(session_ended)?;
-    let session = state.sessions.get(&id).ok_or_else(session_ended)?;
-    Ok((id, session))
+/// The session a request's cookie names.
+fn session_of(state: &ApiState, req: &Request<Incoming>) -> Result<ui::SessionAuth, Refusal> {
+    state
+        .sessions
+        .find(&ui::cookies(req.headers()))
+        .ok_or_else(session_ended)
 }
 
 fn session_ended() -> Refusal {
@@ -489,18 +505,21 @@ async fn authenticate(
     let Some(token) = bearer else {
         // The dashboard's session stands in for the header; a change also
         // needs the session's CSRF token.
-        if req.headers().contains_key(header::AUTHORIZATION) || ui::cookie(req.headers()).is_none()
+        if req.headers().contains_key(header::AUTHORIZATION)
+            || ui::cookies(req.headers()).is_empty()
         {
             return Err(unauthorized());
         }
-        let (id, session) = session_of(state, req)?;
+        let session = session_of(state, req)?;
         if req.method() != Method::GET && !ui::csrf_ok(req.headers(), &session.csrf) {
             return Err(csrf_refused());
         }
-        let who = token_auth(state, &session.token).await?.ok_or_else(|| {
-            state.sessions.end(&id);
-            session_ended()
-        })?;
+        let who = hash_auth(state, &session.token_hash)
+            .await?
+            .ok_or_else(|| {
+                state.sessions.end(&session.id);
+                session_ended()
+            })?;
         return Ok(Authenticated {
             name: who.name,
             scope: who.scope,
@@ -547,7 +566,12 @@ struct TokenOwner {
 /// Looks up an admin token (not the local CLI's credential): `None` when
 /// unknown or revoked.
 async fn token_auth(state: &ApiState, token: &str) -> Result<Option<TokenOwner>, Refusal> {
-    match state.registry.admin_token(token).await {
+    hash_auth(state, &crate::store::token_hash(token)).await
+}
+
+/// [`token_auth`] by the token's hash, as a dashboard session keeps it.
+async fn hash_auth(state: &ApiState, hash: &[u8; 32]) -> Result<Option<TokenOwner>, Refusal> {
+    match state.registry.admin_token_by_hash(hash).await {
         Ok(info) => Ok(info.map(|info| TokenOwner {
             name: format!("admin-token:{}({})", info.id, info.name),
             token_name: info.name,

@@ -211,6 +211,7 @@ pub async fn execute(
         }
         Op::DeleteTunnel { name } => {
             let t = store.delete_tunnel(&name).await?;
+            crate::activity::ACTIVITY.forget(&t.info.name);
             let disconnected = match reg {
                 Some(r) => {
                     r.reread_now().await?;

@@ -10,11 +10,16 @@
 //!   stands in for `Authorization`, and every call that changes something
 //!   must also carry the session's CSRF token in `X-CSRF-Token` and must
 //!   not come from another site (`Sec-Fetch-Site`).
-//! - The session keeps the admin token (wiped when it ends) and every
-//!   call authenticates it again, so a token revoked or a scope lost
+//! - The session keeps the admin token's hash (never the token) and
+//!   every call looks it up again, so a token revoked or a scope lost
 //!   takes effect on the next call; sessions end after [`IDLE`] without a
-//!   call, after [`LIFETIME`] in any case, and past [`MAX_SESSIONS`] the
-//!   longest idle one ends first.
+//!   call, after [`LIFETIME`] in any case; one token holds at most
+//!   [`MAX_PER_TOKEN`] sessions and all tokens [`MAX_SESSIONS`], past
+//!   which the longest idle one (of that token first) ends.
+//! - Over HTTPS the cookie is named `__Host-…`, which a page of another
+//!   host (a tenant's service under the same domain) cannot set; the
+//!   proxy never forwards the cookie into a tunnel
+//!   ([`strip_session_cookie`]).
 //! - The files are served with a strict `Content-Security-Policy`: scripts
 //!   and styles from the page's own files only, no inline code, no other
 //!   origin, no framing.
@@ -35,8 +40,11 @@ use zeroize::Zeroizing;
 
 use crate::store::AdminScope;
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP.
 pub const COOKIE: &str = "tunnel_admin_session";
+/// Its name over HTTPS: a `__Host-` cookie is `Secure`, for this host
+/// only and for every path, so no other host can plant one.
+pub const SECURE_COOKIE: &str = "__Host-tunnel_admin_session";
 /// The header carrying the session's CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A session unused this long ends.
@@ -45,6 +53,8 @@ pub const IDLE: Duration = Duration::from_secs(30 * 60);
 pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions at once.
 pub const MAX_SESSIONS: usize = 256;
+/// Most sessions of one admin token at once.
+pub const MAX_PER_TOKEN: usize = 16;
 
 /// What the page may load, and from where: only its own files.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -102,9 +112,9 @@ pub fn page_headers(h: &mut HeaderMap) {
 
 /// A signed-in browser.
 struct Session {
-    /// The admin token it signed in with, authenticated again on every
-    /// call.
-    token: Zeroizing<String>,
+    /// The hash of the admin token it signed in with, looked up again on
+    /// every call.
+    token_hash: [u8; 32],
     csrf: String,
     started: Instant,
     used: Instant,
@@ -112,8 +122,10 @@ struct Session {
 
 /// What a session's call carries.
 pub struct SessionAuth {
-    /// The admin token to authenticate.
-    pub token: Zeroizing<String>,
+    /// The cookie value that found it.
+    pub id: String,
+    /// The hash of its admin token.
+    pub token_hash: [u8; 32],
     /// The session's CSRF token, to compare with the call's.
     pub csrf: String,
 }
@@ -135,22 +147,34 @@ fn key(id: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// Starts a session for `token`: the cookie value and the CSRF token.
-    pub fn start(&self, token: &str) -> (Zeroizing<String>, String) {
+    /// Starts a session for the admin token of hash `token_hash`: the
+    /// cookie value and the CSRF token.
+    pub fn start(&self, token_hash: [u8; 32]) -> (Zeroizing<String>, String) {
         let id = Zeroizing::new(random_token());
         let csrf = random_token();
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, s| live(s, now));
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
-                map.remove(&oldest);
-            }
+        // One token cannot push out everyone else's sessions: it loses its
+        // own oldest first.
+        let own = map.values().filter(|s| s.token_hash == token_hash).count();
+        let victim = if own >= MAX_PER_TOKEN {
+            map.iter()
+                .filter(|(_, s)| s.token_hash == token_hash)
+                .min_by_key(|(_, s)| s.used)
+        } else if map.len() >= MAX_SESSIONS {
+            map.iter().min_by_key(|(_, s)| s.used)
+        } else {
+            None
+        }
+        .map(|(k, _)| *k);
+        if let Some(k) = victim {
+            map.remove(&k);
         }
         map.insert(
             key(&id),
             Session {
-                token: Zeroizing::new(token.to_string()),
+                token_hash,
                 csrf: csrf.clone(),
                 started: now,
                 used: now,
@@ -159,22 +183,27 @@ impl Sessions {
         (id, csrf)
     }
 
-    /// The session of cookie value `id`, if it is still live (and marks it
-    /// used).
-    pub fn get(&self, id: &str) -> Option<SessionAuth> {
+    /// The first live session among the cookie values `ids` (marked used).
+    pub fn find(&self, ids: &[String]) -> Option<SessionAuth> {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let k = key(id);
-        let s = map.get_mut(&k)?;
-        if !live(s, now) {
-            map.remove(&k);
-            return None;
+        for id in ids {
+            let k = key(id);
+            let Some(s) = map.get_mut(&k) else {
+                continue;
+            };
+            if !live(s, now) {
+                map.remove(&k);
+                continue;
+            }
+            s.used = now;
+            return Some(SessionAuth {
+                id: id.clone(),
+                token_hash: s.token_hash,
+                csrf: s.csrf.clone(),
+            });
         }
-        s.used = now;
-        Some(SessionAuth {
-            token: s.token.clone(),
-            csrf: s.csrf.clone(),
-        })
+        None
     }
 
     /// Ends the session of cookie value `id`.
@@ -196,16 +225,41 @@ fn live(s: &Session, now: Instant) -> bool {
     now.duration_since(s.used) < IDLE && now.duration_since(s.started) < LIFETIME
 }
 
-/// The session cookie's value in a request's `Cookie` headers.
-pub fn cookie(headers: &HeaderMap) -> Option<String> {
+fn is_session_cookie(name: &str) -> bool {
+    name == COOKIE || name == SECURE_COOKIE
+}
+
+/// Every session cookie value in a request's `Cookie` headers (a cookie
+/// another page planted may come first: each is tried).
+pub fn cookies(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, _)| is_session_cookie(name))
         .map(|(_, value)| value.to_string())
+        .take(8)
+        .collect()
+}
+
+/// A `Cookie` header's value without the dashboard's session cookie, or
+/// `None` when nothing else is left: what the proxy forwards, so a
+/// signed-in operator's session never reaches a tunnel's service that
+/// shares the admin listener's host name.
+pub fn strip_session_cookie(value: &[u8]) -> Option<Vec<u8>> {
+    let kept: Vec<&[u8]> = value
+        .split(|b| *b == b';')
+        .filter(|pair| {
+            let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+            let name = name.trim_ascii();
+            !(name == COOKIE.as_bytes() || name == SECURE_COOKIE.as_bytes())
+        })
+        .map(|pair| pair.trim_ascii())
+        .filter(|pair| !pair.is_empty())
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(&b"; "[..]))
 }
 
 /// Whether a call that changes something may use the session: it carries
@@ -225,13 +279,17 @@ pub fn csrf_ok(headers: &HeaderMap, csrf: &str) -> bool {
 /// The `Set-Cookie` value that starts (`Some(id)`) or ends (`None`) a
 /// session.
 pub fn set_cookie(id: Option<&str>, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
+    let (name, secure) = if secure {
+        (SECURE_COOKIE, "; Secure")
+    } else {
+        (COOKIE, "")
+    };
     let text = match id {
         Some(id) => format!(
-            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            "{name}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
             LIFETIME.as_secs()
         ),
-        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+        None => format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
     };
     HeaderValue::from_str(&text).expect("cookie value is a header value")
 }
@@ -245,29 +303,43 @@ pub fn whoami(name: &str, actor: &str, scope: AdminScope, csrf: &str) -> serde_j
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_session_is_found_by_its_cookie_and_ends_idle_old_or_signed_out() {
-        let s = Sessions::default();
-        let (id, csrf) = s.start("at_secret");
-        let got = s.get(&id).expect("live session");
-        assert_eq!(got.token.as_str(), "at_secret");
-        assert_eq!(got.csrf, csrf);
-        assert!(s.get("not-a-session").is_none());
-        s.age(&id, IDLE);
-        assert!(s.get(&id).is_none(), "idle past IDLE");
-        let (id, _) = s.start("at_secret");
-        s.end(&id);
-        assert!(s.get(&id).is_none(), "signed out");
+    fn get(s: &Sessions, id: &str) -> Option<SessionAuth> {
+        s.find(&[id.to_string()])
     }
 
     #[test]
-    fn sessions_are_bounded() {
+    fn a_session_is_found_by_its_cookie_and_ends_idle_old_or_signed_out() {
         let s = Sessions::default();
-        let first = s.start("at_a").0;
+        let (id, csrf) = s.start([1; 32]);
+        let got = get(&s, &id).expect("live session");
+        assert_eq!(got.token_hash, [1; 32]);
+        assert_eq!(got.csrf, csrf);
+        assert!(get(&s, "not-a-session").is_none());
+        // A planted cookie before the real one does not hide it.
+        let both = s.find(&["planted".into(), id.to_string()]).unwrap();
+        assert_eq!(both.id, *id);
+        s.age(&id, IDLE);
+        assert!(get(&s, &id).is_none(), "idle past IDLE");
+        let (id, _) = s.start([1; 32]);
+        s.end(&id);
+        assert!(get(&s, &id).is_none(), "signed out");
+    }
+
+    #[test]
+    fn sessions_are_bounded_per_token_and_in_all() {
+        let s = Sessions::default();
+        let other = s.start([2; 32]).0;
+        let first = s.start([1; 32]).0;
         for _ in 0..MAX_SESSIONS {
-            s.start("at_b");
+            s.start([1; 32]);
         }
-        assert!(s.get(&first).is_none(), "the longest idle one ended");
+        assert!(get(&s, &first).is_none(), "the token's own oldest ended");
+        assert!(get(&s, &other).is_some(), "another token's session stays");
+        for t in 3..40u8 {
+            for _ in 0..MAX_PER_TOKEN {
+                s.start([t; 32]);
+            }
+        }
         assert_eq!(s.map.lock().unwrap().len(), MAX_SESSIONS);
     }
 
@@ -278,7 +350,15 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; tunnel_admin_session=abc; b=2"),
         );
-        assert_eq!(cookie(&h).as_deref(), Some("abc"));
+        assert_eq!(cookies(&h), vec!["abc".to_string()]);
+        assert_eq!(
+            strip_session_cookie(b"a=1; tunnel_admin_session=abc;b=2").as_deref(),
+            Some(&b"a=1; b=2"[..])
+        );
+        assert_eq!(
+            strip_session_cookie(b"__Host-tunnel_admin_session=abc"),
+            None
+        );
         assert!(!csrf_ok(&h, "tok"), "no CSRF header");
         h.insert(CSRF_HEADER, HeaderValue::from_static("tok"));
         assert!(csrf_ok(&h, "tok"));
@@ -291,10 +371,9 @@ mod tests {
         let set = set.to_str().unwrap();
         assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
         assert!(!set.contains("Secure"));
-        assert!(set_cookie(Some("abc"), true)
-            .to_str()
-            .unwrap()
-            .ends_with("; Secure"));
+        let secure = set_cookie(Some("abc"), true);
+        let secure = secure.to_str().unwrap();
+        assert!(secure.starts_with("__Host-") && secure.ends_with("; Secure"));
     }
 
     #[test]

@@ -68,11 +68,21 @@ pub(super) fn log_request(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         .get_or_create(&labels)
         .inc_by(bytes_out);
     if let Some(t) = &ctx.tunnel {
-        let error = (status >= 500).then(|| {
-            ctx.answered
-                .take()
-                .unwrap_or_else(|| format!("the local service answered {status}"))
-        });
+        // A response cut off after its head went out counts too; pingora's
+        // own text may quote the path, so the reason is ours.
+        let cut = status > 0
+            && e.is_some_and(|e| matches!(e.esource(), pingora_error::ErrorSource::Upstream));
+        let error = if status >= 500 {
+            Some(
+                ctx.answered
+                    .take()
+                    .unwrap_or_else(|| format!("the local service answered {status}")),
+            )
+        } else if cut {
+            Some("the response was cut off: the tunnel or the local service failed".to_string())
+        } else {
+            None
+        };
         crate::activity::ACTIVITY.request(&t.name, status, error.as_deref());
     }
     finish_request_span(ctx, status, agent, e);

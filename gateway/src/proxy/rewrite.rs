@@ -39,6 +39,7 @@ impl TunnelProxy {
                 }
             }
         }
+        strip_dashboard_session(upstream)?;
         if !upstream.headers.contains_key(header::HOST) {
             if let Some(a) = upstream.uri.authority().map(|a| a.as_str().to_string()) {
                 upstream.insert_header(header::HOST, a)?;
@@ -65,6 +66,32 @@ impl TunnelProxy {
         upstream.insert_header("x-forwarded-host", ctx.authority.as_str())?;
         Ok(())
     }
+}
+
+/// The dashboard's session cookie never enters a tunnel: a service whose
+/// host name is the admin listener's would otherwise receive a signed-in
+/// operator's session ([`crate::admin::ui::strip_session_cookie`]).
+fn strip_dashboard_session(upstream: &mut RequestHeader) -> Result<()> {
+    let needle = crate::admin::ui::COOKIE.as_bytes();
+    let carries = upstream
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().windows(needle.len()).any(|w| w == needle));
+    if !carries {
+        return Ok(());
+    }
+    let kept: Vec<Vec<u8>> = upstream
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| crate::admin::ui::strip_session_cookie(v.as_bytes()))
+        .collect();
+    upstream.remove_header(&header::COOKIE);
+    for value in kept {
+        upstream.append_header(header::COOKIE, value)?;
+    }
+    Ok(())
 }
 
 /// The trace goes on through the tunnel: the agent's spans become children
