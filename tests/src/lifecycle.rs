@@ -34,6 +34,26 @@ impl TwoNodes {
             node_b: upstream::echo("node-b").await,
         }
     }
+
+    /// An agent named `node-a` in front of `node_a`, with the tunnel's key.
+    pub async fn agent_a(&self) -> Agent {
+        self.agent("node-a", &self.node_a).await
+    }
+
+    /// An agent named `node-b` in front of `node_b`, with the tunnel's key.
+    pub async fn agent_b(&self) -> Agent {
+        self.agent("node-b", &self.node_b).await
+    }
+
+    async fn agent(&self, name: &str, node: &Upstream) -> Agent {
+        Agent::connect(
+            &self.gateway,
+            &self.tunnel,
+            node.addr(),
+            AgentOptions::new().name(name),
+        )
+        .await
+    }
 }
 
 /// Starts an agent holding `tunnel`'s (id, key) that the gateway must

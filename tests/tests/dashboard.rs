@@ -87,60 +87,61 @@ async fn scene() -> Scene {
     }
 }
 
-/// Opens the dashboard and signs in with `token` by typing it.
-async fn sign_in(browser: &Browser, gateway: &Gateway, token: &str) {
+/// Opens the dashboard at `hash` ("" for its start).
+async fn open(browser: &Browser, gateway: &Gateway, hash: &str) {
     browser
-        .goto(&format!("http://{}/ui/", gateway.admin()))
-        .await
-        .unwrap();
-    let field = browser.wait_for("#token", PATIENCE).await.unwrap();
-    field.send_keys(token).await.unwrap();
-    browser
-        .find("#signin-submit")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_for("main#view[data-page=tunnels]", PATIENCE)
+        .goto(&format!("http://{}/ui/{hash}", gateway.admin()))
         .await
         .unwrap();
 }
 
-async fn visit(browser: &Browser, hash: &str, page: &str) {
+async fn click(browser: &Browser, css: &str) {
+    browser.find(css).await.unwrap().click().await.unwrap();
+}
+
+async fn type_in(browser: &Browser, css: &str, text: &str) {
     browser
-        .find(&format!("nav a[href=\"{hash}\"]"))
+        .find(css)
         .await
         .unwrap()
-        .click()
+        .send_keys(text)
         .await
         .unwrap();
+}
+
+async fn text_of(browser: &Browser, css: &str) -> String {
+    browser.find(css).await.unwrap().text().await.unwrap()
+}
+
+/// Waits until the page `page` has drawn its data.
+async fn wait_page(browser: &Browser, page: &str) {
     browser
         .wait_for(&format!("main#view[data-page={page}]"), PATIENCE)
         .await
         .unwrap();
 }
 
+/// Opens the dashboard and signs in with `token` by typing it.
+async fn sign_in(browser: &Browser, gateway: &Gateway, token: &str) {
+    open(browser, gateway, "").await;
+    let field = browser.wait_for("#token", PATIENCE).await.unwrap();
+    field.send_keys(token).await.unwrap();
+    click(browser, "#signin-submit").await;
+    wait_page(browser, "tunnels").await;
+}
+
+async fn visit(browser: &Browser, hash: &str, page: &str) {
+    click(browser, &format!("nav a[href=\"{hash}\"]")).await;
+    wait_page(browser, page).await;
+}
+
 /// Confirms the open confirmation panel (typing `typed` first if given).
 async fn confirm(browser: &Browser, typed: Option<&str>) {
     browser.wait_for("#confirm", PATIENCE).await.unwrap();
     if let Some(text) = typed {
-        browser
-            .find("#confirm-input")
-            .await
-            .unwrap()
-            .send_keys(text)
-            .await
-            .unwrap();
+        type_in(browser, "#confirm-input", text).await;
     }
-    browser
-        .find("#confirm-yes")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, "#confirm-yes").await;
     browser.wait_gone("#confirm", PATIENCE).await.unwrap();
 }
 
@@ -150,13 +151,7 @@ async fn take_secret(browser: &Browser) -> String {
         .wait_text("#secret-value", |t: &str| !t.trim().is_empty(), PATIENCE)
         .await
         .unwrap();
-    browser
-        .find("#secret-done")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, "#secret-done").await;
     browser.wait_gone("#secret", PATIENCE).await.unwrap();
     secret.trim().to_string()
 }
@@ -177,10 +172,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
     let browser = browser().await;
 
     // A wrong token does not get in, and the browser keeps no session.
-    browser
-        .goto(&format!("http://{}/ui/", gateway.admin()))
-        .await
-        .unwrap();
+    open(&browser, gateway, "").await;
     browser
         .wait_for("#token", PATIENCE)
         .await
@@ -188,13 +180,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         .send_keys("at_not-a-real-token")
         .await
         .unwrap();
-    browser
-        .find("#signin-submit")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#signin-submit").await;
     let said = browser
         .wait_text("#signin-error", |t: &str| !t.is_empty(), PATIENCE)
         .await
@@ -225,7 +211,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(script_sees, json!(""), "the page's scripts see the cookie");
-    let who = browser.find("#whoami").await.unwrap().text().await.unwrap();
+    let who = text_of(&browser, "#whoami").await;
     assert!(who.contains("ops-write"), "{who}");
 
     // The tunnel, its organization shown as text, its agent connected.
@@ -234,13 +220,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         .wait_text(&format!("{row} .agents"), "1", PATIENCE)
         .await
         .unwrap();
-    let org = browser
-        .find(&format!("{row} .org"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let org = text_of(&browser, &format!("{row} .org")).await;
     assert_eq!(org, s.org, "the organization's name is shown as text");
     let injected = browser
         .execute(
@@ -252,15 +232,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
     assert_eq!(injected, json!(0), "markup in a name became elements");
 
     // Requests pass: the rate moves without a reload.
-    let before = rate_of(
-        &browser
-            .find(&format!("{row} .rate"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let before = rate_of(&text_of(&browser, &format!("{row} .rate")).await);
     assert_eq!(before, 0.0, "no requests yet");
     let load = RequestLoop::start(&s.caller, "wiki.test", "/load", 2);
     load.wait_more(20).await;
@@ -284,30 +256,15 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
     shot(&browser, "tunnels").await;
 
     // One tunnel: its agent, its route with the plugin chain.
-    browser
-        .find(&format!("{row} .name a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_for("main#view[data-page=tunnel]", PATIENCE)
-        .await
-        .unwrap();
+    click(&browser, &format!("{row} .name a")).await;
+    wait_page(&browser, "tunnel").await;
     let conn = gateway.conn_id("wiki-agent-1");
     let agent_row = format!("tr[data-conn=\"{conn}\"]");
     browser
         .wait_text(&format!("{agent_row} .name"), "wiki-agent-1", PATIENCE)
         .await
         .unwrap();
-    let chain = browser
-        .find("tr[data-route] .plugins")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let chain = text_of(&browser, "tr[data-route] .plugins").await;
     assert!(
         chain.find("org-check").unwrap() < chain.find("authz").unwrap(),
         "chain in order: {chain}"
@@ -330,13 +287,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
     );
 
     // Rotate the key: shown once, and it is the tunnel's key from now on.
-    browser
-        .find("#rotate-key")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#rotate-key").await;
     let key = take_secret(&browser).await;
     assert!(key.len() >= 40, "a key: {key}");
     let api = gateway.api(&write);
@@ -367,24 +318,16 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
 
     // Disconnect the first agent: its row goes (it dials again with the
     // previous key, still valid during the overlap, as a new connection).
-    browser
-        .find(&format!("{agent_row} button.disconnect"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, &format!("{agent_row} button.disconnect")).await;
     confirm(&browser, None).await;
     browser.wait_gone(&agent_row, PATIENCE).await.unwrap();
     // Drain the second: idle, it leaves at once, and says why.
     let mark = gateway.events().mark();
-    browser
-        .find(&format!("tr[data-conn=\"{second}\"] button.drain"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &browser,
+        &format!("tr[data-conn=\"{second}\"] button.drain"),
+    )
+    .await;
     let (gone, _) = tests::lifecycle::disconnected(gateway, mark, "wiki-agent-2").await;
     assert!(
         tests::lifecycle::reason(&gone).contains("drained by operator"),
@@ -398,27 +341,9 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
 
     // Callers: create one (named with markup), use it, revoke it.
     visit(&browser, "#/callers", "callers").await;
-    browser
-        .find("#new-caller-org")
-        .await
-        .unwrap()
-        .send_keys(s.org)
-        .await
-        .unwrap();
-    browser
-        .find("#new-caller-name")
-        .await
-        .unwrap()
-        .send_keys(MARKUP_NAME)
-        .await
-        .unwrap();
-    browser
-        .find("form#new-caller button[type=submit]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&browser, "#new-caller-org", s.org).await;
+    type_in(&browser, "#new-caller-name", MARKUP_NAME).await;
+    click(&browser, "form#new-caller button[type=submit]").await;
     let token = take_secret(&browser).await;
     assert!(token.starts_with("ct_"), "{token}");
     let listed = api.get("/v1/callers").await.expect(200, "callers");
@@ -438,13 +363,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
     assert_eq!(shown, MARKUP_NAME);
     let new_caller = gateway.caller(&token);
     assert_eq!(new_caller.get("wiki.test", "/hi").send().await.status, 200);
-    browser
-        .find(&format!("{caller_row} button.revoke"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, &format!("{caller_row} button.revoke")).await;
     confirm(&browser, None).await;
     browser
         .wait_text(&format!("{caller_row} .state"), "revoked", PATIENCE)
@@ -502,13 +421,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         .wait_text("tr[data-plugin=authz] .sha256", sha.as_str(), PATIENCE)
         .await
         .unwrap();
-    let decisions = browser
-        .find("tr[data-plugin=authz] .decisions")
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let decisions = text_of(&browser, "tr[data-plugin=authz] .decisions").await;
     assert!(
         decisions.contains("deny") || decisions.contains('1'),
         "{decisions}"
@@ -542,27 +455,9 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
 
     // A tunnel made and deleted from the page (deleting asks for its name).
     visit(&browser, "#/tunnels", "tunnels").await;
-    browser
-        .find("#new-tunnel-org")
-        .await
-        .unwrap()
-        .send_keys("acme")
-        .await
-        .unwrap();
-    browser
-        .find("#new-tunnel-name")
-        .await
-        .unwrap()
-        .send_keys("scratch")
-        .await
-        .unwrap();
-    browser
-        .find("form#new-tunnel button[type=submit]")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&browser, "#new-tunnel-org", "acme").await;
+    type_in(&browser, "#new-tunnel-name", "scratch").await;
+    click(&browser, "form#new-tunnel button[type=submit]").await;
     let scratch_key = take_secret(&browser).await;
     assert!(!scratch_key.is_empty());
     browser
@@ -572,36 +467,18 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         .click()
         .await
         .unwrap();
-    browser
-        .wait_for("main#view[data-page=tunnel]", PATIENCE)
-        .await
-        .unwrap();
-    browser
-        .find("#delete-tunnel")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    wait_page(&browser, "tunnel").await;
+    click(&browser, "#delete-tunnel").await;
     browser.wait_for("#confirm", PATIENCE).await.unwrap();
     // Not without the name typed.
-    browser
-        .find("#confirm-yes")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#confirm-yes").await;
     assert_eq!(
         api.get("/v1/tunnels/scratch").await.status,
         200,
         "deleted without the name typed"
     );
     confirm(&browser, Some("scratch")).await;
-    browser
-        .wait_for("main#view[data-page=tunnels]", PATIENCE)
-        .await
-        .unwrap();
+    wait_page(&browser, "tunnels").await;
     browser
         .wait_gone("tr[data-tunnel=scratch]", PATIENCE)
         .await
@@ -613,13 +490,7 @@ async fn an_operator_watches_and_runs_the_gateway_from_the_dashboard() {
         "tunnel_admin_session={}",
         session["value"].as_str().unwrap()
     );
-    browser
-        .find("#signout")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#signout").await;
     browser.wait_for("#token", PATIENCE).await.unwrap();
     let after = gateway
         .anonymous_api()
@@ -636,10 +507,7 @@ async fn a_read_only_token_sees_everything_changes_nothing_and_keyboard_alone_su
     let gateway = &s.gateway;
     let read = gateway.admin_token("read").await;
     let browser = browser().await;
-    browser
-        .goto(&format!("http://{}/ui/", gateway.admin()))
-        .await
-        .unwrap();
+    open(&browser, gateway, "").await;
     browser.wait_for("#token", PATIENCE).await.unwrap();
 
     // Keyboard only: Tab to the token field, type, Enter.
@@ -663,11 +531,8 @@ async fn a_read_only_token_sees_everything_changes_nothing_and_keyboard_alone_su
         browser.press_key(&c.to_string()).await.unwrap();
     }
     browser.press_key(key::ENTER).await.unwrap();
-    browser
-        .wait_for("main#view[data-page=tunnels]", PATIENCE)
-        .await
-        .unwrap();
-    let who = browser.find("#whoami").await.unwrap().text().await.unwrap();
+    wait_page(&browser, "tunnels").await;
+    let who = text_of(&browser, "#whoami").await;
     assert!(who.contains("read"), "{who}");
     browser
         .wait_text("tr[data-tunnel=wiki] .agents", "1", PATIENCE)
@@ -697,10 +562,7 @@ async fn a_read_only_token_sees_everything_changes_nothing_and_keyboard_alone_su
     }
     assert!(on_link, "Tab never reached the Callers link");
     browser.press_key(key::ENTER).await.unwrap();
-    browser
-        .wait_for("main#view[data-page=callers]", PATIENCE)
-        .await
-        .unwrap();
+    wait_page(&browser, "callers").await;
     assert!(browser.find_all(write_controls).await.unwrap().is_empty());
     browser
         .find("tr[data-tunnel], #callers tbody tr")
@@ -708,10 +570,7 @@ async fn a_read_only_token_sees_everything_changes_nothing_and_keyboard_alone_su
         .expect("the callers are listed");
 
     // The tunnel page shows the agent, without its buttons.
-    browser
-        .goto(&format!("http://{}/ui/#/tunnel/wiki", gateway.admin()))
-        .await
-        .unwrap();
+    open(&browser, gateway, "#/tunnel/wiki").await;
     browser
         .wait_for("main#view[data-page=tunnel] tr[data-conn]", PATIENCE)
         .await
@@ -752,10 +611,7 @@ async fn a_read_only_token_sees_everything_changes_nothing_and_keyboard_alone_su
 
     // The agent gone, a request fails: the tunnel's last error says why.
     drop(s._agent);
-    browser
-        .goto(&format!("http://{}/ui/#/tunnels", gateway.admin()))
-        .await
-        .unwrap();
+    open(&browser, gateway, "#/tunnels").await;
     browser
         .wait_text("tr[data-tunnel=wiki] .agents", "0", PATIENCE)
         .await
@@ -779,14 +635,8 @@ async fn a_read_only_token_sees_everything_changes_nothing_and_keyboard_alone_su
 
     // Readable on a phone: the page itself does not scroll sideways.
     browser.set_window_size(390, 844).await.unwrap();
-    browser
-        .goto(&format!("http://{}/ui/#/tunnels", gateway.admin()))
-        .await
-        .unwrap();
-    browser
-        .wait_for("main#view[data-page=tunnels]", PATIENCE)
-        .await
-        .unwrap();
+    open(&browser, gateway, "#/tunnels").await;
+    wait_page(&browser, "tunnels").await;
     let widths = browser
         .execute(
             "return [document.documentElement.scrollWidth, window.innerWidth];",

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use tests::admin::{find_audit, Operator};
 use tests::lifecycle::{agent_entry, disconnected, reason, TwoNodes};
-use tests::{Agent, AgentOptions, GatewayOptions, PATIENCE};
+use tests::{GatewayOptions, PATIENCE};
 
 fn bytes_of(a: &Value) -> u64 {
     a["bytes_in"].as_u64().unwrap_or(0) + a["bytes_out"].as_u64().unwrap_or(0)
@@ -15,20 +15,8 @@ fn bytes_of(a: &Value) -> u64 {
 async fn agents_are_listed_and_one_is_drained_while_the_other_serves() {
     let mut t = TwoNodes::start(GatewayOptions::new()).await;
     let gateway = &t.gateway;
-    let a = Agent::connect(
-        gateway,
-        &t.tunnel,
-        t.node_a.addr(),
-        AgentOptions::new().name("node-a"),
-    )
-    .await;
-    let _b = Agent::connect(
-        gateway,
-        &t.tunnel,
-        t.node_b.addr(),
-        AgentOptions::new().name("node-b"),
-    )
-    .await;
+    let a = t.agent_a().await;
+    let _b = t.agent_b().await;
     let caller = gateway.caller(&gateway.create_caller("acme").await);
     let write = gateway.admin_token("write").await;
 
@@ -168,13 +156,7 @@ async fn agents_are_listed_and_one_is_drained_while_the_other_serves() {
 async fn an_agent_disconnected_by_the_operator_goes_at_once_and_dials_again() {
     let t = TwoNodes::start(GatewayOptions::new()).await;
     let gateway = &t.gateway;
-    let a = Agent::connect(
-        gateway,
-        &t.tunnel,
-        t.node_a.addr(),
-        AgentOptions::new().name("node-a"),
-    )
-    .await;
+    let a = t.agent_a().await;
     let caller = gateway.caller(&gateway.create_caller("acme").await);
     // A slow request on it: a disconnect, unlike a drain, does not wait.
     let slow = {

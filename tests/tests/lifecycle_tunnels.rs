@@ -18,13 +18,7 @@ fn served_by(o: &tests::admin::Outcome) -> &str {
 async fn a_key_rotated_with_an_overlap_loses_no_request_and_retires_the_old_key_when_it_ends() {
     let t = TwoNodes::start(GatewayOptions::new()).await;
     let gateway = &t.gateway;
-    let agent_a = Agent::connect(
-        gateway,
-        &t.tunnel,
-        t.node_a.addr(),
-        AgentOptions::new().name("node-a"),
-    )
-    .await;
+    let agent_a = t.agent_a().await;
     let caller = gateway.caller(&gateway.create_caller("acme").await);
     let load = RequestLoop::start(&caller, "wiki.test", "/rotate", 2);
     load.wait_more(5).await;
@@ -159,13 +153,7 @@ async fn a_key_rotated_with_an_overlap_loses_no_request_and_retires_the_old_key_
 async fn a_key_rotated_without_overlap_disconnects_old_key_agents_at_once() {
     let t = TwoNodes::start(GatewayOptions::new()).await;
     let gateway = &t.gateway;
-    let agent_a = Agent::connect(
-        gateway,
-        &t.tunnel,
-        t.node_a.addr(),
-        AgentOptions::new().name("node-a"),
-    )
-    .await;
+    let agent_a = t.agent_a().await;
     let mark = gateway.events().mark();
     let (new, printed) = gateway.rotate_key("wiki", "0").await;
     let answered = Instant::now();
