@@ -45,7 +45,7 @@ pub mod connector;
 pub mod counted;
 pub mod live;
 pub mod metrics;
-pub mod per_source;
+pub use telemetry::per_source;
 pub mod plugins;
 pub mod proxy;
 pub mod public_listener;

@@ -21,6 +21,9 @@ use super::ReadyCheck;
 
 /// Most admin connections served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 32;
+/// Most of them from one source ([`crate::per_source`]), so one host
+/// cannot starve health probes or the dashboard of the others.
+const MAX_PER_SOURCE: usize = 8;
 /// Longest an admin connection lives.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -113,11 +116,12 @@ impl Admin {
     }
 
     /// Serves `listener` until the task is dropped. One request per
-    /// connection; past [`MAX_CONNECTIONS`] at once, new connections are
-    /// closed at once rather than left waiting, so slow or idle clients
-    /// cannot stall health probes.
+    /// connection; past [`MAX_CONNECTIONS`] at once, or [`MAX_PER_SOURCE`]
+    /// from one source, new connections are closed at once rather than
+    /// left waiting, so slow or idle clients cannot stall health probes.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let sources = crate::per_source::PerSource::new(MAX_PER_SOURCE);
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -127,13 +131,17 @@ impl Admin {
                     continue;
                 }
             };
+            let Some(source) = sources.try_acquire(peer.ip()) else {
+                drop(stream);
+                continue;
+            };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 drop(stream);
                 continue;
             };
             let admin = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _held = (permit, source);
                 let served = async {
                     let Some(cfg) = admin.tls.clone() else {
                         return admin.serve_connection(stream, peer).await;
@@ -209,5 +217,75 @@ pub fn bind(
             Ok(None)
         }
         Err(e) => Err(anyhow::anyhow!("binding admin.listen {addr}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `GET /healthz` from `source`: the answer's first line, or what went
+    /// wrong.
+    async fn healthz(addr: std::net::SocketAddr, source: &str) -> String {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return "closed".into();
+        }
+        let mut got = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await {
+            Ok(Ok(_)) if got.is_empty() => "closed".into(),
+            Ok(Ok(_)) => String::from_utf8_lossy(&got)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .into(),
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no answer".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_source_holding_its_connections_does_not_shut_out_another() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = Arc::new(Admin {
+            registry: Arc::new(Registry::default()),
+            ready: Arc::new(|| Ok(())),
+            api: None,
+            tls: None,
+        });
+        tokio::spawn(admin.serve(listener));
+        assert_eq!(healthz(addr, "127.0.0.1").await, "HTTP/1.1 200 OK");
+        // One host opens its whole share and sends nothing.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_PER_SOURCE {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Its next connection is closed without an answer...
+        let refused = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                // (the listener may not have accepted all of them yet)
+                let got = healthz(addr, "127.0.0.1").await;
+                if got != "HTTP/1.1 200 OK" {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the source's share filled");
+        assert!(
+            refused == "closed" || refused.starts_with("error"),
+            "{refused}"
+        );
+        // ...while another host is served.
+        assert_eq!(healthz(addr, "127.0.0.2").await, "HTTP/1.1 200 OK");
+        drop(idle);
     }
 }

@@ -14,6 +14,7 @@
 pub mod admin;
 mod config;
 mod export;
+pub mod per_source;
 
 use std::sync::Arc;
 
