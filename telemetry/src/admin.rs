@@ -23,7 +23,7 @@ use super::ReadyCheck;
 const MAX_CONNECTIONS: usize = 32;
 /// Most of them from one source ([`crate::per_source`]), so one host
 /// cannot starve health probes or the dashboard of the others.
-const MAX_PER_SOURCE: usize = 8;
+const MAX_PER_SOURCE: usize = 16;
 /// Longest an admin connection lives.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
