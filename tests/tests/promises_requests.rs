@@ -143,13 +143,16 @@ async fn with_every_sandbox_busy_requests_get_503_retry_after_and_reach_nothing(
     // probe may take the sandbox first, and the spinning request is then
     // the one refused: it is sent again.)
     let mut spinning = spin(&caller);
+    // Spinning requests that were refused as busy themselves (a probe had
+    // the sandbox): each counts as a busy failure too.
+    let mut refused_spinners = Vec::new();
     let served = AtomicU64::new(0);
     let served_ref = &served;
     let mut n = 0;
     let first = eventually("a request refused as busy", PATIENCE, || {
         n += 1;
         if spinning.is_finished() {
-            spinning = spin(&caller);
+            refused_spinners.push(std::mem::replace(&mut spinning, spin(&caller)));
         }
         let probe = caller.get("wiki.test", &format!("/probe-{n}")).send();
         let sent = n;
@@ -168,6 +171,12 @@ async fn with_every_sandbox_busy_requests_get_503_retry_after_and_reach_nothing(
     .await;
     let served = served.load(Ordering::SeqCst);
     let mut busy = 1;
+    for refused in refused_spinners {
+        let reply = refused.await.unwrap();
+        assert_eq!(reply.status, 503, "{reply:?}");
+        assert_eq!(reply.first_line(), busy_body, "{reply:?}");
+        busy += 1;
+    }
 
     // While it spins, every request that needs a sandbox is refused.
     let probes: Vec<_> = (0..4)
