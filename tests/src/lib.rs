@@ -162,3 +162,23 @@ pub(crate) fn toml_str(s: &str) -> String {
 pub(crate) fn toml_duration(d: std::time::Duration) -> String {
     toml_str(&protocol::duration::show(d))
 }
+
+/// Seconds since the Unix epoch now (OAuth timestamps, expiries).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// An OAuth 1.0a `Authorization` header for consumer `jira` with `nonce`
+/// and `timestamp` and a placeholder signature: what the oauth1 plugin
+/// checks without consumers (parameters, timestamp window, nonce); a
+/// service would verify the signature.
+pub fn oauth_header(nonce: &str, timestamp: u64) -> String {
+    format!(
+        "OAuth oauth_consumer_key=\"jira\", oauth_nonce=\"{nonce}\", \
+         oauth_signature_method=\"HMAC-SHA1\", oauth_timestamp=\"{timestamp}\", \
+         oauth_version=\"1.0\", oauth_signature=\"c2lnbmF0dXJl\""
+    )
+}

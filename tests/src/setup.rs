@@ -29,7 +29,17 @@ impl WikiTunnel {
 
     /// The usual setup with extra gateway options and a chosen service.
     pub async fn start_with(opts: GatewayOptions, wiki: Upstream) -> WikiTunnel {
-        let gateway = Gateway::start(opts.route("wiki.test", "wiki")).await;
+        Self::started(Gateway::start(opts.route("wiki.test", "wiki")).await, wiki).await
+    }
+
+    /// The usual tunnel, echo service, agent and caller behind a gateway
+    /// whose options route to `wiki` themselves (with the plugins a story
+    /// wants on the route).
+    pub async fn start_routed(opts: GatewayOptions) -> WikiTunnel {
+        Self::started(Gateway::start(opts).await, upstream::echo("wiki").await).await
+    }
+
+    async fn started(gateway: Gateway, wiki: Upstream) -> WikiTunnel {
         let tunnel = gateway.create_tunnel("acme", "wiki").await;
         let agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
         let token = gateway.create_caller("acme").await;

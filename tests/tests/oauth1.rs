@@ -19,8 +19,6 @@
 //! - a request without OAuth is refused, unless the route allows unsigned
 //!   requests (where signed ones are still checked).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{json, Value};
 use tests::caller::Call;
 use tests::upstream::oauthlib::{self, OauthService, Sign, Signed};
@@ -47,13 +45,6 @@ const SEARCH: &str = "/rest/api/2/search?jql=project%20%3D%20OPS+AND+text%20~%20
 /// A form body with the same kind of parts.
 const COMMENT: &str = "body=Deployed+via+the+gateway+%26+agent%21&visibility=role%3AAdmins\
                        &label=~edge&label=a%2Bb&notify=";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
 
 fn url(target: &str) -> String {
     format!("{PUBLIC}{target}")
@@ -127,7 +118,7 @@ async fn oauth1_requests_are_verified_at_the_edge_as_oauthlib_verifies_them() {
         rsa("GET", &search),
         rsa("GET", &search),
         Sign::rsa_with_a_wrong_key("GET", &search, RSA_CONSUMER),
-        rsa("GET", &search).timestamp(now() - 3600),
+        rsa("GET", &search).timestamp(tests::unix_now() - 3600),
         rsa("GET", &search),
         hmac("GET", &issue).realm("Jira"),
         Sign::hmac("GET", &issue, HMAC_CONSUMER, "not-the-secret").token(TOKEN, TOKEN_SECRET),

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use tests::{bin_path, plugin_wasm, upstream, Agent, AgentOptions, Gateway};
+use tests::setup::WikiTunnel;
+use tests::{bin_path, plugin_wasm, Gateway};
 use tests::{GatewayOptions, Route};
 use tokio::process::Command;
 
@@ -130,16 +131,18 @@ async fn a_plugin_made_from_the_template_is_checked_installed_and_decides_reques
     );
 
     // Installed, it decides the route's requests.
-    let gateway = Gateway::start(
+    let WikiTunnel {
+        gateway: _gateway,
+        wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(
         GatewayOptions::new()
             .plugin_file("team-rule", std::fs::read(&wasm).unwrap())
             .with_route(Route::new("wiki.test", "wiki").plugin("team-rule", TEAM_CONFIG)),
     )
     .await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
 
     let reply = caller
         .get("wiki.test", "/pages/1")

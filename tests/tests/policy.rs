@@ -19,6 +19,7 @@
 
 use std::time::{Duration, Instant};
 
+use tests::setup::WikiTunnel;
 use tests::{plugin_wasm, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +155,13 @@ async fn misbehaving_plugins_fail_closed_within_the_deadline() {
     let timeout_ms = 2000;
     // One proxy thread: a spinning plugin that held it would stall the
     // healthy route's request.
-    let gateway = Gateway::start(
+    let WikiTunnel {
+        gateway,
+        wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(
         GatewayOptions::new()
             .env("GATEWAY__SERVER__THREADS", "1")
             .plugin_setting("call_timeout", &format!("\"{timeout_ms}ms\""))
@@ -171,10 +178,6 @@ async fn misbehaving_plugins_fail_closed_within_the_deadline() {
             .with_route(Route::new("wiki.test", "wiki").plugin("org-check", "")),
     )
     .await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
 
     // Four spinning requests at once, and the healthy route answering
     // while they spin: a spinning plugin yields its thread.
@@ -260,17 +263,19 @@ async fn misbehaving_plugins_fail_closed_within_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaced_plugins_reload_without_a_restart_and_broken_ones_are_refused() {
     let authz_rules = r#"{"rules": [{"methods": ["GET"]}]}"#;
-    let gateway = Gateway::start(
+    let WikiTunnel {
+        gateway,
+        wiki: _wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(
         GatewayOptions::new()
             .plugin_setting("reload_interval", "\"100ms\"")
             .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "allow"))
             .with_route(Route::new("api.test", "wiki").plugin("authz", authz_rules)),
     )
     .await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
     let pid = gateway.pid();
 
     assert_eq!(caller.get("wiki.test", "/").send().await.status, 200);

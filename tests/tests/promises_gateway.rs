@@ -328,8 +328,6 @@ mod replay_set {
     //! of the plugin file: a nonce seen before either is still refused after
     //! it, and a full set stays full.
 
-    use std::time::{SystemTime, UNIX_EPOCH};
-
     use sha2::{Digest as _, Sha256};
     use tests::upstream::{self, Upstream};
     use tests::{plugin_wasm, scrape, Agent, AgentOptions, Caller, Gateway, GatewayOptions, Reply};
@@ -343,23 +341,6 @@ mod replay_set {
     fn oauth1_config(window_secs: u64) -> String {
         format!(
             r#"{{"public_base_url": "https://jira.example.com", "timestamp_window_secs": {window_secs}}}"#
-        )
-    }
-
-    fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs()
-    }
-
-    /// An OAuth 1.0a header with `nonce`; the plugin records
-    /// (consumer, token, timestamp, nonce).
-    fn oauth(nonce: &str, timestamp: u64) -> String {
-        format!(
-            "OAuth oauth_consumer_key=\"jira\", oauth_nonce=\"{nonce}\", \
-             oauth_signature_method=\"HMAC-SHA1\", oauth_timestamp=\"{timestamp}\", \
-             oauth_version=\"1.0\", oauth_signature=\"c2lnbmF0dXJl\""
         )
     }
 
@@ -389,7 +370,7 @@ mod replay_set {
         async fn send(&self, host: &str, nonce: &str) -> Reply {
             self.caller
                 .get(host, "/rest/api/2/myself")
-                .header("authorization", &oauth(nonce, self.timestamp))
+                .header("authorization", &tests::oauth_header(nonce, self.timestamp))
                 .send()
                 .await
         }
@@ -494,7 +475,7 @@ mod replay_set {
             gateway,
             service,
             caller,
-            timestamp: now(),
+            timestamp: tests::unix_now(),
             _agent: agent,
         };
 

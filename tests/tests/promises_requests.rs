@@ -27,9 +27,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use tests::body;
-use tests::{
-    eventually, scrape, upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route, PATIENCE,
-};
+use tests::setup::WikiTunnel;
+use tests::{eventually, scrape, Agent, AgentOptions, Gateway, GatewayOptions, Route, PATIENCE};
 
 // ---------------------------------------------------------------------
 // WASI imports.
@@ -94,16 +93,18 @@ async fn a_plugin_importing_wasi_is_refused_at_start_and_at_reload_naming_the_im
     );
 
     // At reload: refused the same way, and the running version serves on.
-    let gateway = Gateway::start(
+    let WikiTunnel {
+        gateway,
+        wiki: _wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(
         GatewayOptions::new()
             .plugin_setting("reload_interval", "\"100ms\"")
             .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "allow")),
     )
     .await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
     let mark = gateway.events().mark();
     gateway.replace_plugin("faulty", &wasi_component());
     let rejected = gateway
@@ -124,7 +125,13 @@ async fn a_plugin_importing_wasi_is_refused_at_start_and_at_reload_naming_the_im
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_sandbox_busy_requests_get_503_retry_after_and_reach_nothing() {
     let deadline_ms = 5000;
-    let gateway = Gateway::start(
+    let WikiTunnel {
+        gateway,
+        wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(
         GatewayOptions::new()
             .plugin_setting("max_sandboxes", "1")
             .plugin_setting("call_timeout", &format!("\"{deadline_ms}ms\""))
@@ -132,10 +139,6 @@ async fn with_every_sandbox_busy_requests_get_503_retry_after_and_reach_nothing(
             .with_route(Route::new("wiki.test", "wiki").plugin("faulty", "allow")),
     )
     .await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
     let busy_body = "policy sandboxes are all busy; retry shortly";
     let spin = |c: &tests::Caller| tokio::spawn(c.get("spin.test", "/spin").send());
 
@@ -357,11 +360,13 @@ async fn decisions_the_gateway_will_not_apply_are_500_and_reach_nothing() {
     for (host, plugin, config, _, _) in &cases {
         opts = opts.with_route(Route::new(host, "wiki").plugin(plugin, config));
     }
-    let gateway = Gateway::start(opts).await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
+    let WikiTunnel {
+        gateway,
+        wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(opts).await;
 
     // The plugin does work, and its edits are applied when allowed.
     let team = caller.get("team.test", "/page").send().await;

@@ -1,6 +1,7 @@
 //! Story: the gateway sends each request to the tunnel its Host (and path)
 //! names, and answers 404 for anything it has no route for.
 
+use tests::setup::WikiTunnel;
 use tests::{upstream, Agent, AgentOptions, Gateway, GatewayOptions, Route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,11 +79,13 @@ async fn requests_reach_the_tunnel_their_host_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_is_reachable_by_name_under_the_base_domain() {
-    let gateway = Gateway::start(GatewayOptions::new().base_domain("tunnels.test")).await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
+    let WikiTunnel {
+        gateway: _gateway,
+        wiki: _wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(GatewayOptions::new().base_domain("tunnels.test")).await;
 
     let reply = caller.get("wiki.tunnels.test", "/space/KEY").send().await;
     let echo = reply.echo();
@@ -102,11 +105,13 @@ async fn a_tunnel_is_reachable_by_name_under_the_base_domain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_gets_404_and_reaches_no_service() {
-    let gateway = Gateway::start(GatewayOptions::new().route("wiki.test", "wiki")).await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
+    let WikiTunnel {
+        gateway: _gateway,
+        wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(GatewayOptions::new().route("wiki.test", "wiki")).await;
 
     for host in ["unknown.test", "wiki.test.evil", "ki.test"] {
         let reply = caller.get(host, "/").send().await;

@@ -16,7 +16,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -181,16 +180,18 @@ async fn plugin_folders_and_files_writable_by_others_are_refused() {
 
     // Running: a file made group-writable is reported and not reloaded;
     // the loaded version keeps serving.
-    let gateway = Gateway::start(
+    let WikiTunnel {
+        gateway,
+        wiki: _wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(
         GatewayOptions::new()
             .plugin_setting("reload_interval", "\"100ms\"")
             .with_route(Route::new("wiki.test", "wiki").plugin("org-check", "")),
     )
     .await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
     let mark = gateway.events().mark();
     let installed = gateway.plugins_dir().join("org-check.wasm");
     chmod(&installed, 0o666);
@@ -251,23 +252,6 @@ async fn key_encryption_key_files_writable_by_others_are_refused() {
     assert_eq!(t.caller.get("wiki.test", "/").send().await.status, 200);
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// An OAuth 1.0a header the plugin checks without consumers (parameters,
-/// timestamp, nonce); the service would verify the signature.
-fn oauth(nonce: &str, timestamp: u64) -> String {
-    format!(
-        "OAuth oauth_consumer_key=\"jira\", oauth_nonce=\"{nonce}\", \
-         oauth_signature_method=\"HMAC-SHA1\", oauth_timestamp=\"{timestamp}\", \
-         oauth_version=\"1.0\", oauth_signature=\"c2lnbmF0dXJl\""
-    )
-}
-
 fn is_nonce_used(r: &Reply) -> bool {
     r.status == 401 && r.text() == "oauth_problem=nonce_used\n"
 }
@@ -298,11 +282,11 @@ async fn one_organization_flooding_fresh_nonces_cannot_deny_oauth_to_another() {
     let _b = Agent::connect(&gateway, &tb, jira.addr(), AgentOptions::new()).await;
     let acme = gateway.caller(&gateway.create_caller("acme").await);
     let globex = gateway.caller(&gateway.create_caller("globex").await);
-    let ts = now();
+    let ts = tests::unix_now();
     let send = |caller: &tests::Caller, host: &'static str, nonce: String| {
         let call = caller
             .get(host, "/rest/api/2/myself")
-            .header("authorization", &oauth(&nonce, ts));
+            .header("authorization", &tests::oauth_header(&nonce, ts));
         async move { call.send().await }
     };
 
@@ -346,14 +330,16 @@ async fn one_organization_flooding_fresh_nonces_cannot_deny_oauth_to_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_survived_its_memory_limit_does_not_turn_a_later_trap_into_a_memory_failure()
 {
-    let gateway = Gateway::start(
+    let WikiTunnel {
+        gateway,
+        wiki: _wiki,
+        agent: _agent,
+        caller,
+        ..
+    } = WikiTunnel::start_routed(
         GatewayOptions::new().with_route(Route::new("wiki.test", "wiki").plugin("faulty", "count")),
     )
     .await;
-    let tunnel = gateway.create_tunnel("acme", "wiki").await;
-    let wiki = upstream::echo("wiki").await;
-    let _agent = Agent::connect(&gateway, &tunnel, wiki.addr(), AgentOptions::new()).await;
-    let caller = gateway.caller(&gateway.create_caller("acme").await);
 
     // The plugin asks for more than its limit, takes the refusal, allows.
     let hog = caller.get("wiki.test", "/hog").send().await;
