@@ -704,6 +704,29 @@ async fn the_dashboard_session_needs_its_csrf_token_and_dies_with_its_admin_toke
     // Reads need only the cookie; a change also needs the CSRF token, and
     // not from another site.
     assert_eq!(session.get("/v1/tunnels").await.status, 200);
+    // Hostile or mistyped input gets a clear 4xx, never a panic.
+    for (path, status) in [
+        ("/v1/activity?tunnel=../etc", 400),
+        ("/v1/activity?tunnel=wiki&x=1", 400),
+        ("/v1/activity?tunnel=wiki", 200),
+        ("/v1/refusals?limit=0", 400),
+        ("/v1/refusals?limit=501", 400),
+        ("/v1/refusals?limit=x", 400),
+        ("/v1/plugins?x=1", 400),
+        ("/ui/../Cargo.toml", 404),
+    ] {
+        let got = session.get(path).await;
+        assert_eq!(got.status, status, "{path}: {got:?}");
+    }
+    let typed = anon.post("/ui/session", json!({"token": 5})).await;
+    assert_eq!(typed.status, 400, "{typed:?}");
+    assert!(typed.error().contains("token"), "{typed:?}");
+    let extra = anon
+        .post("/ui/session", json!({"token": "at_x", "admin": true}))
+        .await;
+    assert_eq!(extra.status, 400, "{extra:?}");
+    let put = anon.request(http::Method::PUT, "/ui/session", None).await;
+    assert_eq!(put.status, 405, "{put:?}");
     let new = json!({"org": "acme", "name": "wiki"});
     let forged = session.post("/v1/tunnels", new.clone()).await;
     assert_eq!(forged.status, 403, "{forged:?}");
