@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing:
-# cmake (pingora builds zlib-ng with it), Chromium and its WebDriver (the
+# cmake (pingora builds zlib-ng with it), PostgreSQL's server (the
+# store's tests on PostgreSQL), Chromium and its WebDriver (the
 # dashboard's browser tests), the wasm32-wasip2 target
 # (policy plugins), rustfmt and clippy, cargo-deny (scripts/lint.sh) and
 # Python's oauthlib (the OAuth 1.0a end-to-end test).
@@ -20,6 +21,8 @@ command -v cmake >/dev/null || missing+=(cmake)
 # headless Chromium through its WebDriver.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# The store's PostgreSQL tests run a throwaway cluster (scripts/pg.sh).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 for pkg in "$@"; do
   case "$pkg" in
     # The bench's reverse-proxy peer; Debian puts it in /usr/sbin, which a

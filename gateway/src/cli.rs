@@ -319,7 +319,7 @@ fn dispatch(cfg: &GatewayConfig, op: Op) -> anyhow::Result<Value> {
         }
         let store = Store::open(&cfg.store)
             .await
-            .with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+            .with_context(|| format!("opening store {}", cfg.store.describe()))?;
         let who = Actor {
             actor: format!("cli:{user}"),
             source: "local".into(),

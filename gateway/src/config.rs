@@ -299,8 +299,15 @@ impl AgentsSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// SQLite database file, created if missing.
+    /// SQLite database file, created if missing. With `url`, no database
+    /// is made here: the path only names this instance's runtime file
+    /// (`<path>.admin`, how the CLI finds the running gateway).
     pub path: PathBuf,
+    /// A PostgreSQL database (`postgres://user:password@host/db` or
+    /// `postgres:///db?host=/run/postgresql`) shared by several gateway
+    /// instances, instead of the SQLite file. The password is never shown.
+    #[serde(default)]
+    pub url: Option<StoreUrl>,
     /// File holding the 32-byte key-encryption key (base64). Created with
     /// mode 0600 by the admin commands when missing.
     #[serde(default)]
@@ -318,6 +325,79 @@ pub struct StoreSection {
         serialize_with = "protocol::duration::serialize"
     )]
     pub refresh: Duration,
+}
+
+/// `store.url`: shown (`Debug`, `Display`, serialized) with its password
+/// replaced by `MASKED`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreUrl(url.into())
+    }
+
+    /// The URL itself, password included: for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn masked(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("MASKED"));
+                }
+                // A password may also be a query parameter.
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k.eq_ignore_ascii_case("password") {
+                            "MASKED".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                if !pairs.is_empty() {
+                    u.query_pairs_mut().clear().extend_pairs(pairs);
+                }
+                u.to_string()
+            }
+            Err(_) => "(not a URL)".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({})", self.masked())
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl Serialize for StoreUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+impl StoreSection {
+    /// What the store is, for messages: the SQLite file, or the URL
+    /// without its password.
+    pub fn describe(&self) -> String {
+        match &self.url {
+            Some(u) => u.to_string(),
+            None => self.path.display().to_string(),
+        }
+    }
 }
 
 /// Caller authentication.

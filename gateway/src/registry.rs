@@ -655,6 +655,7 @@ mod tests {
             path: dir.join("g.db"),
             kek_file: Some(dir.join("kek")),
             kek_env: None,
+            url: None,
             refresh: std::time::Duration::from_secs(5),
         })
         .await

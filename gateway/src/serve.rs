@@ -71,6 +71,21 @@ impl BackgroundService for TunnelServices {
                 }
             }
         };
+        // PostgreSQL: another instance's change (a revoked caller, a
+        // rotated key, a deleted tunnel) is notified; the tables are read
+        // again at once and its agents judged again.
+        let notified = async {
+            let mut sd = shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = self.registry.store().changed() => {
+                        self.registry.refresh().await;
+                        self.registry.enforce();
+                    }
+                    _ = sd.changed() => break,
+                }
+            }
+        };
         let stop_reloads = async {
             let mut sd = shutdown.clone();
             let _ = sd.changed().await;
@@ -80,6 +95,7 @@ impl BackgroundService for TunnelServices {
             self.agents.start(shutdown.clone()),
             refresh,
             enforce,
+            notified,
             stop_reloads
         );
     }
@@ -240,7 +256,12 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         .build()?;
     let store = store_rt
         .block_on(Store::open(&cfg.store))
-        .with_context(|| format!("opening store {}", cfg.store.path.display()))?;
+        .with_context(|| format!("opening store {}", cfg.store.describe()))?;
+    // Listening starts before the first read: a change between the two is
+    // read again, not missed.
+    store_rt
+        .block_on(store.listen())
+        .context("listening for the store's changes")?;
     let registry = Arc::new(Registry::new(store, store_rt.handle().clone()));
     // The tables are read before anything is served: the admin API and
     // `enforce` work on them from the first request.

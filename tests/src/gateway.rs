@@ -121,12 +121,28 @@ pub struct GatewayOptions {
     admin_settings: Vec<(String, String)>,
     plugin_files: Vec<(String, Vec<u8>)>,
     agents_settings: Vec<(String, String)>,
+    store_url: Option<String>,
+    kek_file: Option<PathBuf>,
 }
 
 impl GatewayOptions {
     /// No routes, a fresh PKI, a temp work dir.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// `store.url`: the store is this PostgreSQL database instead of a
+    /// SQLite file in the work dir.
+    pub fn store_url(mut self, url: &str) -> Self {
+        self.store_url = Some(url.into());
+        self
+    }
+
+    /// `store.kek_file`: the key-encryption key (several instances on one
+    /// store share it); a file in the work dir by default.
+    pub fn kek_file(mut self, path: &Path) -> Self {
+        self.kek_file = Some(path.into());
+        self
     }
 
     /// Adds a route from `host` to the tunnel named `tunnel`.
@@ -724,8 +740,11 @@ fn write_config(path: &Path, opts: &GatewayOptions, pki: &Pki, dir: &Path, agent
     c += &format!(
         "\n[store]\npath = {}\nkek_file = {}\n",
         path_str(&dir.join("gateway.db")),
-        path_str(&dir.join("kek"))
+        path_str(opts.kek_file.as_deref().unwrap_or(&dir.join("kek")))
     );
+    if let Some(url) = &opts.store_url {
+        c += &format!("url = {}\n", toml_str(url));
+    }
     c += "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     for (key, value) in &opts.admin_settings {
         c += &format!("{key} = {value}\n");

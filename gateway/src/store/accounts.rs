@@ -114,7 +114,7 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-fn caller_record(r: &sqlx::sqlite::SqliteRow, now: i64) -> CallerRecord {
+fn caller_record(r: &sqlx::any::AnyRow, now: i64) -> CallerRecord {
     let expires_at: Option<i64> = r.get("expires_at");
     let revoked_at: Option<i64> = r.get("revoked_at");
     CallerRecord {
@@ -135,7 +135,7 @@ fn caller_record(r: &sqlx::sqlite::SqliteRow, now: i64) -> CallerRecord {
     }
 }
 
-fn admin_token_info(r: &sqlx::sqlite::SqliteRow) -> AdminTokenInfo {
+fn admin_token_info(r: &sqlx::any::AnyRow) -> AdminTokenInfo {
     let scope: String = r.get("scope");
     AdminTokenInfo {
         id: r.get("id"),
@@ -188,7 +188,7 @@ impl Store {
         let (token, prefix) = new_token("ct_");
         sqlx::query(
             "INSERT INTO callers (id, org, token_hash, created_at, name, token_prefix, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&id)
         .bind(org)
@@ -223,12 +223,12 @@ impl Store {
 
     /// Revokes a caller for good. Revoking twice keeps the first time.
     pub async fn revoke_caller(&self, id: &str) -> Result<CallerRecord, StoreError> {
-        sqlx::query("UPDATE callers SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+        sqlx::query("UPDATE callers SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(now_secs())
             .bind(id)
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query(&format!("{CALLER_SELECT} WHERE id = ?"))
+        let row = sqlx::query(&format!("{CALLER_SELECT} WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -272,7 +272,7 @@ impl Store {
         let now = now_secs();
         sqlx::query(
             "INSERT INTO admin_tokens (id, name, scope, token_hash, token_prefix, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(name)
@@ -303,12 +303,12 @@ impl Store {
 
     /// Revokes an admin token for good.
     pub async fn revoke_admin_token(&self, id: &str) -> Result<AdminTokenInfo, StoreError> {
-        sqlx::query("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+        sqlx::query("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(now_secs())
             .bind(id)
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query(&format!("{ADMIN_SELECT} WHERE id = ?"))
+        let row = sqlx::query(&format!("{ADMIN_SELECT} WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?

@@ -50,8 +50,9 @@ impl Store {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let detail = clip(&e.detail.to_string());
-        let id = sqlx::query(
-            "INSERT INTO audit (at_ms, actor, source, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO audit (at_ms, actor, source, action, object, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(at)
         .bind(clip(&e.actor))
@@ -59,9 +60,8 @@ impl Store {
         .bind(e.action)
         .bind(clip(&e.object))
         .bind(&detail)
-        .execute(&self.pool)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(&self.pool)
+        .await?;
         Ok(AuditRecord {
             id,
             at,
@@ -77,9 +77,9 @@ impl Store {
     pub async fn audit_list(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, at_ms, actor, source, action, object, detail FROM audit \
-             ORDER BY id DESC LIMIT ?",
+             ORDER BY id DESC LIMIT $1",
         )
-        .bind(limit.min(MAX_LIST))
+        .bind(i64::from(limit.min(MAX_LIST)))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

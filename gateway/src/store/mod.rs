@@ -1,5 +1,12 @@
-//! Tunnel, caller and admin-token storage: SQLite through `sqlx`.
+//! Tunnel, caller and admin-token storage through `sqlx`: SQLite (a file,
+//! the default) or PostgreSQL (`store.url`, shared by several gateways).
 //!
+//! - The queries are written once, for sqlx's `Any` driver, in the SQL
+//!   both databases read (`$1` parameters, `RETURNING`); the schema has a
+//!   migration list for each ([`schema`]).
+//! - On PostgreSQL a trigger notifies every change to tunnels, callers and
+//!   admin tokens; [`Store::listen`] turns those notifications into
+//!   rereads, so another instance's change is seen at once.
 //! - Tunnel keys are sealed under a key-encryption key ([`kek`]); a
 //!   rotated tunnel keeps its previous key, sealed the same way, until its
 //!   overlap ends ([`Store::rotate_key`]). [`Store::rekey`] reseals every
@@ -11,15 +18,18 @@ pub mod accounts;
 pub mod audit;
 pub mod kek;
 mod schema;
+#[doc(hidden)]
+pub mod testdb;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use protocol::TunnelKey;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 
 pub use accounts::{AdminScope, AdminTokenInfo, CallerInfo, CallerRecord};
 pub use audit::{AuditEntry, AuditRecord};
@@ -121,10 +131,22 @@ fn random_id(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", hex::encode(b))
 }
 
+/// Which database a store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    /// PostgreSQL, once [`Store::listen`] runs: one more for every change
+    /// notified (and for every reconnection of the listening connection,
+    /// which may have missed some), and a wake-up for whoever rereads.
+    changes: Arc<Changes>,
     /// The KEK keys are sealed under, first; after a rekey (or when an
     /// interrupted one left `<kek_file>.new`), the other one too, so a key
     /// read during the switch still opens.
@@ -132,26 +154,69 @@ pub struct Store {
     cfg: StoreSection,
 }
 
-/// What the database files looked like (length and modification time of
-/// the file and its write-ahead log): when it differs from the last one
-/// seen, another process changed the store.
-pub type StoreStamp = [(u64, std::time::SystemTime); 2];
+/// How the store looked: when it differs from the last one seen, another
+/// process changed the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreStamp {
+    /// SQLite: the length and modification time of the database file and
+    /// its write-ahead log.
+    Files([(u64, std::time::SystemTime); 2]),
+    /// PostgreSQL: how many changes were notified.
+    Notified(u64),
+}
+
+/// The changes another process made, as notified.
+#[derive(Debug, Default)]
+struct Changes {
+    seen: AtomicU64,
+    wake: tokio::sync::Notify,
+    listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// How long the listening connection waits before connecting again after
+/// it failed (doubling up to [`LISTEN_BACKOFF_MAX`]).
+const LISTEN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+const LISTEN_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a query may wait for a connection of the pool.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Store {
     /// Opens (creating if missing) the database, brings its schema up to
     /// date and loads the KEK.
     pub async fn open(cfg: &StoreSection) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::new()
-            .filename(&cfg.path)
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_with(opts)
-            .await?;
-        schema::migrate(&pool).await?;
+        sqlx::any::install_default_drivers();
+        let (pool, backend) = match &cfg.url {
+            Some(url) => (
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(postgres_options(url.expose())?)
+                    .await?,
+                Backend::Postgres,
+            ),
+            None => (
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // WAL: readers do not wait for a writer. The Any
+                    // driver's options are a URL, which has no place for it.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("PRAGMA journal_mode = WAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA busy_timeout = 5000")
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(sqlite_options(&cfg.path)?)
+                    .await?,
+                Backend::Sqlite,
+            ),
+        };
+        schema::migrate(&pool, backend).await?;
         let tunnels: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tunnels")
             .fetch_one(&pool)
             .await?;
@@ -169,6 +234,8 @@ impl Store {
         }
         Ok(Store {
             pool,
+            backend,
+            changes: Arc::default(),
             keks: Arc::new(RwLock::new(keks)),
             cfg: cfg.clone(),
         })
@@ -204,7 +271,7 @@ impl Store {
         let key = TunnelKey::generate();
         let (nonce, ct) = kek::seal(&self.kek(), key.expose(), &id, org, 0)?;
         let res = sqlx::query(
-            "INSERT INTO tunnels (id, name, org, key_nonce, key_ct, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tunnels (id, name, org, key_nonce, key_ct, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(name)
@@ -251,7 +318,7 @@ impl Store {
 
     /// A tunnel by name.
     pub async fn tunnel_by_name(&self, name: &str) -> Result<Option<TunnelRecord>, StoreError> {
-        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE name = ?"))
+        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE name = $1"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -263,7 +330,7 @@ impl Store {
     pub async fn tunnel_with_key(&self, id: &str) -> Result<Option<TunnelKeys>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT id, name, org, key_nonce, key_ct, key_generation, \
-             prev_key_nonce, prev_key_ct, prev_key_until FROM tunnels WHERE id = ?",
+             prev_key_nonce, prev_key_ct, prev_key_until FROM tunnels WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -302,12 +369,12 @@ impl Store {
     /// Deletes a tunnel by name; its keys are gone with it.
     pub async fn delete_tunnel(&self, name: &str) -> Result<TunnelRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE name = ?"))
+        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE name = $1"))
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| not_found("tunnel", name))?;
-        sqlx::query("DELETE FROM tunnels WHERE name = ?")
+        sqlx::query("DELETE FROM tunnels WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -325,7 +392,7 @@ impl Store {
     ) -> Result<(TunnelRecord, TunnelKey), StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT id, org, key_nonce, key_ct, key_generation FROM tunnels WHERE name = ?",
+            "SELECT id, org, key_nonce, key_ct, key_generation FROM tunnels WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -346,8 +413,8 @@ impl Store {
             (None, None, None)
         };
         sqlx::query(
-            "UPDATE tunnels SET key_nonce = ?, key_ct = ?, key_generation = ?, \
-             prev_key_nonce = ?, prev_key_ct = ?, prev_key_until = ? WHERE id = ?",
+            "UPDATE tunnels SET key_nonce = $1, key_ct = $2, key_generation = $3, \
+             prev_key_nonce = $4, prev_key_ct = $5, prev_key_until = $6 WHERE id = $7",
         )
         .bind(&nonce[..])
         .bind(&ct)
@@ -358,7 +425,7 @@ impl Store {
         .bind(&id)
         .execute(&mut *tx)
         .await?;
-        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE id = ?"))
+        let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE id = $1"))
             .bind(&id)
             .fetch_one(&mut *tx)
             .await?;
@@ -405,8 +472,8 @@ impl Store {
             };
             let (pn, pc) = prev.unzip();
             sqlx::query(
-                "UPDATE tunnels SET key_nonce = ?, key_ct = ?, prev_key_nonce = ?, prev_key_ct = ? \
-                 WHERE id = ?",
+                "UPDATE tunnels SET key_nonce = $1, key_ct = $2, prev_key_nonce = $3, prev_key_ct = $4 \
+                 WHERE id = $5",
             )
             .bind(&n[..])
             .bind(&c)
@@ -428,20 +495,91 @@ impl Store {
         &self.cfg
     }
 
-    /// How the database files look now (two `stat` calls, no query).
-    pub fn stamp(&self) -> StoreStamp {
-        let look = |p: &std::path::Path| {
-            std::fs::metadata(p).map_or((0, std::time::UNIX_EPOCH), |m| {
-                (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))
-            })
-        };
-        let mut wal = self.cfg.path.clone().into_os_string();
-        wal.push("-wal");
-        [look(&self.cfg.path), look(Path::new(&wal))]
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
-    /// Closes the pool, flushing the database.
+    /// How the store looks now: on SQLite two `stat` calls, on PostgreSQL
+    /// the count of changes notified; no query.
+    pub fn stamp(&self) -> StoreStamp {
+        match self.backend {
+            Backend::Postgres => StoreStamp::Notified(self.changes.seen.load(Ordering::Acquire)),
+            Backend::Sqlite => {
+                let look = |p: &std::path::Path| {
+                    std::fs::metadata(p).map_or((0, std::time::UNIX_EPOCH), |m| {
+                        (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))
+                    })
+                };
+                let mut wal = self.cfg.path.clone().into_os_string();
+                wal.push("-wal");
+                StoreStamp::Files([look(&self.cfg.path), look(Path::new(&wal))])
+            }
+        }
+    }
+
+    /// PostgreSQL: listens for the changes every instance makes (the
+    /// schema's trigger notifies them), from before this returns, so a
+    /// change right after is not missed. Each one makes [`Store::stamp`]
+    /// differ and wakes [`Store::changed`]. A lost listening connection
+    /// is made again (with backoff), and counts as a change, since
+    /// notifications sent meanwhile are lost. Nothing to do on SQLite.
+    pub async fn listen(&self) -> Result<(), StoreError> {
+        let Some(url) = &self.cfg.url else {
+            return Ok(());
+        };
+        let mut listener = sqlx::postgres::PgListener::connect(url.expose()).await?;
+        listener.listen(schema::CHANNEL).await?;
+        let changes = self.changes.clone();
+        let task = tokio::spawn(async move {
+            let mut backoff = LISTEN_BACKOFF;
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => backoff = LISTEN_BACKOFF,
+                    // The connection was lost; the next call makes it again.
+                    Ok(None) => tracing::warn!(
+                        "the store's notification connection was lost; connecting again"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(
+                            "the store's notification connection failed ({e}); trying again in {}",
+                            humantime::format_duration(backoff)
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+                    }
+                }
+                changes.seen.fetch_add(1, Ordering::AcqRel);
+                changes.wake.notify_one();
+            }
+        });
+        if let Some(old) = self
+            .changes
+            .listener
+            .lock()
+            .expect("lock")
+            .replace(task.abort_handle())
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Returns once a change was notified since the last return (at once
+    /// when one is pending). Never returns on SQLite, where a change is
+    /// found by [`Store::stamp`] instead.
+    pub async fn changed(&self) {
+        match self.backend {
+            Backend::Postgres => self.changes.wake.notified().await,
+            Backend::Sqlite => std::future::pending().await,
+        }
+    }
+
+    /// Stops listening and closes the pool, flushing the database.
     pub async fn close(&self) {
+        if let Some(task) = self.changes.listener.lock().expect("lock").take() {
+            task.abort();
+        }
         self.pool.close().await;
     }
 }
@@ -449,7 +587,7 @@ impl Store {
 const TUNNEL_SELECT: &str =
     "SELECT id, name, org, created_at, key_generation, prev_key_until FROM tunnels";
 
-fn tunnel_record(row: &sqlx::sqlite::SqliteRow) -> TunnelRecord {
+fn tunnel_record(row: &AnyRow) -> TunnelRecord {
     let until: Option<i64> = row.get("prev_key_until");
     TunnelRecord {
         info: TunnelInfo {
@@ -461,6 +599,44 @@ fn tunnel_record(row: &sqlx::sqlite::SqliteRow) -> TunnelRecord {
         key_generation: row.get("key_generation"),
         previous_key_valid_until: until.filter(|u| *u > now_secs()),
     }
+}
+
+/// SQLite's options as the `Any` driver takes them: a URL, with the path
+/// percent-encoded (sqlx decodes it) and made absolute.
+fn sqlite_options(path: &Path) -> Result<AnyConnectOptions, StoreError> {
+    const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_');
+    if path.as_os_str().is_empty() {
+        return Err(StoreError::Invalid {
+            field: "store.path",
+            reason: "the SQLite database file must be named (or store.url given)",
+        });
+    }
+    let abs = std::path::absolute(path).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+    let text = abs.to_str().ok_or(StoreError::Invalid {
+        field: "store.path",
+        reason: "the path must be UTF-8",
+    })?;
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        percent_encoding::utf8_percent_encode(text, PATH)
+    );
+    Ok(url.parse()?)
+}
+
+/// PostgreSQL's options from `store.url`; only `postgres://` and
+/// `postgresql://` are taken.
+fn postgres_options(url: &str) -> Result<AnyConnectOptions, StoreError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(StoreError::Invalid {
+            field: "store.url",
+            reason: "a store URL is postgres://… (SQLite is store.path)",
+        });
+    }
+    Ok(url.parse()?)
 }
 
 fn not_found(kind: &'static str, id: &str) -> StoreError {
@@ -489,6 +665,7 @@ mod tests {
             path: dir.join("g.db"),
             kek_file: Some(dir.join("kek")),
             kek_env: None,
+            url: None,
             refresh: std::time::Duration::from_secs(5),
         }
     }
@@ -499,45 +676,90 @@ mod tests {
         d
     }
 
+    /// The stores every test runs on: SQLite in `d/sqlite`, and a new
+    /// database on the tests' PostgreSQL with its KEK in `d/pg`.
+    async fn backends(d: &Path) -> [StoreSection; 2] {
+        let (lite, pg) = (d.join("sqlite"), d.join("pg"));
+        std::fs::create_dir_all(&lite).unwrap();
+        std::fs::create_dir_all(&pg).unwrap();
+        [
+            cfg(&lite),
+            StoreSection {
+                url: Some(crate::config::StoreUrl::new(testdb::fresh_database().await)),
+                ..cfg(&pg)
+            },
+        ]
+    }
+
+    /// Every byte string the store holds in `table` (PostgreSQL), or in
+    /// its files (SQLite): a secret must be found in none.
+    async fn stored_bytes(s: &Store, table: &str) -> Vec<Vec<u8>> {
+        match s.backend() {
+            Backend::Sqlite => {
+                let mut wal = s.cfg.path.clone().into_os_string();
+                wal.push("-wal");
+                vec![
+                    std::fs::read(&s.cfg.path).unwrap(),
+                    std::fs::read(&wal).unwrap_or_default(),
+                ]
+            }
+            Backend::Postgres => {
+                let rows = sqlx::query(&format!(
+                    "SELECT convert_to(CAST(t AS TEXT), 'UTF8') AS b FROM {table} AS t"
+                ))
+                .fetch_all(&s.pool)
+                .await
+                .unwrap();
+                rows.iter().map(|r| r.get::<Vec<u8>, _>("b")).collect()
+            }
+        }
+    }
+
     #[tokio::test]
     async fn tunnel_key_round_trips_encrypted() {
         let d = tmp();
-        let s = Store::open(&cfg(&d)).await.unwrap();
-        let (info, key) = s.create_tunnel("acme", "wiki").await.unwrap();
-        let back = s.tunnel_with_key(&info.id).await.unwrap().unwrap();
-        assert_eq!(back.info, info);
-        assert_eq!(back.current.expose(), key.expose());
-        assert!(back.previous.is_none());
-        // The key is not stored in the clear.
-        let raw = std::fs::read(d.join("g.db")).unwrap();
-        let wal = std::fs::read(d.join("g.db-wal")).unwrap_or_default();
-        for bytes in [raw, wal] {
-            assert!(!bytes.windows(32).any(|w| w == key.expose()));
+        for c in backends(&d).await {
+            let s = Store::open(&c).await.unwrap();
+            let (info, key) = s.create_tunnel("acme", "wiki").await.unwrap();
+            let back = s.tunnel_with_key(&info.id).await.unwrap().unwrap();
+            assert_eq!(back.info, info);
+            assert_eq!(back.current.expose(), key.expose());
+            assert!(back.previous.is_none());
+            // The key is not stored in the clear; the row is there.
+            let stored = stored_bytes(&s, "tunnels").await;
+            assert!(stored.iter().any(|b| b.windows(4).any(|w| w == b"wiki")));
+            for bytes in stored {
+                assert!(!bytes.windows(32).any(|w| w == key.expose()));
+            }
+            assert!(matches!(
+                s.create_tunnel("acme", "wiki").await,
+                Err(StoreError::DuplicateName(_))
+            ));
+            assert!(s.tunnel_with_key("tun_missing").await.unwrap().is_none());
+            let kek_mode = std::fs::metadata(c.kek_file.as_ref().unwrap()).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(kek_mode.permissions().mode() & 0o777, 0o600);
+            s.close().await;
         }
-        assert!(matches!(
-            s.create_tunnel("acme", "wiki").await,
-            Err(StoreError::DuplicateName(_))
-        ));
-        assert!(s.tunnel_with_key("tun_missing").await.unwrap().is_none());
-        let kek_mode = std::fs::metadata(d.join("kek")).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(kek_mode.permissions().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[tokio::test]
     async fn a_row_moved_to_another_tunnel_does_not_decrypt() {
         let d = tmp();
-        let s = Store::open(&cfg(&d)).await.unwrap();
-        let (a, _) = s.create_tunnel("acme", "a").await.unwrap();
-        let (b, _) = s.create_tunnel("other", "b").await.unwrap();
-        sqlx::query("UPDATE tunnels SET key_nonce = (SELECT key_nonce FROM tunnels WHERE id = ?), key_ct = (SELECT key_ct FROM tunnels WHERE id = ?) WHERE id = ?")
-            .bind(&a.id).bind(&a.id).bind(&b.id)
-            .execute(&s.pool).await.unwrap();
-        assert!(matches!(
-            s.tunnel_with_key(&b.id).await,
-            Err(StoreError::Decrypt(_))
-        ));
+        for c in backends(&d).await {
+            let s = Store::open(&c).await.unwrap();
+            let (a, _) = s.create_tunnel("acme", "a").await.unwrap();
+            let (b, _) = s.create_tunnel("other", "b").await.unwrap();
+            sqlx::query("UPDATE tunnels SET key_nonce = (SELECT key_nonce FROM tunnels WHERE id = $1), key_ct = (SELECT key_ct FROM tunnels WHERE id = $2) WHERE id = $3")
+                .bind(&a.id).bind(&a.id).bind(&b.id)
+                .execute(&s.pool).await.unwrap();
+            assert!(matches!(
+                s.tunnel_with_key(&b.id).await,
+                Err(StoreError::Decrypt(_))
+            ));
+            s.close().await;
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -563,22 +785,31 @@ mod tests {
     #[tokio::test]
     async fn wrong_kek_is_refused() {
         let d = tmp();
-        let s = Store::open(&cfg(&d)).await.unwrap();
-        let (a, _) = s.create_tunnel("acme", "a").await.unwrap();
-        s.close().await;
-        std::fs::write(d.join("kek"), STANDARD.encode([7u8; 32])).unwrap();
-        let s = Store::open(&cfg(&d)).await.unwrap();
-        assert!(matches!(
-            s.tunnel_with_key(&a.id).await,
-            Err(StoreError::Decrypt(_))
-        ));
+        for c in backends(&d).await {
+            let s = Store::open(&c).await.unwrap();
+            let (a, _) = s.create_tunnel("acme", "a").await.unwrap();
+            s.close().await;
+            std::fs::write(c.kek_file.as_ref().unwrap(), STANDARD.encode([7u8; 32])).unwrap();
+            let s = Store::open(&c).await.unwrap();
+            assert!(matches!(
+                s.tunnel_with_key(&a.id).await,
+                Err(StoreError::Decrypt(_))
+            ));
+            s.close().await;
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[tokio::test]
     async fn callers_are_kept_by_token_hash_and_revoked_ones_drop_out() {
         let d = tmp();
-        let s = Store::open(&cfg(&d)).await.unwrap();
+        for c in backends(&d).await {
+            callers_on(&Store::open(&c).await.unwrap()).await;
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    async fn callers_on(s: &Store) {
         let (c, token) = s.create_caller("acme").await.unwrap();
         let active = s.active_callers().await.unwrap();
         assert_eq!(active.len(), 1);
@@ -593,18 +824,24 @@ mod tests {
             s.revoke_caller("cal_missing").await,
             Err(StoreError::NotFound { .. })
         ));
-        let raw = std::fs::read(d.join("g.db")).unwrap();
-        let wal = std::fs::read(d.join("g.db-wal")).unwrap_or_default();
-        for bytes in [raw, wal] {
+        let stored = stored_bytes(s, "callers").await;
+        assert!(stored.iter().any(|b| b.windows(4).any(|w| w == b"acme")));
+        for bytes in stored {
             assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
         }
-        std::fs::remove_dir_all(&d).unwrap();
+        s.close().await;
     }
 
     #[tokio::test]
     async fn a_rotated_key_keeps_the_previous_one_for_its_overlap_only() {
         let d = tmp();
-        let s = Store::open(&cfg(&d)).await.unwrap();
+        for c in backends(&d).await {
+            rotation_on(&Store::open(&c).await.unwrap()).await;
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    async fn rotation_on(s: &Store) {
         let (info, k0) = s.create_tunnel("acme", "wiki").await.unwrap();
         let (rec, k1) = s
             .rotate_key("wiki", std::time::Duration::from_secs(3600))
@@ -631,13 +868,21 @@ mod tests {
         ));
         s.delete_tunnel("wiki").await.unwrap();
         assert!(s.tunnel_with_key(&info.id).await.unwrap().is_none());
-        std::fs::remove_dir_all(&d).unwrap();
+        s.close().await;
     }
 
     #[tokio::test]
     async fn rekey_reseals_every_key_under_the_new_kek() {
         let d = tmp();
-        let s = Store::open(&cfg(&d)).await.unwrap();
+        for c in backends(&d).await {
+            rekey_on(&c).await;
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    async fn rekey_on(c: &StoreSection) {
+        let d = c.kek_file.as_ref().unwrap().parent().unwrap();
+        let s = Store::open(c).await.unwrap();
         let (a, ka) = s.create_tunnel("acme", "a").await.unwrap();
         s.rotate_key("a", std::time::Duration::from_secs(60))
             .await
@@ -651,7 +896,7 @@ mod tests {
         // Only the new KEK is needed from now on.
         let s = Store::open(&StoreSection {
             kek_file: Some(d.join("kek2")),
-            ..cfg(&d)
+            ..c.clone()
         })
         .await
         .unwrap();
@@ -660,7 +905,7 @@ mod tests {
         assert_eq!(keys.previous.unwrap().expose(), ka.expose());
         let keys = s.tunnel_with_key(&b.id).await.unwrap().unwrap();
         assert_eq!(keys.current.expose(), kb.expose());
-        std::fs::remove_dir_all(&d).unwrap();
+        s.close().await;
     }
 
     #[tokio::test]
@@ -669,17 +914,20 @@ mod tests {
         let c = cfg(&d);
         // The first release's tables, without a schema version.
         {
-            let opts = SqliteConnectOptions::new()
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
                 .filename(&c.path)
                 .create_if_missing(true);
-            let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .connect_with(opts)
+                .await
+                .unwrap();
             for stmt in schema_v1() {
                 sqlx::query(stmt).execute(&pool).await.unwrap();
             }
             let kek = kek::load(&c, true).unwrap();
             let key = TunnelKey::generate();
             let (n, ct) = kek::seal(&kek, key.expose(), "tun_old", "acme", 0).unwrap();
-            sqlx::query("INSERT INTO tunnels VALUES ('tun_old', 'old', 'acme', ?, ?, 1)")
+            sqlx::query("INSERT INTO tunnels VALUES ('tun_old', 'old', 'acme', $1, $2, 1)")
                 .bind(&n[..])
                 .bind(&ct)
                 .execute(&pool)
@@ -707,13 +955,136 @@ mod tests {
     #[tokio::test]
     async fn a_missing_kek_is_not_replaced_once_tunnels_exist() {
         let d = tmp();
-        let s = Store::open(&cfg(&d)).await.unwrap();
-        s.create_tunnel("acme", "a").await.unwrap();
-        s.close().await;
-        std::fs::remove_file(d.join("kek")).unwrap();
-        let err = Store::open(&cfg(&d)).await.unwrap_err().to_string();
-        assert!(err.contains("already holds tunnels"), "{err}");
-        assert!(!d.join("kek").exists());
+        for c in backends(&d).await {
+            let kek = c.kek_file.clone().unwrap();
+            let s = Store::open(&c).await.unwrap();
+            s.create_tunnel("acme", "a").await.unwrap();
+            s.close().await;
+            std::fs::remove_file(&kek).unwrap();
+            let err = Store::open(&c).await.unwrap_err().to_string();
+            assert!(err.contains("already holds tunnels"), "{err}");
+            assert!(!kek.exists());
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Three instances starting at once on one new PostgreSQL database:
+    /// one migrates, the others wait for it and find the schema made.
+    #[tokio::test]
+    async fn instances_starting_together_migrate_a_postgres_store_once() {
+        let d = tmp();
+        let [_, c] = backends(&d).await;
+        let opens = (0..3).map(|_| Store::open(&c));
+        let stores = futures_util::future::try_join_all(opens).await.unwrap();
+        stores[0].create_tunnel("acme", "a").await.unwrap();
+        assert_eq!(stores[2].list_tunnels().await.unwrap().len(), 1);
+        let v: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM store_schema")
+            .fetch_one(&stores[1].pool)
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+        for s in stores {
+            s.close().await;
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A change one instance makes is notified to another within a second,
+    /// whatever wrote it; on SQLite the files' stamp moves instead.
+    #[tokio::test]
+    async fn another_instances_change_is_notified_at_once() {
+        let d = tmp();
+        let [lite, pg] = backends(&d).await;
+        let (a, b) = (
+            Store::open(&pg).await.unwrap(),
+            Store::open(&pg).await.unwrap(),
+        );
+        b.listen().await.unwrap();
+        let before = b.stamp();
+        let changes = [
+            "create a tunnel",
+            "rotate its key",
+            "create a caller",
+            "revoke it",
+            "create an admin token",
+            "delete the tunnel",
+        ];
+        let mut caller = String::new();
+        for (i, change) in changes.iter().enumerate() {
+            let started = std::time::Instant::now();
+            match i {
+                0 => drop(a.create_tunnel("acme", "wiki").await.unwrap()),
+                1 => drop(
+                    a.rotate_key("wiki", std::time::Duration::ZERO)
+                        .await
+                        .unwrap(),
+                ),
+                2 => caller = a.create_caller("acme").await.unwrap().0.id,
+                3 => drop(a.revoke_caller(&caller).await.unwrap()),
+                4 => drop(a.create_admin_token("ops", AdminScope::Read).await.unwrap()),
+                _ => drop(a.delete_tunnel("wiki").await.unwrap()),
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(1), b.changed())
+                .await
+                .unwrap_or_else(|_| panic!("no notification within 1 s after: {change}"));
+            eprintln!("{change}: notified after {:?}", started.elapsed());
+        }
+        assert_ne!(b.stamp(), before);
+        // An audit entry is not a change to what instances serve.
+        a.audit(&AuditEntry {
+            actor: "t".into(),
+            source: "t".into(),
+            action: "test",
+            object: "o".into(),
+            detail: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), b.changed())
+                .await
+                .is_err()
+        );
+        // SQLite: no notification, the stamp of its files moves.
+        let s = Store::open(&lite).await.unwrap();
+        s.listen().await.unwrap();
+        let before = s.stamp();
+        s.create_tunnel("acme", "wiki").await.unwrap();
+        assert_ne!(s.stamp(), before);
+        for s in [a, b, s] {
+            s.close().await;
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_url_other_than_postgres_is_refused_and_its_password_never_shown() {
+        let d = tmp();
+        let e = Store::open(&StoreSection {
+            url: Some(crate::config::StoreUrl::new("mysql://u:pw@h/db")),
+            ..cfg(&d)
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.url") && e.contains("postgres://"), "{e}");
+        let c = StoreSection {
+            url: Some(crate::config::StoreUrl::new(
+                "postgres://gw:s3cret@db.example/tunnels?password=s3cret&sslmode=require",
+            )),
+            ..cfg(&d)
+        };
+        for shown in [
+            c.describe(),
+            format!("{c:?}"),
+            serde_json::to_string(&c).unwrap(),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(
+                shown.contains("db.example") && shown.contains("MASKED"),
+                "{shown}"
+            );
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -748,6 +1119,34 @@ mod tests {
             "no KEK file is written when kek_env is used"
         );
         std::env::remove_var(&var);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The SQLite file is named by a URL inside sqlx: a path with a space,
+    /// `#`, `?` or `%` must still be that file, relative paths included.
+    #[tokio::test]
+    async fn a_sqlite_path_with_url_characters_is_that_file() {
+        let d = tmp();
+        let odd = d.join("my store #1?%20.db");
+        let s = Store::open(&StoreSection {
+            path: odd.clone(),
+            ..cfg(&d)
+        })
+        .await
+        .unwrap();
+        s.create_tunnel("acme", "wiki").await.unwrap();
+        s.close().await;
+        assert!(odd.is_file(), "{}", odd.display());
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| n.to_string_lossy().starts_with("my store #1?%20.db") || n == "kek"),
+            "{names:?}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -1,0 +1,277 @@
+//! Story: a platform team runs three gateway instances on one PostgreSQL.
+//! Whatever an operator changes through one instance (a caller created or
+//! revoked, a tunnel key rotated, a tunnel deleted) every instance enforces
+//! within a second, without a restart and without waiting for
+//! `store.refresh` (set to a minute here, so only the notification can
+//! explain it).
+//!
+//! Needs `TUNNEL_TEST_PG` (scripts/test.sh starts a throwaway cluster).
+
+use std::time::{Duration, Instant};
+
+use tests::admin::Operator;
+use tests::agent::{Agent, AgentOptions};
+use tests::gateway::Tunnel;
+use tests::lifecycle::{disconnected, reason};
+use tests::pki::Pki;
+use tests::{upstream, Gateway, GatewayOptions};
+
+/// What every instance must do within, after the change returned.
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// A new database of its own on the tests' PostgreSQL (`psql`, from the
+/// same packages as the server).
+async fn fresh_database() -> String {
+    let base = std::env::var("TUNNEL_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "TUNNEL_TEST_PG is not set: these stories need a PostgreSQL server. Start a \
+             throwaway one with `export \"$(scripts/pg.sh start /tmp/tunnel-pg)\"` \
+             (scripts/test.sh does)"
+        )
+    });
+    let name = format!("t_{:016x}", rand_u64());
+    let out = tokio::process::Command::new("psql")
+        .arg(&base)
+        .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .await
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "creating a test database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // postgres://user@host/postgres?host=… → …/<name>?host=…
+    let (head, query) = base.split_once('?').unwrap_or((&base, ""));
+    let (server, _) = head
+        .rsplit_once('/')
+        .expect("TUNNEL_TEST_PG names a database");
+    format!("{server}/{name}?{query}")
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+struct Cluster {
+    gateways: Vec<Gateway>,
+    _shared: tempfile::TempDir,
+}
+
+/// Three instances on one new database, sharing a KEK and a PKI, routing
+/// `wiki.test` to the tunnel `wiki`.
+async fn three_instances() -> Cluster {
+    let url = fresh_database().await;
+    let shared = tempfile::tempdir().expect("temp dir");
+    let kek = shared.path().join("kek");
+    let pki = Pki::generate();
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        let opts = GatewayOptions::new()
+            .pki(pki.clone())
+            .store_url(&url)
+            .kek_file(&kek)
+            .route("wiki.test", "wiki")
+            .extra_config("[callers]\nmax_failures_per_minute = 100000");
+        let opts = opts.env("GATEWAY__STORE__REFRESH", "60s");
+        gateways.push(Gateway::start(opts).await);
+    }
+    Cluster {
+        gateways,
+        _shared: shared,
+    }
+}
+
+/// Polls `check` on each instance until it holds, all within [`WITHIN`]
+/// of `since`; returns when each first held.
+async fn on_every_instance<F, Fut>(c: &Cluster, since: Instant, what: &str, check: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for i in 0..c.gateways.len() {
+        loop {
+            if check(i).await {
+                eprintln!("instance {i}: {what} after {:?}", since.elapsed());
+                break;
+            }
+            assert!(
+                since.elapsed() <= WITHIN,
+                "instance {i}: not {what} within {WITHIN:?} of the change"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn status(g: &Gateway, token: &str) -> u16 {
+    g.caller(token)
+        .get("wiki.test", "/")
+        .send()
+        .await
+        .status
+        .as_u16()
+}
+
+/// One agent of `tunnel` on each instance.
+async fn an_agent_on_each(c: &Cluster, tunnel: &Tunnel, wiki: std::net::SocketAddr) -> Vec<Agent> {
+    let mut agents = Vec::new();
+    for (i, g) in c.gateways.iter().enumerate() {
+        let opts = AgentOptions::new().name(&format!("agent-{i}"));
+        agents.push(Agent::connect(g, tunnel, wiki, opts).await);
+    }
+    agents
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_made_or_revoked_on_one_instance_is_served_or_refused_on_all_within_a_second() {
+    let c = three_instances().await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = c.gateways[0].create_tunnel("acme", "wiki").await;
+    let _agents = an_agent_on_each(&c, &tunnel, wiki.addr()).await;
+
+    // Made on instance 1: every instance serves it within a second.
+    let (id, token) = c.gateways[1].create_caller_with_id("acme").await;
+    let made = Instant::now();
+    on_every_instance(&c, made, "serving the new caller", |i| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move { status(g, &token).await == 200 }
+    })
+    .await;
+
+    // Revoked on instance 2: every instance refuses it within a second.
+    let revoked = c.gateways[2].cli_json(&["caller", "revoke", &id]).await;
+    let answered = Instant::now();
+    assert_eq!(revoked["state"], "revoked", "{revoked}");
+    on_every_instance(&c, answered, "refusing the revoked caller (401)", |i| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move { status(g, &token).await == 401 }
+    })
+    .await;
+
+    // The change is in the one audit log, whichever instance is asked.
+    let audit = c.gateways[0].audit_list().await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "caller.revoke" && e["object"] == id),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_or_a_tunnel_deleted_on_one_instance_is_enforced_on_all() {
+    let c = three_instances().await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = c.gateways[0].create_tunnel("acme", "wiki").await;
+    let agents = an_agent_on_each(&c, &tunnel, wiki.addr()).await;
+    let token = c.gateways[0].create_caller("acme").await;
+    on_every_instance(&c, Instant::now(), "serving", |i| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move { status(g, &token).await == 200 }
+    })
+    .await;
+
+    // Rotated on instance 2 without overlap: the old-key agents on every
+    // instance are disconnected within a second.
+    let marks: Vec<usize> = c.gateways.iter().map(|g| g.events().mark()).collect();
+    let (rotated_tunnel, _) = c.gateways[2].rotate_key("wiki", "0s").await;
+    let answered = Instant::now();
+    for (i, (g, a)) in c.gateways.iter().zip(&agents).enumerate() {
+        let (gone, at) = disconnected(g, marks[i], a.name()).await;
+        assert!(
+            reason(&gone).contains("key rotated"),
+            "instance {i}: {gone}"
+        );
+        assert!(
+            at <= answered + WITHIN,
+            "instance {i} disconnected its old-key agent {:?} after the rotation",
+            at - answered
+        );
+    }
+    drop(agents);
+    // The old key is refused by every instance (the agent learns only
+    // that authentication failed, and stops); the new one is accepted.
+    for (i, g) in c.gateways.iter().enumerate() {
+        let mark = g.events().mark();
+        let mut refused = Agent::start(g, &tunnel, wiki.addr(), AgentOptions::new()).await;
+        let e = refused.wait_event("rejected", tests::PATIENCE).await;
+        assert_eq!(e["reason"], "authentication failed", "instance {i}: {e}");
+        assert_eq!(refused.wait_exit().await.code(), Some(2), "instance {i}");
+        g.events()
+            .wait_after(
+                mark,
+                "agent_rejected",
+                |e| e["event"] == "agent_rejected",
+                tests::PATIENCE,
+            )
+            .await;
+    }
+    let agents = an_agent_on_each(&c, &rotated_tunnel, wiki.addr()).await;
+    on_every_instance(&c, Instant::now(), "serving on the new key", |i| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move { status(g, &token).await == 200 }
+    })
+    .await;
+
+    // Deleted on instance 1: every instance disconnects its agents and
+    // answers the route with 404 naming the tunnel.
+    let marks: Vec<usize> = c.gateways.iter().map(|g| g.events().mark()).collect();
+    c.gateways[1].cli_json(&["tunnel", "delete", "wiki"]).await;
+    let answered = Instant::now();
+    for (i, (g, a)) in c.gateways.iter().zip(&agents).enumerate() {
+        let (gone, at) = disconnected(g, marks[i], a.name()).await;
+        assert!(
+            reason(&gone).contains("tunnel deleted"),
+            "instance {i}: {gone}"
+        );
+        assert!(at <= answered + WITHIN, "instance {i}: {:?}", at - answered);
+    }
+    on_every_instance(&c, answered, "answering 404 for the deleted tunnel", |i| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move { status(g, &token).await == 404 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_url_that_is_wrong_or_unreachable_stops_the_start_with_a_clear_error() {
+    let stderr = Gateway::start_expecting_failure(
+        GatewayOptions::new().store_url("mysql://gw:s3cret@db.example/tunnels"),
+    )
+    .await;
+    assert!(
+        stderr.contains("store.url") && stderr.contains("postgres://"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password was shown: {stderr}"
+    );
+
+    // A server that is not there: the start fails naming the store,
+    // without its password, within the pool's wait.
+    let nowhere = tempfile::tempdir().expect("temp dir");
+    let url = format!(
+        "postgres://gw:s3cret@localhost/tunnels?host={}",
+        nowhere.path().display()
+    );
+    let stderr = Gateway::start_expecting_failure(GatewayOptions::new().store_url(&url)).await;
+    assert!(
+        stderr.contains("opening store postgres://gw:MASKED@localhost/tunnels"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password was shown: {stderr}"
+    );
+}
