@@ -64,6 +64,7 @@ fn rand_u64() -> u64 {
 
 struct Cluster {
     gateways: Vec<Gateway>,
+    url: String,
     _shared: tempfile::TempDir,
 }
 
@@ -87,6 +88,7 @@ async fn three_instances() -> Cluster {
     }
     Cluster {
         gateways,
+        url,
         _shared: shared,
     }
 }
@@ -165,6 +167,50 @@ async fn a_caller_made_or_revoked_on_one_instance_is_served_or_refused_on_all_wi
             .iter()
             .any(|e| e["action"] == "caller.revoke" && e["object"] == id),
         "{audit:?}"
+    );
+
+    // A rekey through a running instance would leave the others with a
+    // KEK that no longer opens the keys: refused, saying what to do.
+    let rekey = tests::admin::try_cli(c.gateways[0].config_path(), &["store", "rekey"]).await;
+    assert!(!rekey.status.success(), "{}", rekey.stdout);
+    assert!(
+        rekey
+            .stderr
+            .contains("needs every gateway instance stopped"),
+        "{}",
+        rekey.stderr
+    );
+    assert_eq!(
+        status(&c.gateways[1], &c.gateways[1].create_caller("acme").await).await,
+        200
+    );
+
+    // A fourth instance given a KEK of its own would seal keys the others
+    // cannot open: refused at start.
+    let own = c._shared.path().join("another-kek");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&own)
+            .expect("write a KEK");
+        // base64 of 32 bytes of 0x07.
+        f.write_all(b"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=")
+            .expect("write a KEK");
+    }
+    let stderr = Gateway::start_expecting_failure(
+        GatewayOptions::new()
+            .store_url(&c.url)
+            .kek_file(&own)
+            .route("wiki.test", "wiki"),
+    )
+    .await;
+    assert!(
+        stderr.contains("every gateway on one store needs the same KEK"),
+        "{stderr}"
     );
 }
 

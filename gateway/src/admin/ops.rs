@@ -391,6 +391,16 @@ async fn rekey(
     in_gateway: bool,
 ) -> Result<Value, OpError> {
     let cfg = store.config().clone();
+    if in_gateway && store.backend() == crate::store::Backend::Postgres {
+        // The other instances keep the old KEK in memory and could no
+        // longer open the keys resealed here.
+        return Err(OpError::Refused(
+            "a rekey of a store shared on PostgreSQL needs every gateway instance stopped \
+             (each must start with the new KEK): stop them all, run `gateway store rekey` \
+             with this config, give every instance the new KEK, and start them"
+                .into(),
+        ));
+    }
     match (&cfg.kek_file, new_kek_file) {
         (Some(file), None) => {
             let pending = pending_path(file);

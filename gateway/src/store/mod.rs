@@ -232,6 +232,7 @@ impl Store {
                 keks.push(Arc::new(k));
             }
         }
+        check_kek(&pool, &keks, cfg).await?;
         Ok(Store {
             pool,
             backend,
@@ -483,6 +484,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let (n, c) = kek::seal(&new, &KEK_CHECK, KEK_CHECK_ID, KEK_CHECK_ORG, 0)?;
+        sqlx::query("UPDATE kek_check SET nonce = $1, ct = $2 WHERE id = 1")
+            .bind(&n[..])
+            .bind(&c)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         let mut keks = self.keks.write().expect("lock");
         let old = keks[0].clone();
@@ -598,6 +605,77 @@ fn tunnel_record(row: &AnyRow) -> TunnelRecord {
         created_at: row.get("created_at"),
         key_generation: row.get("key_generation"),
         previous_key_valid_until: until.filter(|u| *u > now_secs()),
+    }
+}
+
+/// What the store's row `kek_check` seals under the KEK, as if it were the
+/// key of a tunnel of this id and organization (no tunnel id has this
+/// form): an instance whose KEK does not open it is refused at start.
+const KEK_CHECK: [u8; 32] = [0; 32];
+const KEK_CHECK_ID: &str = "kek-check";
+const KEK_CHECK_ORG: &str = "-";
+
+/// Every instance on one store must seal under the same KEK, or the keys
+/// one writes are unreadable to the others. The first instance records
+/// a value sealed under its KEK; one whose KEK does not open it is
+/// refused at start, rather than failing every agent later. A store from
+/// before the check gets it once its first tunnel key opens.
+async fn check_kek(
+    pool: &AnyPool,
+    keks: &[Arc<Kek>],
+    cfg: &StoreSection,
+) -> Result<(), StoreError> {
+    let opens = |row: &AnyRow| {
+        let (n, c): (Vec<u8>, Vec<u8>) = (row.get("nonce"), row.get("ct"));
+        keks.iter()
+            .any(|k| kek::open(k, &n, &c, KEK_CHECK_ID, KEK_CHECK_ORG, 0).is_some())
+    };
+    let wrong = || {
+        let source = match (&cfg.kek_file, &cfg.kek_env) {
+            (Some(f), _) => format!("store.kek_file ({})", f.display()),
+            (None, Some(v)) => format!("store.kek_env (${v})"),
+            (None, None) => "store.kek_file".into(),
+        };
+        StoreError::Kek(format!(
+            "the key-encryption key of {source} is not the one the store {} seals its tunnel \
+             keys under: every gateway on one store needs the same KEK",
+            cfg.describe()
+        ))
+    };
+    let read = "SELECT nonce, ct FROM kek_check WHERE id = 1";
+    if let Some(row) = sqlx::query(read).fetch_optional(pool).await? {
+        return if opens(&row) { Ok(()) } else { Err(wrong()) };
+    }
+    if let Some(t) = sqlx::query(
+        "SELECT id, org, key_nonce, key_ct, key_generation FROM tunnels ORDER BY id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?
+    {
+        let (id, org): (String, String) = (t.get("id"), t.get("org"));
+        let (n, c): (Vec<u8>, Vec<u8>) = (t.get("key_nonce"), t.get("key_ct"));
+        let generation: i64 = t.get("key_generation");
+        if !keks
+            .iter()
+            .any(|k| kek::open(k, &n, &c, &id, &org, generation).is_some())
+        {
+            return Err(wrong());
+        }
+    }
+    let (n, c) = kek::seal(&keks[0], &KEK_CHECK, KEK_CHECK_ID, KEK_CHECK_ORG, 0)?;
+    sqlx::query(
+        "INSERT INTO kek_check (id, nonce, ct) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&n[..])
+    .bind(&c)
+    .execute(pool)
+    .await?;
+    // Another instance starting at once may have recorded its own first.
+    let row = sqlx::query(read).fetch_one(pool).await?;
+    if opens(&row) {
+        Ok(())
+    } else {
+        Err(wrong())
     }
 }
 
@@ -789,12 +867,29 @@ mod tests {
             let s = Store::open(&c).await.unwrap();
             let (a, _) = s.create_tunnel("acme", "a").await.unwrap();
             s.close().await;
+            let good = std::fs::read(c.kek_file.as_ref().unwrap()).unwrap();
             std::fs::write(c.kek_file.as_ref().unwrap(), STANDARD.encode([7u8; 32])).unwrap();
+            let e = Store::open(&c).await.unwrap_err().to_string();
+            assert!(
+                e.contains("every gateway on one store needs the same KEK"),
+                "{e}"
+            );
+            assert!(e.contains(&c.describe()), "{e}");
+            // A store from before the check (no kek_check row) is judged
+            // by its first tunnel key instead.
+            std::fs::write(c.kek_file.as_ref().unwrap(), &good).unwrap();
             let s = Store::open(&c).await.unwrap();
-            assert!(matches!(
-                s.tunnel_with_key(&a.id).await,
-                Err(StoreError::Decrypt(_))
-            ));
+            sqlx::query("DELETE FROM kek_check")
+                .execute(&s.pool)
+                .await
+                .unwrap();
+            s.close().await;
+            std::fs::write(c.kek_file.as_ref().unwrap(), STANDARD.encode([7u8; 32])).unwrap();
+            let e = Store::open(&c).await.unwrap_err().to_string();
+            assert!(e.contains("same KEK"), "{e}");
+            std::fs::write(c.kek_file.as_ref().unwrap(), &good).unwrap();
+            let s = Store::open(&c).await.unwrap();
+            assert!(s.tunnel_with_key(&a.id).await.unwrap().is_some());
             s.close().await;
         }
         std::fs::remove_dir_all(&d).unwrap();

@@ -51,6 +51,11 @@ const SQLITE_STEPS: &[&[&str]] = &[
             object TEXT NOT NULL,
             detail TEXT NOT NULL)",
     ],
+    // 3: what the KEK seals, so an instance with another KEK is refused.
+    &["CREATE TABLE kek_check (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            nonce BLOB NOT NULL,
+            ct BLOB NOT NULL)"],
 ];
 
 /// The same steps for PostgreSQL (`BYTEA` for `BLOB`, `BIGINT` for
@@ -108,6 +113,10 @@ const POSTGRES_STEPS: &[&[&str]] = &[
         "CREATE TRIGGER admin_tokens_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
             ON admin_tokens FOR EACH STATEMENT EXECUTE FUNCTION tunnel_store_changed()",
     ],
+    &["CREATE TABLE kek_check (
+            id BIGINT PRIMARY KEY CHECK (id = 1),
+            nonce BYTEA NOT NULL,
+            ct BYTEA NOT NULL)"],
 ];
 
 /// The channel every change to the shared tables is notified on
@@ -137,9 +146,19 @@ pub async fn migrate(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::Error
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("CREATE TABLE IF NOT EXISTS store_schema (version BIGINT NOT NULL)")
-                .execute(&mut *tx)
-                .await?;
+            // Asked, not `CREATE ... IF NOT EXISTS`, whose notice would be
+            // logged at every start.
+            let made: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = 'store_schema'",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if made == 0 {
+                sqlx::query("CREATE TABLE store_schema (version BIGINT NOT NULL)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let v: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM store_schema")
                 .fetch_one(&mut *tx)
                 .await?;
