@@ -321,3 +321,96 @@ async fn a_store_url_that_is_wrong_or_unreachable_stops_the_start_with_a_clear_e
         "the password was shown: {stderr}"
     );
 }
+
+/// A PostgreSQL cluster of this test's own (`scripts/pg.sh`), stopped and
+/// removed on drop, so stopping it disturbs no other story.
+struct OwnCluster {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnCluster {
+    async fn start() -> OwnCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("tunnel-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let out = Self::pg("start", dir.path()).await;
+        let url = out
+            .trim()
+            .strip_prefix("TUNNEL_TEST_PG=")
+            .unwrap_or_else(|| panic!("pg.sh start printed {out:?}"))
+            .to_string();
+        OwnCluster { dir, url }
+    }
+
+    async fn pg(cmd: &str, dir: &std::path::Path) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
+        let out = tokio::process::Command::new(script)
+            .arg(cmd)
+            .arg(dir)
+            .output()
+            .await
+            .expect("run scripts/pg.sh");
+        assert!(
+            out.status.success(),
+            "pg.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn stop(&self) {
+        Self::pg("stop", self.dir.path()).await;
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
+        let _ = std::process::Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_stopping_under_a_serving_gateway_stops_changes_not_traffic() {
+    let pg = OwnCluster::start().await;
+    let g = Gateway::start(
+        GatewayOptions::new()
+            .store_url(&pg.url)
+            .route("wiki.test", "wiki"),
+    )
+    .await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = g.create_tunnel("acme", "wiki").await;
+    let _agent = Agent::connect(&g, &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let token = g.create_caller("acme").await;
+    assert_eq!(status(&g, &token).await, 200);
+
+    pg.stop().await;
+    // Known callers to connected agents are still served, from memory.
+    for _ in 0..5 {
+        assert_eq!(status(&g, &token).await, 200);
+    }
+    // A change cannot be made, and says why, within the pool's wait.
+    let asked = Instant::now();
+    let made = tests::admin::try_cli(g.config_path(), &["caller", "create", "--org", "acme"]).await;
+    assert!(!made.status.success(), "{}", made.stdout);
+    assert!(made.stderr.contains("database error"), "{}", made.stderr);
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "a change waited {:?} for a stopped database",
+        asked.elapsed()
+    );
+    assert!(!made.stderr.contains(&token), "{}", made.stderr);
+    eprintln!(
+        "caller create with the database stopped: {}",
+        made.stderr.trim()
+    );
+    // The instance noticed, and keeps trying to listen again.
+    g.wait_log("notification connection").await;
+    assert_eq!(status(&g, &token).await, 200);
+}
