@@ -41,11 +41,103 @@ pub struct GatewayConfig {
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
     pub admin: telemetry::AdminSection,
+    /// Several instances on one PostgreSQL store: presence and the relay
+    /// between instances (off when absent).
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// The file this configuration was loaded from (set by
     /// [`GatewayConfig::load`], never read from the file): what a live
     /// reload reads again.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// Several gateway instances on one store (`store.url`): each records
+/// which tunnels it holds agents for, and a request arriving at an
+/// instance without an agent of its tunnel is relayed, one hop, to one
+/// that has, over TLS 1.3 with both sides' certificates checked.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Where this instance takes requests relayed by the others.
+    pub relay_listen: String,
+    /// The address the others reach `relay_listen` at; default
+    /// `relay_listen` itself, which must then be a specific address.
+    #[serde(default)]
+    pub relay_advertise: Option<String>,
+    /// This instance's certificate (PEM, with its chain) and key: shown to
+    /// the instance it relays to, and to those relaying to it.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The CA every instance's certificate must chain to (PEM).
+    pub tls_ca: PathBuf,
+    /// The DNS name every instance's certificate carries, checked on the
+    /// instance relayed to. Default `gateway-relay`.
+    #[serde(default = "default_relay_name")]
+    pub server_name: String,
+    /// How long an instance's word that it holds a tunnel's agents lasts
+    /// unless renewed (renewed every third of it): an instance that dies
+    /// is forgotten within this. At least 3s; default 6s.
+    #[serde(
+        default = "default_lease",
+        deserialize_with = "protocol::duration::secs",
+        serialize_with = "protocol::duration::serialize"
+    )]
+    pub lease: Duration,
+}
+
+fn default_relay_name() -> String {
+    "gateway-relay".into()
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(6)
+}
+
+impl ClusterSection {
+    /// The relay listener's address to bind.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_listen("cluster.relay_listen", &self.relay_listen)
+    }
+
+    /// The address the others are told to relay to; `bound` is what the
+    /// listener got (port 0 picks one).
+    pub fn advertised(&self, bound: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        match &self.relay_advertise {
+            Some(a) => parse_listen("cluster.relay_advertise", a),
+            None if bound.ip().is_unspecified() => Err(invalid(
+                "cluster.relay_advertise",
+                "relay_listen is an unspecified address: say where the others reach it",
+            )),
+            None => Ok(bound),
+        }
+    }
+
+    fn validate(&self, store: &StoreSection) -> Result<(), ConfigError> {
+        if store.url.is_none() {
+            return Err(invalid(
+                "cluster",
+                "several instances need a shared store: set store.url (PostgreSQL)",
+            ));
+        }
+        self.listen_addr()?;
+        if let Some(a) = &self.relay_advertise {
+            let a = parse_listen("cluster.relay_advertise", a)?;
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(invalid(
+                    "cluster.relay_advertise",
+                    "must be an address and port the other instances can reach",
+                ));
+            }
+        }
+        if self.lease < Duration::from_secs(3) {
+            return Err(invalid("cluster.lease", "must be at least 3s"));
+        }
+        if rustls::pki_types::ServerName::try_from(self.server_name.as_str()).is_err() {
+            return Err(invalid("cluster.server_name", "must be a DNS name"));
+        }
+        Ok(())
+    }
 }
 
 /// Where the admin listener listens when `admin.listen` is unset.
@@ -632,6 +724,9 @@ impl GatewayConfig {
         parse_listen("public.listen", &self.public.listen)?;
         parse_listen("agents.listen", &self.agents.listen)?;
         self.agents.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate(&self.store)?;
+        }
         if self.public.tls_cert.is_some() != self.public.tls_key.is_some() {
             return Err(invalid(
                 "public.tls_cert",

@@ -40,6 +40,7 @@ pub use gateway_judge::http_checks;
 pub use gateway_judge::judgement;
 pub mod auth_limit;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connector;
 pub mod counted;

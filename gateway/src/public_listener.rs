@@ -114,22 +114,55 @@ where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
 {
+    let tls = match (&public.tls_cert, &public.tls_key) {
+        (Some(cert), Some(key)) => Some(Acceptor::from_server_config(tls_config(cert, key)?)),
+        _ => None,
+    };
+    Ok(build("public", conf, proxy, public, addr, tls))
+}
+
+/// The relay listener of a cluster (see [`crate::cluster`]): the same
+/// caps, deadlines and pingora proxy as the public listener, with `tls`
+/// (which requires an instance's client certificate).
+pub fn relay_service<SV>(
+    conf: &Arc<ServerConf>,
+    proxy: SV,
+    public: &PublicSection,
+    addr: &str,
+    tls: Arc<rustls::ServerConfig>,
+) -> Service<PublicApp<HttpProxy<SV>>>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
+    let tls = Some(Acceptor::from_server_config(tls));
+    build("relay", conf, proxy, public, addr, tls).0
+}
+
+fn build<SV>(
+    name: &str,
+    conf: &Arc<ServerConf>,
+    proxy: SV,
+    public: &PublicSection,
+    addr: &str,
+    tls: Option<Acceptor>,
+) -> (Service<PublicApp<HttpProxy<SV>>>, LiveLimits)
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
     let limits = Limits::from_config(public);
     let mut http = pingora_proxy::http_proxy(conf, proxy);
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(limits.keepalive);
     http.server_options = Some(options);
-    let tls = match (&public.tls_cert, &public.tls_key) {
-        (Some(cert), Some(key)) => Some(Acceptor::from_server_config(tls_config(cert, key)?)),
-        _ => None,
-    };
     let app = PublicApp::new(http, tls, limits);
     let live = app.live_limits();
-    let mut service = Service::new("public".to_string(), app);
+    let mut service = Service::new(name.to_string(), app);
     let mut sock = TcpSocketOptions::default();
     sock.so_reuseport = Some(true);
     service.add_tcp_with_settings(addr, sock);
-    Ok((service, live))
+    (service, live)
 }
 
 /// The callers' TLS: 1.2 and 1.3, HTTP/2 preferred by ALPN.

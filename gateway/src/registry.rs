@@ -279,6 +279,9 @@ pub struct Registry {
     /// verdict (before `agents` knows them) to their end.
     agent_slots: Arc<Mutex<HashMap<String, usize>>>,
     next_conn: AtomicU64,
+    /// Woken when a tunnel gains its first agent or loses its last: the
+    /// cluster's presence is renewed at once ([`crate::cluster`]).
+    pub held_changed: Notify,
     /// Turns of agent choice: where the scan for the least busy agent
     /// starts, so ties (every agent idle, as for a sequential caller) go
     /// round the agents instead of always to the first.
@@ -313,6 +316,7 @@ impl Registry {
             agent_slots: Arc::default(),
             next_conn: AtomicU64::new(1),
             pick_turn: AtomicU64::new(0),
+            held_changed: Notify::new(),
         }
     }
 
@@ -389,6 +393,16 @@ impl Registry {
         }
         self.reread_if_changed().await?;
         Ok(self.tables().tunnels.get(name).cloned())
+    }
+
+    /// A tunnel by id (what a relayed request names).
+    pub async fn tunnel_by_id(&self, id: &str) -> Result<Option<TunnelInfo>, StoreError> {
+        let find = |t: &Tables| t.tunnels.values().find(|x| x.id == id).cloned();
+        if let Some(t) = find(&self.tables()) {
+            return Ok(Some(t));
+        }
+        self.reread_if_changed().await?;
+        Ok(find(&self.tables()))
     }
 
     /// Rereads the tables if the store's files changed since they were
@@ -550,6 +564,7 @@ impl Registry {
         let m = &crate::metrics::METRICS;
         if list.len() == 1 {
             m.tunnels_connected.inc();
+            self.held_changed.notify_one();
         }
         m.agents_connected.inc();
         m.agent_connects
@@ -584,7 +599,28 @@ impl Registry {
         if list.is_empty() {
             map.remove(&conn.tunnel.id);
             m.tunnels_connected.dec();
+            self.held_changed.notify_one();
         }
+    }
+
+    /// The ids of the tunnels with at least one agent connected here.
+    pub fn held_tunnels(&self) -> Vec<String> {
+        self.agents
+            .read()
+            .expect("lock")
+            .iter()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether an agent of the tunnel is connected here and not draining.
+    pub fn serves(&self, tunnel_id: &str) -> bool {
+        self.agents
+            .read()
+            .expect("lock")
+            .get(tunnel_id)
+            .is_some_and(|list| list.iter().any(|a| !a.draining.load(Ordering::Acquire)))
     }
 
     /// Picks the serving agent of a tunnel with the fewest requests in

@@ -44,6 +44,8 @@ struct TunnelServices {
     refresh: Duration,
     /// Told when a shutdown begins: the plugin file reloader stops.
     stop_plugin_reloads: tokio::sync::watch::Sender<bool>,
+    /// With `[cluster]`: this instance's presence, renewed until shutdown.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 #[async_trait]
@@ -86,6 +88,11 @@ impl BackgroundService for TunnelServices {
                 }
             }
         };
+        let presence = async {
+            if let Some(c) = &self.cluster {
+                c.clone().run(self.registry.clone(), shutdown.clone()).await;
+            }
+        };
         let stop_reloads = async {
             let mut sd = shutdown.clone();
             let _ = sd.changed().await;
@@ -96,6 +103,7 @@ impl BackgroundService for TunnelServices {
             refresh,
             enforce,
             notified,
+            presence,
             stop_reloads
         );
     }
@@ -199,6 +207,9 @@ struct Ready {
     public: SocketAddr,
     agents: SocketAddr,
     admin: Option<SocketAddr>,
+    /// With `[cluster]`: the relay listener and its port's reservation.
+    relay: Option<SocketAddr>,
+    relay_reservation: Mutex<Option<socket2::Socket>>,
     reservation: Mutex<Option<socket2::Socket>>,
     readiness: Arc<Readiness>,
     /// The store's path and the local CLI credential.
@@ -221,7 +232,18 @@ impl BackgroundService for Ready {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        if let Some(relay) = self.relay {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(relay).await.is_err() {
+                if tokio::time::Instant::now() > deadline {
+                    tracing::error!("relay listener {relay} did not come up within 30s");
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         drop(self.reservation.lock().expect("lock").take());
+        drop(self.relay_reservation.lock().expect("lock").take());
         if let Some(admin) = self.admin {
             let (store, token) = &self.runtime;
             match crate::admin::runtime::write(store, admin, token, self.admin_pin.clone()) {
@@ -241,6 +263,7 @@ impl BackgroundService for Ready {
             "public": self.public.to_string(),
             "agents": self.agents.to_string(),
             "admin": admin,
+            "relay": self.relay.map(|a| a.to_string()),
         }));
     }
 }
@@ -331,7 +354,35 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     let failures = Arc::new(crate::auth_limit::FailureBudget::new(
         cfg.callers.max_failures_per_minute,
     ));
-    let proxy = TunnelProxy::new(&cfg, registry.clone(), live.clone(), failures.clone());
+    let mut proxy = TunnelProxy::new(&cfg, registry.clone(), live.clone(), failures.clone());
+    // `[cluster]`: the relay listener (its port reserved like the public
+    // one's until pingora listens) and this instance's presence.
+    let mut relay = None;
+    let mut cluster = None;
+    if let Some(c) = &cfg.cluster {
+        let addr = c.listen_addr()?;
+        let (reservation, bound) =
+            reserve_port(addr).with_context(|| format!("binding cluster.relay_listen {addr}"))?;
+        let advertised = c.advertised(bound)?;
+        let member = Arc::new(crate::cluster::Cluster::new(c, advertised)?);
+        tracing::info!(instance = %member.instance, relay = %advertised, "cluster member");
+        proxy = proxy.with_cluster(member.clone());
+        let relay_proxy =
+            TunnelProxy::new(&cfg, registry.clone(), live.clone(), failures.clone()).relay_side();
+        // Every relayed request comes from a few instances: the cap per
+        // source is the listener's whole cap.
+        let mut limits = cfg.public.clone();
+        limits.max_connections_per_source = limits.max_connections;
+        let service = crate::public_listener::relay_service(
+            &server.configuration,
+            relay_proxy,
+            &limits,
+            &bound.to_string(),
+            crate::cluster::relay_server_config(c)?,
+        );
+        relay = Some((service, reservation, bound));
+        cluster = Some(member);
+    }
     let (public, listener_limits) = crate::public_listener::service(
         &server.configuration,
         proxy,
@@ -361,8 +412,16 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             registry: registry.clone(),
             refresh: cfg.store.refresh,
             stop_plugin_reloads,
+            cluster,
         },
     });
+    let (relay_addr, relay_reservation) = match relay {
+        Some((service, reservation, bound)) => {
+            server.add_service(service);
+            (Some(bound), Some(reservation))
+        }
+        None => (None, None),
+    };
     if let Some(listener) = admin_listener {
         let r = readiness.clone();
         let api_state = Arc::new(crate::admin::api::ApiState {
@@ -397,6 +456,8 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
             public: public_addr,
             agents: agents_addr,
             admin: admin_addr,
+            relay: relay_addr,
+            relay_reservation: Mutex::new(relay_reservation),
             reservation: Mutex::new(Some(reservation)),
             readiness,
             runtime: (cfg.store.path.clone(), local_token),

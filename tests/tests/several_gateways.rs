@@ -9,12 +9,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
 use tests::admin::Operator;
 use tests::agent::{Agent, AgentOptions};
 use tests::gateway::Tunnel;
 use tests::lifecycle::{disconnected, reason};
+
 use tests::pki::Pki;
-use tests::{upstream, Gateway, GatewayOptions};
+use tests::{scrape, upstream, Gateway, GatewayOptions, Route};
 
 /// What every instance must do within, after the change returned.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -65,38 +67,83 @@ fn rand_u64() -> u64 {
 struct Cluster {
     gateways: Vec<Gateway>,
     url: String,
+    pki: Arc<Pki>,
     _shared: tempfile::TempDir,
 }
 
-/// Three instances on one new database, sharing a KEK and a PKI, routing
-/// `wiki.test` to the tunnel `wiki`.
+/// How long an instance's presence lasts in these stories.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// Three instances on one new database, sharing a KEK and a PKI, each
+/// with its relay listener and an instance certificate, routing
+/// `wiki.test` through `org-check` to the tunnel `wiki`.
 async fn three_instances() -> Cluster {
     let url = fresh_database().await;
     let shared = tempfile::tempdir().expect("temp dir");
     let kek = shared.path().join("kek");
     let pki = Pki::generate();
     let mut gateways = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
+        let cert = pki.issue(&format!("instance-{i}"), &["gateway-relay"]);
         let opts = GatewayOptions::new()
             .pki(pki.clone())
             .store_url(&url)
             .kek_file(&kek)
-            .route("wiki.test", "wiki")
-            .extra_config("[callers]\nmax_failures_per_minute = 100000");
-        let opts = opts.env("GATEWAY__STORE__REFRESH", "60s");
+            .with_route(Route::new("wiki.test", "wiki").plugin("org-check", ""))
+            .env("GATEWAY__STORE__REFRESH", "60s")
+            .extra_config(&format!(
+                "[callers]\nmax_failures_per_minute = 100000\n\n[cluster]\n\
+                 relay_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\
+                 tls_ca = {:?}\nlease = \"{}s\"\n",
+                cert.cert,
+                cert.key,
+                pki.ca_file,
+                LEASE.as_secs()
+            ));
         gateways.push(Gateway::start(opts).await);
     }
     Cluster {
         gateways,
         url,
+        pki,
         _shared: shared,
     }
 }
 
+/// The relay listener of an instance, from its `ready` line.
+fn relay_addr(g: &Gateway) -> std::net::SocketAddr {
+    let ready = g
+        .events()
+        .snapshot()
+        .into_iter()
+        .rev()
+        .find(|e| e["event"] == "ready")
+        .expect("a ready event");
+    ready["relay"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("ready names no relay listener: {ready}"))
+}
+
 /// Polls `check` on each instance until it holds, all within [`WITHIN`]
-/// of `since`; returns when each first held.
+/// of `since`.
 async fn on_every_instance<F, Fut>(c: &Cluster, since: Instant, what: &str, check: F)
 where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    on_every_instance_within(c, since, WITHIN, what, check).await
+}
+
+/// Polls `check` on each instance until it holds, all within `within` of
+/// `since`.
+async fn on_every_instance_within<F, Fut>(
+    c: &Cluster,
+    since: Instant,
+    within: Duration,
+    what: &str,
+    check: F,
+) where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
@@ -107,8 +154,8 @@ where
                 break;
             }
             assert!(
-                since.elapsed() <= WITHIN,
-                "instance {i}: not {what} within {WITHIN:?} of the change"
+                since.elapsed() <= within,
+                "instance {i}: not {what} within {within:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -413,4 +460,232 @@ async fn the_database_stopping_under_a_serving_gateway_stops_changes_not_traffic
     // The instance noticed, and keeps trying to listen again.
     g.wait_log("notification connection").await;
     assert_eq!(status(&g, &token).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_instance_serves_a_tunnel_whose_agent_sits_on_another_one_hop_plugins_once() {
+    let c = three_instances().await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = c.gateways[0].create_tunnel("acme", "wiki").await;
+    // The only agent, on instance 0.
+    let _agent = Agent::connect(&c.gateways[0], &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let token = c.gateways[1].create_caller("acme").await;
+
+    // Instances 1 and 2 learn within a lease that 0 holds the tunnel,
+    // and relay to it.
+    on_every_instance_within(
+        &c,
+        Instant::now(),
+        LEASE,
+        "serving through the relay",
+        |i| {
+            let (g, token) = (&c.gateways[i], token.clone());
+            async move { status(g, &token).await == 200 }
+        },
+    )
+    .await;
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let via = |i: usize, forged: bool| {
+        let call = c.gateways[i]
+            .caller(&token)
+            .get("wiki.test", "/page?q=1")
+            .header("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"));
+        if forged {
+            call.header("tunnel-relay-org", "globex")
+                .header("tunnel-relay-tunnel", "tun_forged")
+        } else {
+            call
+        }
+    };
+    let before: Vec<f64> = futures_util::future::join_all(c.gateways.iter().map(|g| async {
+        scrape::metrics(g.admin()).await.sum(
+            "tunnel_gateway_plugin_decisions_total",
+            &[("plugin", "org-check")],
+        )
+    }))
+    .await;
+    let relayed = via(2, true).send().await;
+    assert_eq!(relayed.status, 200, "{relayed:?}");
+    let seen = relayed.echo();
+    assert_eq!(seen.target, "/page?q=1");
+    // One hop's forwarding headers: the caller's address, once.
+    assert_eq!(seen.all("x-forwarded-for"), vec!["127.0.0.1"], "{seen:?}");
+    assert_eq!(seen.header("x-forwarded-host"), Some("wiki.test"));
+    // No relay field, forged or real, and no credential reaches the service.
+    for (name, _) in &seen.headers {
+        assert!(
+            !name.starts_with("tunnel-relay-"),
+            "{name} reached the service"
+        );
+        assert_ne!(name, "proxy-authorization");
+    }
+    // The trace goes on across the hop: the service's parent is in the
+    // caller's trace.
+    let parent = seen
+        .header("traceparent")
+        .expect("traceparent at the service");
+    assert!(parent.contains(trace), "{parent}");
+    // The plugin ran once, at the instance the caller reached.
+    let after: Vec<f64> = futures_util::future::join_all(c.gateways.iter().map(|g| async {
+        scrape::metrics(g.admin()).await.sum(
+            "tunnel_gateway_plugin_decisions_total",
+            &[("plugin", "org-check")],
+        )
+    }))
+    .await;
+    let ran: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(ran, vec![0.0, 0.0, 1.0], "org-check decisions per instance");
+
+    // A relay field from a caller counts for nothing: no credential is
+    // still 401, another organization's caller still 403.
+    let anonymous = c.gateways[1]
+        .anonymous_caller()
+        .get("wiki.test", "/")
+        .header("tunnel-relay-caller", "cal_x")
+        .header("tunnel-relay-org", "acme")
+        .header("tunnel-relay-tunnel", &tunnel.id)
+        .send()
+        .await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let other = c.gateways[1].create_caller("globex").await;
+    let foreign = c.gateways[1]
+        .caller(&other)
+        .get("wiki.test", "/")
+        .header("tunnel-relay-org", "acme")
+        .send()
+        .await;
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+
+    // The relay listener takes only instances: no client certificate, or
+    // one from another CA, gets no HTTP answer.
+    let stranger = Pki::generate();
+    let stranger_cert = stranger.issue("stranger", &["gateway-relay"]);
+    for (who, cert) in [
+        ("no certificate", None),
+        ("another CA's", Some(&stranger_cert)),
+    ] {
+        let answer = relay_get(relay_addr(&c.gateways[0]), &c.pki, cert, &tunnel.id).await;
+        eprintln!("relay listener, {who}: {answer}");
+        assert!(
+            !answer.starts_with("HTTP/1.1"),
+            "{who}: the relay listener answered {answer:?}"
+        );
+    }
+    // An instance's own certificate is answered (a relayed request for a
+    // tunnel this instance has no agent of: 503, not relayed again).
+    let own = c.pki.issue("instance-x", &["gateway-relay"]);
+    let answer = relay_get(relay_addr(&c.gateways[1]), &c.pki, Some(&own), &tunnel.id).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_instance_holding_the_agents_dies_the_others_say_so_and_then_forget_it() {
+    let mut c = three_instances().await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = c.gateways[0].create_tunnel("acme", "wiki").await;
+    let _agent = Agent::connect(&c.gateways[0], &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let token = c.gateways[1].create_caller("acme").await;
+    on_every_instance_within(
+        &c,
+        Instant::now(),
+        LEASE,
+        "serving through the relay",
+        |i| {
+            let (g, token) = (&c.gateways[i], token.clone());
+            async move { status(g, &token).await == 200 }
+        },
+    )
+    .await;
+
+    c.gateways[0].kill();
+    let killed = Instant::now();
+    // Until its lease ends the others still name it, and say it cannot be
+    // reached (502); then they know no instance holds the tunnel (503).
+    let first = c.gateways[1]
+        .caller(&token)
+        .get("wiki.test", "/")
+        .send()
+        .await;
+    assert!(first.status == 502 || first.status == 503, "{first:?}");
+    if first.status == 502 {
+        assert!(
+            first
+                .text()
+                .contains("no gateway instance holding an agent of tunnel `wiki`"),
+            "{}",
+            first.text()
+        );
+    }
+    for i in [1, 2] {
+        let g = &c.gateways[i];
+        loop {
+            let r = g.caller(&token).get("wiki.test", "/").send().await;
+            if r.status == 503 {
+                assert!(r.text().contains("no agent is connected"), "{}", r.text());
+                break;
+            }
+            assert_eq!(r.status, 502, "instance {i}: {r:?}");
+            assert!(
+                killed.elapsed() < LEASE + LEASE / 3 + Duration::from_secs(1),
+                "instance {i} still relays to a dead instance {:?} after it died",
+                killed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "instance {i}: forgot the dead instance after {:?}",
+            killed.elapsed()
+        );
+    }
+}
+
+/// A GET on the relay listener at `addr` with the given client
+/// certificate (TLS 1.3, the cluster's CA trusted): the start of what it
+/// answered, or the error.
+async fn relay_get(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    cert: Option<&tests::pki::CertFiles>,
+    tunnel_id: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates(pki.root_store());
+    let config = match cert {
+        Some(files) => {
+            let (chain, key) = files.load();
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect relay");
+    let name = rustls::pki_types::ServerName::try_from("gateway-relay").expect("name");
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(t) => t,
+        Err(e) => return format!("handshake failed: {e}"),
+    };
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: wiki.test\r\ntunnel-relay-tunnel: {tunnel_id}\r\n\
+         tunnel-relay-caller: cal_x\r\ntunnel-relay-org: acme\r\ntunnel-relay-route: r\r\n\
+         tunnel-relay-body-limit: 10\r\nConnection: close\r\n\r\n"
+    );
+    if let Err(e) = tls.write_all(head.as_bytes()).await {
+        return format!("write failed: {e}");
+    }
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Ok(Err(e)) => format!("read failed: {e}"),
+        Err(_) => "no answer within 10 s".into(),
+    }
 }

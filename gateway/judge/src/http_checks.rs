@@ -113,6 +113,17 @@ pub fn gateway_managed(name: &str) -> bool {
 /// The headers to remove before forwarding: hop-by-hop ones (including
 /// those named in `Connection`) and the ones the caller may not set.
 pub fn headers_to_strip(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
+    strip(headers, upgrade, true)
+}
+
+/// Only the hop-by-hop headers (including those named in `Connection`):
+/// what a hop between two gateway instances removes from a head the first
+/// one already made, keeping its forwarding headers.
+pub fn hop_headers(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
+    strip(headers, upgrade, false)
+}
+
+fn strip(headers: &HeaderMap, upgrade: bool, caller: bool) -> Vec<HeaderName> {
     let mut out: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -126,18 +137,16 @@ pub fn headers_to_strip(headers: &HeaderMap, upgrade: bool) -> Vec<HeaderName> {
                 || (upgrade && n == header::UPGRADE))
         })
         .collect();
-    out.extend(
-        HOP_BY_HOP
-            .iter()
-            .chain(CALLER_FORBIDDEN)
-            .map(|n| HeaderName::from_static(n)),
-    );
-    out.extend(
-        headers
-            .keys()
-            .filter(|n| n.as_str().starts_with("x-forwarded-"))
-            .cloned(),
-    );
+    out.extend(HOP_BY_HOP.iter().map(|n| HeaderName::from_static(n)));
+    if caller {
+        out.extend(CALLER_FORBIDDEN.iter().map(|n| HeaderName::from_static(n)));
+        out.extend(
+            headers
+                .keys()
+                .filter(|n| n.as_str().starts_with("x-forwarded-"))
+                .cloned(),
+        );
+    }
     if !upgrade {
         out.push(header::CONNECTION);
         out.push(header::UPGRADE);

@@ -39,6 +39,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use telemetry::TraceCtx;
 
+use crate::cluster::Cluster;
 use crate::config::GatewayConfig;
 use crate::connector::TunnelConnector;
 use crate::live::{Current, Live};
@@ -55,6 +56,7 @@ mod exchange;
 mod observe;
 mod outcome;
 mod policy;
+mod relay;
 mod rewrite;
 
 /// The upstream "address" of every tunnel stream (never a real socket).
@@ -73,6 +75,11 @@ pub struct TunnelProxy {
     /// Keys pooled tunnel streams by agent connection and caller, seeded
     /// per process.
     pool_keys: std::collections::hash_map::RandomState,
+    /// With `[cluster]`: the instances a request can be relayed to.
+    cluster: Option<Arc<Cluster>>,
+    /// This proxy serves the relay listener: requests come admitted by
+    /// another instance ([`relay`]), and are never relayed again.
+    relayed: bool,
 }
 
 impl TunnelProxy {
@@ -91,7 +98,22 @@ impl TunnelProxy {
             tls: cfg.public.tls_cert.is_some(),
             pool_keys: Default::default(),
             failures,
+            cluster: None,
+            relayed: false,
         }
+    }
+
+    /// Relays requests for tunnels without an agent here to the instance
+    /// `cluster` says holds one.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The relay listener's proxy: requests another instance admitted.
+    pub fn relay_side(mut self) -> Self {
+        self.relayed = true;
+        self
     }
 }
 
@@ -146,6 +168,9 @@ pub struct Ctx {
     /// What the gateway answered itself, in its own words (a refusal or a
     /// failure): the tunnel's last error on the dashboard.
     answered: Option<String>,
+    /// The instance this request is relayed to (no agent of its tunnel
+    /// here): it goes there through pingora's proxy loop.
+    relay_to: Option<std::net::SocketAddr>,
 }
 
 /// A request whose tunnel stream broke after the request was written.
@@ -187,12 +212,21 @@ impl ProxyHttp for TunnelProxy {
             response_started: false,
             picked: None,
             answered: None,
+            relay_to: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         observe::start(session, ctx, self.tls);
-        match self.admit(session, ctx).await {
+        let admitted = if self.relayed {
+            self.admit_relayed(session, ctx).await
+        } else {
+            self.admit(session, ctx).await
+        };
+        match admitted {
+            // No agent of the tunnel here, one at another instance: the
+            // request goes there through pingora's proxy loop.
+            Ok(()) if self.relay_needed(ctx) => Ok(false),
             // A WebSocket upgrade goes through pingora's proxy loop on a
             // `CONNECT` stream (`upstream_peer`); every other request is
             // one HTTP/2 stream of its own ([`exchange`]).
@@ -230,6 +264,9 @@ impl ProxyHttp for TunnelProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let (Some(to), Some(cluster)) = (ctx.relay_to, &self.cluster) {
+            return Ok(relay::peer(cluster, to, ctx));
+        }
         // An agent of protocol 1, picked by `exchange`, takes the request
         // over a `CONNECT` stream; a retry picks again.
         let agent = match ctx.picked.take() {
@@ -262,6 +299,12 @@ impl ProxyHttp for TunnelProxy {
         // The agent connection vanished before the stream opened: nothing
         // was sent, so another agent may take the request (pingora's
         // `max_retries` bounds how often).
+        if ctx.relay_to.is_some() {
+            // The instance relayed to could not be reached: nothing was
+            // sent, so the next turn's instance may take it.
+            e.set_retry(self.relay_again(ctx));
+            return e;
+        }
         if *e.etype() == ErrorType::ConnectError {
             e.set_retry(true);
             ctx.avoid_agent = ctx.guard.as_ref().map(|g| g.agent().conn_id);
@@ -301,7 +344,11 @@ impl ProxyHttp for TunnelProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.rewrite_head(session, upstream, ctx)?;
-        set_traceparent(upstream, ctx)
+        set_traceparent(upstream, ctx)?;
+        if ctx.relay_to.is_some() {
+            relay::mark(upstream, ctx, self.cluster.as_deref())?;
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -71,6 +71,9 @@ pub(super) enum Outcome {
     ServiceTooSlow { tunnel: String },
     /// The tunnel failed while the request was in flight.
     TunnelFailed { tunnel: String },
+    /// No agent of the tunnel here, and no instance holding one could be
+    /// reached to relay to.
+    RelayFailed { tunnel: String },
     /// pingora stopped the request with a status of its own.
     Status(u16),
     /// The caller sent something that could not be read as HTTP.
@@ -258,6 +261,14 @@ impl Outcome {
                     true,
                     vec![],
                 ),
+                RelayFailed { tunnel } => (
+                    502,
+                    format!(
+                        "no gateway instance holding an agent of tunnel `{tunnel}` could be reached"
+                    ),
+                    true,
+                    vec![],
+                ),
                 Status(code) => (code, "request failed".into(), true, vec![]),
                 CallerError => (400, "bad request".into(), true, vec![]),
                 CallerGone => return None,
@@ -296,6 +307,23 @@ impl Outcome {
             return lost;
         }
         let tunnel = tunnel.to_string();
+        // The relay's connection or TLS handshake failed (nothing sent).
+        if ctx.relay_to.is_some()
+            && e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectError
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::TLSHandshakeFailure
+                    | ErrorType::TLSHandshakeTimedout
+                    | ErrorType::InvalidCert
+                    | ErrorType::HandshakeError
+            )
+        {
+            return Outcome::RelayFailed { tunnel };
+        }
         match (e.etype(), e.esource()) {
             (ErrorType::HTTPStatus(503), _) if ctx.no_agent => Outcome::NoAgent { tunnel },
             (ErrorType::HTTPStatus(413), _) => Outcome::BodyTooLarge {
@@ -492,6 +520,10 @@ mod tests {
                 Outcome::ServiceTooSlow { tunnel: t() },
             ),
             ("the tunnel fails while the request is in flight", Outcome::TunnelFailed { tunnel: t() }),
+            (
+                "no agent of the tunnel here, and no gateway instance holding one can be reached (see Running several gateways)",
+                Outcome::RelayFailed { tunnel: t() },
+            ),
             ("pingora stops the request with a status of its own", Outcome::Status(502)),
             ("the caller sends something that is not HTTP", Outcome::CallerError),
             ("the caller goes away", Outcome::CallerGone),

@@ -19,6 +19,19 @@ impl TunnelProxy {
         upstream: &mut RequestHeader,
         ctx: &Ctx,
     ) -> Result<()> {
+        // A relay's fields never reach an agent, and a caller's never
+        // count: the relaying instance sets its own (`relay::mark`).
+        for name in crate::cluster::RELAY_HEADERS {
+            upstream.remove_header(name);
+        }
+        // Relayed: the instance that admitted the request made the head
+        // (edits, forwarding headers); only the hop's own headers go.
+        if self.relayed {
+            for name in http_checks::hop_headers(&upstream.headers, ctx.upgrade) {
+                upstream.remove_header(&name);
+            }
+            return Ok(());
+        }
         for name in http_checks::headers_to_strip(&upstream.headers, ctx.upgrade) {
             upstream.remove_header(&name);
         }

@@ -17,6 +17,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod kek;
+pub mod presence;
 mod schema;
 #[doc(hidden)]
 pub mod testdb;

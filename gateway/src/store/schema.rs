@@ -56,6 +56,13 @@ const SQLITE_STEPS: &[&[&str]] = &[
             id INTEGER PRIMARY KEY CHECK (id = 1),
             nonce BLOB NOT NULL,
             ct BLOB NOT NULL)"],
+    // 4: which instance holds agents of which tunnel, until when.
+    &["CREATE TABLE presence (
+            instance TEXT NOT NULL,
+            tunnel_id TEXT NOT NULL,
+            relay_addr TEXT NOT NULL,
+            expires_at_ms INTEGER NOT NULL,
+            PRIMARY KEY (instance, tunnel_id))"],
 ];
 
 /// The same steps for PostgreSQL (`BYTEA` for `BLOB`, `BIGINT` for
@@ -117,6 +124,12 @@ const POSTGRES_STEPS: &[&[&str]] = &[
             id BIGINT PRIMARY KEY CHECK (id = 1),
             nonce BYTEA NOT NULL,
             ct BYTEA NOT NULL)"],
+    &["CREATE TABLE presence (
+            instance TEXT NOT NULL,
+            tunnel_id TEXT NOT NULL,
+            relay_addr TEXT NOT NULL,
+            expires_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (instance, tunnel_id))"],
 ];
 
 /// The channel every change to the shared tables is notified on
