@@ -151,7 +151,7 @@ pub async fn run(config: &Path, out: impl Write) -> i32 {
         return EXIT_FAILED;
     };
     let deadline = tokio::time::Instant::now() + limit;
-    match tokio::time::timeout_at(deadline, authenticate(&cfg, tls, &key, deadline)).await {
+    match tokio::time::timeout_at(deadline, authenticate(&cfg, &url, tls, &key, deadline)).await {
         Ok(Ok((mut ws, welcome))) => {
             r.ok(&format!(
                 "handshake accepted: tunnel {} ({}) as agent {}",

@@ -72,7 +72,19 @@ impl Default for RuntimeSection {
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     /// `wss://host:port/_tunnel/v1`; the host is verified against the certificate.
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several gateway instances (instead of `url`): the agent keeps
+    /// `connections` of them connected at once, each to another one, and
+    /// replaces one that drops with one not in use.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// How many gateway instances the agent stays connected to at once,
+    /// each a different one: another entry of `urls`, or another address
+    /// the host name resolves to. Default 2 with `urls`, 1 with `url`.
+    /// At most 16.
+    #[serde(default)]
+    pub connections: Option<usize>,
     /// PEM CA bundle to trust instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -283,13 +295,37 @@ fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+fn parse_url(field: &str, text: &str) -> Result<GatewayUrl, ConfigError> {
+    let uri: http::Uri = text.parse().map_err(|_| invalid(field, "not a URL"))?;
+    if uri.scheme_str() != Some("wss") {
+        return Err(invalid(field, "must start with wss:// (TLS is required)"));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid(field, "has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok(GatewayUrl {
+        host,
+        port: uri.port_u16().unwrap_or(443),
+        path: uri.path().to_string(),
+        text: text.to_string(),
+    })
+}
+
 /// The parts of `gateway.url` the agent uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// The URL as written (what the WebSocket upgrade asks for).
+    pub text: String,
 }
+
+/// The most connections to distinct instances an agent keeps.
+pub const MAX_CONNECTIONS: usize = 16;
 
 impl AgentConfig {
     /// Loads `path`, applies `AGENT__…` environment overrides and validates.
@@ -308,7 +344,15 @@ impl AgentConfig {
         self.telemetry.validate()?;
         self.log.validate()?;
         self.admin.address(DEFAULT_ADMIN_LISTEN)?;
-        self.gateway_url()?;
+        self.gateway_urls()?;
+        if let Some(n) = self.gateway.connections {
+            if n == 0 || n > MAX_CONNECTIONS {
+                return Err(invalid(
+                    "gateway.connections",
+                    format!("must be 1 to {MAX_CONNECTIONS}"),
+                ));
+            }
+        }
         self.proxy()?;
         let versions = protocol::MIN_PROTOCOL_VERSION..=protocol::PROTOCOL_VERSION;
         if !versions.contains(&self.gateway.protocol_version) {
@@ -388,30 +432,42 @@ impl AgentConfig {
         })
     }
 
-    /// Parses `gateway.url`: only `wss://` is accepted.
+    /// The first gateway URL (`gateway.url`, or the first of
+    /// `gateway.urls`).
     pub fn gateway_url(&self) -> Result<GatewayUrl, ConfigError> {
-        let uri: http::Uri = self
-            .gateway
-            .url
-            .parse()
-            .map_err(|_| invalid("gateway.url", "not a URL"))?;
-        if uri.scheme_str() != Some("wss") {
-            return Err(invalid(
+        Ok(self.gateway_urls()?.remove(0))
+    }
+
+    /// Every gateway URL, parsed: only `wss://` is accepted, and exactly
+    /// one of `gateway.url` and `gateway.urls` is set.
+    pub fn gateway_urls(&self) -> Result<Vec<GatewayUrl>, ConfigError> {
+        match (&self.gateway.url, self.gateway.urls.as_slice()) {
+            (Some(url), []) => Ok(vec![parse_url("gateway.url", url)?]),
+            (None, []) => Err(invalid(
                 "gateway.url",
-                "must start with wss:// (TLS is required)",
-            ));
+                "is required (or gateway.urls, for several instances)",
+            )),
+            (Some(_), _) => Err(invalid(
+                "gateway.urls",
+                "set gateway.url or gateway.urls, not both",
+            )),
+            (None, urls) => urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| parse_url(&format!("gateway.urls[{i}]"), u))
+                .collect(),
         }
-        let host = uri
-            .host()
-            .ok_or_else(|| invalid("gateway.url", "has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        Ok(GatewayUrl {
-            host,
-            port: uri.port_u16().unwrap_or(443),
-            path: uri.path().to_string(),
-        })
+    }
+
+    /// How many gateway instances to stay connected to at once.
+    pub fn connections(&self) -> usize {
+        self.gateway
+            .connections
+            .unwrap_or(if self.gateway.urls.is_empty() {
+                1
+            } else {
+                self.gateway.urls.len().min(2)
+            })
     }
 
     /// The local service address, checked against `allow_remote` where it
@@ -477,10 +533,30 @@ address = "127.0.0.1:8080"
             GatewayUrl {
                 host: "gw.example.com".into(),
                 port: 8443,
-                path: "/_tunnel/v1".into()
+                path: "/_tunnel/v1".into(),
+                text: "wss://gw.example.com:8443/_tunnel/v1".into(),
             }
         );
         assert_eq!(c.tunnel.cipher, Cipher::Aes256Gcm);
+    }
+
+    #[test]
+    fn several_urls_keep_two_connections_unless_told() {
+        let one = parse(BASE).unwrap();
+        assert_eq!(one.connections(), 1);
+        let list = "urls = [\"wss://a:1/x\", \"wss://b:2/x\", \"wss://c:3/x\"]";
+        let three =
+            parse(&BASE.replace("url = \"wss://gw.example.com:8443/_tunnel/v1\"", list)).unwrap();
+        assert_eq!(three.connections(), 2);
+        let urls = three.gateway_urls().unwrap();
+        assert_eq!(
+            urls.iter()
+                .map(|u| (u.host.as_str(), u.port))
+                .collect::<Vec<_>>(),
+            [("a", 1), ("b", 2), ("c", 3)]
+        );
+        let spread = parse(&BASE.replace("[tunnel]", "connections = 3\n[tunnel]")).unwrap();
+        assert_eq!(spread.connections(), 3);
     }
 
     #[test]
@@ -500,6 +576,29 @@ address = "127.0.0.1:8080"
             (
                 format!("{BASE}[heartbeat]\ninterval = \"999ms\"\n"),
                 "heartbeat.interval",
+            ),
+            (
+                BASE.replace("url = ", "urls = [\"wss://a:1/x\"]\nurl = "),
+                "gateway.urls",
+            ),
+            (
+                BASE.replace(
+                    "url = \"wss://gw.example.com:8443/_tunnel/v1\"",
+                    "urls = [\"wss://a:1/x\", \"ws://b:1/x\"]",
+                ),
+                "gateway.urls[1]",
+            ),
+            (
+                BASE.replace("url = \"wss://gw.example.com:8443/_tunnel/v1\"", ""),
+                "gateway.url",
+            ),
+            (
+                BASE.replace("[tunnel]", "connections = 0\n[tunnel]"),
+                "gateway.connections",
+            ),
+            (
+                BASE.replace("[tunnel]", "connections = 17\n[tunnel]"),
+                "gateway.connections",
             ),
         ];
         for (text, field) in cases {

@@ -1,6 +1,7 @@
 //! Dialing the gateway: TCP, TLS 1.3 with certificate and host name checks,
 //! WebSocket upgrade, and the key-proof handshake.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,10 +105,12 @@ pub fn tls_config(cfg: &AgentConfig) -> anyhow::Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(tls))
 }
 
-/// Dials and authenticates, all within the configured timeout.
+/// Dials and authenticates, all within the configured timeout; at `pin`
+/// when given (one of the addresses the URL's host resolves to).
 pub async fn dial(
     cfg: &AgentConfig,
     url: &GatewayUrl,
+    pin: Option<SocketAddr>,
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
 ) -> Result<(GatewayWs, Welcome), DialError> {
@@ -116,7 +119,7 @@ pub async fn dial(
         .proxy()
         .map_err(|e| crate::proxy::ProxyError::Config(e.to_string()))?;
     let deadline = Instant::now() + limit;
-    let dialed = dial_inner(cfg, url, tls, key, proxy.as_ref(), deadline);
+    let dialed = dial_inner(cfg, url, pin, tls, key, proxy.as_ref(), deadline);
     match tokio::time::timeout_at(deadline, dialed).await {
         Ok(Err(DialError::Timeout(_))) | Err(_) => Err(match &proxy {
             Some(p) => DialError::TimeoutThroughProxy(limit, p.to_string()),
@@ -129,14 +132,24 @@ pub async fn dial(
 async fn dial_inner(
     cfg: &AgentConfig,
     url: &GatewayUrl,
+    pin: Option<SocketAddr>,
     tls: Arc<rustls::ClientConfig>,
     key: &TunnelKey,
     proxy: Option<&crate::proxy::Proxy>,
     deadline: Instant,
 ) -> Result<(GatewayWs, Welcome), DialError> {
-    let tcp = open_transport(url, proxy).await?;
+    let tcp = match pin {
+        Some(addr) if proxy.is_none() => {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| DialError::Connect(addr.to_string(), e))?;
+            let _ = tcp.set_nodelay(true);
+            tcp
+        }
+        _ => open_transport(url, proxy).await?,
+    };
     let tls = tls_connect(url, tls, tcp).await?;
-    authenticate(cfg, tls, key, deadline).await
+    authenticate(cfg, url, tls, key, deadline).await
 }
 
 /// A TCP connection to the gateway: direct, or a tunnel through `proxy`
@@ -178,6 +191,7 @@ pub async fn tls_connect(
 /// [`DialError::Timeout`] of `gateway.connect_timeout_secs` otherwise).
 pub async fn authenticate(
     cfg: &AgentConfig,
+    url: &GatewayUrl,
     tls: TlsStream<TcpStream>,
     key: &TunnelKey,
     deadline: Instant,
@@ -187,7 +201,7 @@ pub async fn authenticate(
         .1
         .export_keying_material(&mut exporter, protocol::EXPORTER_LABEL, None)
         .map_err(|e| DialError::Tls(std::io::Error::other(e)))?;
-    let req = cfg.gateway.url.as_str().into_client_request()?;
+    let req = url.text.as_str().into_client_request()?;
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(req, tls, Some(protocol::ws_config())).await?;
 

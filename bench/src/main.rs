@@ -437,7 +437,7 @@ async fn idle_agents(
         );
         set.spawn(async move {
             let permit = permits.acquire_owned().await;
-            let (ws, welcome) = match agent::dial::dial(&cfg, &url, tls, &key).await {
+            let (ws, welcome) = match agent::dial::dial(&cfg, &url, None, tls, &key).await {
                 Ok(c) => c,
                 Err(e) => {
                     *failed.lock().unwrap() = Some(e.to_string());

@@ -60,6 +60,9 @@ pub struct Cluster {
     /// its agents, as last read.
     holders: ArcSwap<HashMap<String, Vec<SocketAddr>>>,
     turn: AtomicU64,
+    /// Instances a relay could not reach lately, until when: skipped while
+    /// another holder is there (their rows stay until their lease ends).
+    suspects: std::sync::Mutex<HashMap<SocketAddr, std::time::Instant>>,
     /// What this instance shows and checks when it relays.
     pub client_cert: Arc<CertKey>,
     pub ca: Arc<[WrappedX509]>,
@@ -89,6 +92,7 @@ impl Cluster {
             lease: cfg.lease,
             holders: ArcSwap::default(),
             turn: AtomicU64::new(0),
+            suspects: Default::default(),
             client_cert,
             ca,
             server_name: cfg.server_name.clone(),
@@ -96,12 +100,49 @@ impl Cluster {
     }
 
     /// Another instance holding an agent of the tunnel, taken in turn when
-    /// there are several; `None` when no other instance holds one.
+    /// there are several, an instance lately unreachable only when no
+    /// other holds one; `None` when no other instance holds one.
     pub fn relay_target(&self, tunnel_id: &str) -> Option<SocketAddr> {
+        self.relay_target_except(tunnel_id, None)
+    }
+
+    /// As [`Cluster::relay_target`], never `except`.
+    pub fn relay_target_except(
+        &self,
+        tunnel_id: &str,
+        except: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
         let holders = self.holders.load();
-        let list = holders.get(tunnel_id).filter(|l| !l.is_empty())?;
+        let list: Vec<SocketAddr> = holders
+            .get(tunnel_id)?
+            .iter()
+            .copied()
+            .filter(|a| Some(*a) != except)
+            .collect();
+        if list.is_empty() {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        let healthy: Vec<SocketAddr> = {
+            let mut suspects = self.suspects.lock().expect("lock");
+            suspects.retain(|_, until| *until > now);
+            list.iter()
+                .copied()
+                .filter(|a| !suspects.contains_key(a))
+                .collect()
+        };
+        let pool = if healthy.is_empty() { &list } else { &healthy };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
-        Some(list[turn % list.len()])
+        Some(pool[turn % pool.len()])
+    }
+
+    /// A relay to `addr` failed: other holders are preferred to it for one
+    /// lease (by then a dead instance's rows are gone).
+    pub fn suspect(&self, addr: SocketAddr) {
+        self.suspects
+            .lock()
+            .expect("lock")
+            .insert(addr, std::time::Instant::now() + self.lease);
     }
 
     /// Renews this instance's presence and reads the others', every third

@@ -23,6 +23,7 @@ pub struct AgentOptions {
     cipher: Option<String>,
     allow_remote: bool,
     url: Option<String>,
+    urls: Vec<String>,
     ca_file: Option<PathBuf>,
     heartbeat: Option<(Duration, Duration)>,
     drain_grace: Option<Duration>,
@@ -52,6 +53,19 @@ impl AgentOptions {
     /// Dials this URL instead of the gateway's (an impostor, say).
     pub fn url(mut self, url: &str) -> Self {
         self.url = Some(url.to_string());
+        self
+    }
+
+    /// Dials these gateway instances (`gateway.urls`) instead of the
+    /// gateway's URL.
+    pub fn urls(mut self, urls: &[String]) -> Self {
+        self.urls = urls.to_vec();
+        self
+    }
+
+    /// `gateway.connections`: how many instances to stay connected to.
+    pub fn connections(mut self, n: usize) -> Self {
+        self.gateway_extra.push_str(&format!("connections = {n}\n"));
         self
     }
 
@@ -425,6 +439,12 @@ impl Prepared {
         let config = dir.path().join("agent.toml");
         let path = |p: PathBuf| toml_str(&p.to_string_lossy());
         let url = opts.url.clone().unwrap_or_else(|| gateway.agents_url());
+        let url_line = if opts.urls.is_empty() {
+            format!("url = {}", toml_str(&url))
+        } else {
+            let list: Vec<String> = opts.urls.iter().map(|u| toml_str(u)).collect();
+            format!("urls = [{}]", list.join(", "))
+        };
         let ca = opts
             .ca_file
             .clone()
@@ -433,14 +453,14 @@ impl Prepared {
             .heartbeat
             .unwrap_or((Duration::from_secs(5), Duration::from_secs(15)));
         let text = format!(
-            "[gateway]\nurl = {}\nca_file = {}\n{}\n\
+            "[gateway]\n{}\nca_file = {}\n{}\n\
              [tunnel]\nid = {}\nagent_name = {}\nkey_file = {}\nkek_file = {}\ncipher = {}\n\n\
              [local]\naddress = {}\nallow_remote = {}\n\n\
              [heartbeat]\ninterval = {}\ntimeout = {}\n\n\
              [reconnect]\ninitial_backoff = \"100ms\"\nmax_backoff = \"2s\"\nstable_after = \"30s\"\n\n\
              [drain]\ngrace = {}\n\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
-            toml_str(&url),
+            url_line,
             path(ca),
             opts.gateway_extra,
             toml_str(&tunnel.id),

@@ -133,7 +133,7 @@ async fn one_tunnels_key_holder_cannot_take_every_agent_slot() {
     for i in 0..15 {
         let mut cfg = base.clone();
         cfg.tunnel.agent_name = Some(format!("extra-{i}"));
-        let (ws, welcome) = agent::dial::dial(&cfg, &url, tls.clone(), &key)
+        let (ws, welcome) = agent::dial::dial(&cfg, &url, None, tls.clone(), &key)
             .await
             .unwrap_or_else(|e| panic!("agent #{} of 16 should connect: {e}", i + 2));
         let drain = drain_rx.clone();
@@ -145,7 +145,7 @@ async fn one_tunnels_key_holder_cannot_take_every_agent_slot() {
     // The 17th is told, in words, to come back later: not rejected.
     let mut cfg = base.clone();
     cfg.tunnel.agent_name = Some("extra-16".into());
-    match agent::dial::dial(&cfg, &url, tls.clone(), &key).await {
+    match agent::dial::dial(&cfg, &url, None, tls.clone(), &key).await {
         Err(agent::dial::DialError::TryLater(reason)) => assert!(
             reason.contains("16 agents") && reason.contains("wiki"),
             "unclear reason: {reason}"

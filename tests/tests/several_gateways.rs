@@ -689,3 +689,97 @@ async fn relay_get(
         Err(_) => "no answer within 10 s".into(),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_two_instances_and_an_instance_dying_loses_only_its_in_flight_requests() {
+    let mut c = three_instances().await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = c.gateways[0].create_tunnel("acme", "wiki").await;
+    let urls: Vec<String> = c.gateways.iter().map(|g| g.agents_url()).collect();
+    // `gateway.urls` with the default of two connections: instances 0
+    // and 1; instance 2 has none of its own.
+    let _agent_proc = Agent::start(
+        &c.gateways[0],
+        &tunnel,
+        wiki.addr(),
+        AgentOptions::new().name("spread").urls(&urls),
+    )
+    .await;
+    let agent = &_agent_proc;
+    let connected = |mark: usize, n: usize| {
+        let events = agent.events().clone();
+        async move {
+            tests::eventually("agent connections", tests::PATIENCE, || {
+                let seen: Vec<String> = events
+                    .snapshot()
+                    .into_iter()
+                    .skip(mark)
+                    .filter(|e| e["event"] == "connected")
+                    .map(|e| e["gateway"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                let found = if seen.len() >= n {
+                    Ok(seen)
+                } else {
+                    Err(format!("{seen:?}"))
+                };
+                async move { found }
+            })
+            .await
+        }
+    };
+    let first = connected(0, 2).await;
+    assert_eq!(first.len(), 2);
+    assert_ne!(first[0], first[1], "two connections to one instance");
+    assert!(
+        first.contains(&urls[0]) && first.contains(&urls[1]),
+        "{first:?}"
+    );
+    let token = c.gateways[2].create_caller("acme").await;
+    on_every_instance_within(&c, Instant::now(), LEASE, "serving", |i| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move { status(g, &token).await == 200 }
+    })
+    .await;
+
+    // Callers keep sending through instances 1 and 2 while instance 0
+    // dies.
+    let load_1 = tests::RequestLoop::start(&c.gateways[1].caller(&token), "wiki.test", "/a", 2);
+    let load_2 = tests::RequestLoop::start(&c.gateways[2].caller(&token), "wiki.test", "/b", 2);
+    load_1.wait_more(10).await;
+    load_2.wait_more(10).await;
+    let mark = agent.events().mark();
+    let killing = Instant::now();
+    c.gateways[0].kill();
+    let killed = Instant::now();
+    // The agent replaces the lost connection with one to instance 2.
+    let replaced = connected(mark, 1).await;
+    assert_eq!(replaced[0], urls[2], "{replaced:?}");
+    eprintln!(
+        "agent connected to instance 2 {:?} after the kill",
+        killed.elapsed()
+    );
+    load_1.wait_more(20).await;
+    load_2.wait_more(20).await;
+    let (o1, o2) = (load_1.stop().await, load_2.stop().await);
+    // Only requests in flight when instance 0 died may have failed (those
+    // instance 2 had relayed to it); every other one was served.
+    let mut lost = 0;
+    for o in o1.iter().chain(&o2) {
+        if o.result != Ok(200) {
+            assert!(
+                o.sent <= killed && o.done >= killing,
+                "a request not in flight at the kill failed: {:?}, sent {:?} after the kill \
+                 and done {:?} before it",
+                o.result,
+                o.sent.saturating_duration_since(killed),
+                killing.saturating_duration_since(o.done)
+            );
+            lost += 1;
+        }
+    }
+    eprintln!(
+        "{} requests through instances 1 and 2, {lost} lost in flight",
+        o1.len() + o2.len()
+    );
+    assert!(o1.len() + o2.len() >= 60);
+}

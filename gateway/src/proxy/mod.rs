@@ -171,6 +171,8 @@ pub struct Ctx {
     /// The instance this request is relayed to (no agent of its tunnel
     /// here): it goes there through pingora's proxy loop.
     relay_to: Option<std::net::SocketAddr>,
+    /// Instances tried after the first for this request.
+    relay_retries: u32,
 }
 
 /// A request whose tunnel stream broke after the request was written.
@@ -213,6 +215,7 @@ impl ProxyHttp for TunnelProxy {
             picked: None,
             answered: None,
             relay_to: None,
+            relay_retries: 0,
         }
     }
 
@@ -325,6 +328,20 @@ impl ProxyHttp for TunnelProxy {
         // whose reused stream closed before the response, even after the
         // agent received it. `retry::decide` holds our rules.
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.relay_to.is_some() {
+            // The instance relayed to went away: a safe request with no
+            // answer begun goes to another instance holding the tunnel.
+            let safe = matches!(
+                session.req_header().method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            );
+            let again = safe
+                && session.response_written().is_none()
+                && !session.as_ref().retry_buffer_truncated()
+                && self.relay_again(ctx);
+            e.set_retry(again);
+            return e;
+        }
         let method = session.req_header().method.clone();
         let retry = self.judge_failure(
             &e,

@@ -33,6 +33,8 @@ const RELAY_HANDSHAKE: Duration = Duration::from_secs(5);
 /// The instance relayed to answers a slow service itself (504, after
 /// `upstream_timeout`); the relaying one waits this much longer.
 const RELAY_SLACK: Duration = Duration::from_secs(5);
+/// Other instances a request may be relayed to after the first failed.
+const MAX_RELAY_RETRIES: u32 = 2;
 
 impl TunnelProxy {
     /// Whether the admitted request goes to another instance: there is a
@@ -52,21 +54,27 @@ impl TunnelProxy {
         ctx.relay_to.is_some()
     }
 
-    /// After a failed connection to the instance relayed to: the next
-    /// instance holding the tunnel, if it is another one.
+    /// After a failed relay attempt that sent nothing the instance could
+    /// have acted on: the instance is suspect, and another instance
+    /// holding the tunnel, if any, takes the request.
     pub(super) fn relay_again(&self, ctx: &mut Ctx) -> bool {
         let (Some(cluster), Some(tunnel), Some(failed)) =
             (&self.cluster, &ctx.tunnel, ctx.relay_to)
         else {
             return false;
         };
-        match cluster.relay_target(&tunnel.id) {
-            Some(next) if next != failed => {
-                tracing::info!(tunnel = %tunnel.name, instance = %failed, trace_id = %ctx.trace_id, "could not reach the instance holding the tunnel; relaying to {next}");
+        cluster.suspect(failed);
+        if ctx.relay_retries >= MAX_RELAY_RETRIES {
+            return false;
+        }
+        match cluster.relay_target_except(&tunnel.id, Some(failed)) {
+            Some(next) => {
+                tracing::info!(tunnel = %tunnel.name, instance = %failed, trace_id = %ctx.trace_id, "could not relay to the instance holding the tunnel; relaying to {next}");
                 ctx.relay_to = Some(next);
+                ctx.relay_retries += 1;
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
