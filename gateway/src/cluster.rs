@@ -5,7 +5,8 @@
 //!   tunnel gains its first agent here or loses its last, the instance
 //!   rewrites its rows of the store's `presence` table (the tunnels it
 //!   holds agents of, valid for one lease) and reads the other instances'
-//!   rows still valid. An instance that dies stops renewing: the others
+//!   rows still valid. A change of what it holds is announced (NOTIFY), so
+//!   the others read presence again at once. An instance that dies stops renewing: the others
 //!   stop relaying to it within one lease. A clean stop removes its rows.
 //! - **Relay.** A request for a tunnel with no agent here goes to an
 //!   instance holding one ([`Cluster::relay_target`]) as an ordinary
@@ -155,13 +156,21 @@ impl Cluster {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let every = self.lease / 3;
+        let mut announced: Option<Vec<String>> = None;
         loop {
-            if let Err(e) = self.renew(&registry).await {
-                tracing::warn!("could not renew this instance's presence in the store: {e}");
+            let mut held = registry.held_tunnels();
+            held.sort();
+            let announce = announced.as_ref() != Some(&held);
+            match self.renew(&registry, held.clone(), announce).await {
+                Ok(()) => announced = Some(held),
+                Err(e) => {
+                    tracing::warn!("could not renew this instance's presence in the store: {e}")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = registry.held_changed.notified() => {}
+                _ = registry.store().presence_changed() => {}
                 _ = stop.changed() => break,
             }
         }
@@ -174,14 +183,19 @@ impl Cluster {
         }
     }
 
-    async fn renew(&self, registry: &Registry) -> Result<(), crate::store::StoreError> {
-        let held = registry.held_tunnels();
+    async fn renew(
+        &self,
+        registry: &Registry,
+        held: Vec<String>,
+        announce: bool,
+    ) -> Result<(), crate::store::StoreError> {
         let (me, addr) = (self.instance.clone(), self.advertised.to_string());
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
         let others = registry
             .with_store(move |s| async move {
                 let now = now_ms();
-                s.presence_renew(&me, &addr, &held, now + lease_ms).await?;
+                s.presence_renew(&me, &addr, &held, now + lease_ms, announce)
+                    .await?;
                 s.presence_others(&me, now).await
             })
             .await?;

@@ -171,6 +171,8 @@ pub enum StoreStamp {
 struct Changes {
     seen: AtomicU64,
     wake: tokio::sync::Notify,
+    /// Another instance's presence changed ([`presence`]).
+    presence: tokio::sync::Notify,
     listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -537,12 +539,18 @@ impl Store {
             return Ok(());
         };
         let mut listener = sqlx::postgres::PgListener::connect(url.expose()).await?;
-        listener.listen(schema::CHANNEL).await?;
+        listener
+            .listen_all([schema::CHANNEL, presence::CHANNEL])
+            .await?;
         let changes = self.changes.clone();
         let task = tokio::spawn(async move {
             let mut backoff = LISTEN_BACKOFF;
             loop {
                 match listener.try_recv().await {
+                    Ok(Some(n)) if n.channel() == presence::CHANNEL => {
+                        changes.presence.notify_one();
+                        continue;
+                    }
                     Ok(Some(_)) => backoff = LISTEN_BACKOFF,
                     // The connection was lost; the next call makes it again.
                     Ok(None) => tracing::warn!(
@@ -559,6 +567,7 @@ impl Store {
                 }
                 changes.seen.fetch_add(1, Ordering::AcqRel);
                 changes.wake.notify_one();
+                changes.presence.notify_one();
             }
         });
         if let Some(old) = self
@@ -579,6 +588,15 @@ impl Store {
     pub async fn changed(&self) {
         match self.backend {
             Backend::Postgres => self.changes.wake.notified().await,
+            Backend::Sqlite => std::future::pending().await,
+        }
+    }
+
+    /// Returns once another instance announced that the tunnels it holds
+    /// changed (PostgreSQL, while [`Store::listen`] runs); never on SQLite.
+    pub async fn presence_changed(&self) {
+        match self.backend {
+            Backend::Postgres => self.changes.presence.notified().await,
             Backend::Sqlite => std::future::pending().await,
         }
     }
@@ -1215,6 +1233,54 @@ mod tests {
             "no KEK file is written when kek_env is used"
         );
         std::env::remove_var(&var);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Presence: an instance's rows are replaced whole, others see them
+    /// until their lease ends, never their own.
+    #[tokio::test]
+    async fn presence_lasts_its_lease_and_is_replaced_whole() {
+        let d = tmp();
+        for c in backends(&d).await {
+            let s = Store::open(&c).await.unwrap();
+            let t = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+            s.presence_renew(
+                "gw_a",
+                "10.0.0.1:7443",
+                &t(&["tun_1", "tun_2"]),
+                2_000,
+                true,
+            )
+            .await
+            .unwrap();
+            s.presence_renew("gw_b", "10.0.0.2:7443", &t(&["tun_2"]), 5_000, false)
+                .await
+                .unwrap();
+            let seen = |v: Vec<presence::Holder>| {
+                v.into_iter()
+                    .map(|h| format!("{}@{}", h.tunnel_id, h.instance))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                seen(s.presence_others("gw_c", 1_000).await.unwrap()),
+                ["tun_1@gw_a", "tun_2@gw_a", "tun_2@gw_b"]
+            );
+            assert_eq!(
+                seen(s.presence_others("gw_a", 1_000).await.unwrap()),
+                ["tun_2@gw_b"]
+            );
+            // gw_a's lease is over at 2 s; gw_b now holds nothing.
+            s.presence_renew("gw_b", "10.0.0.2:7443", &[], 9_000, true)
+                .await
+                .unwrap();
+            assert!(s.presence_others("gw_c", 3_000).await.unwrap().is_empty());
+            s.presence_renew("gw_a", "10.0.0.1:7443", &t(&["tun_3"]), 9_000, true)
+                .await
+                .unwrap();
+            s.presence_forget("gw_a").await.unwrap();
+            assert!(s.presence_others("gw_c", 3_000).await.unwrap().is_empty());
+            s.close().await;
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -6,7 +6,12 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
+
+/// The channel an instance announces a change of the tunnels it holds on
+/// (PostgreSQL): the others read presence again at once instead of at
+/// their next renewal.
+pub const CHANNEL: &str = "tunnel_presence";
 
 /// Another instance holding agents of a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,13 +25,15 @@ pub struct Holder {
 impl Store {
     /// Records that `instance` (relaying at `relay_addr`) holds agents of
     /// exactly `tunnels`, until `until_ms` (unix milliseconds): its rows
-    /// are replaced in one transaction.
+    /// are replaced in one transaction, and when `announce`, the others
+    /// are told on commit.
     pub async fn presence_renew(
         &self,
         instance: &str,
         relay_addr: &str,
         tunnels: &[String],
         until_ms: i64,
+        announce: bool,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM presence WHERE instance = $1")
@@ -44,6 +51,12 @@ impl Store {
             .bind(until_ms)
             .execute(&mut *tx)
             .await?;
+        }
+        if announce && self.backend == Backend::Postgres {
+            // The channel name is ours; NOTIFY takes no parameter.
+            sqlx::query(&format!("NOTIFY {CHANNEL}"))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
