@@ -57,11 +57,11 @@ struct Args {
     #[arg(long)]
     keep_dir: Option<PathBuf>,
     /// Measure only these groups (comma-separated): rps, latency,
-    /// no-plugins, bulk, new-conn, rss-4g, idle-agents, traced, profile.
-    /// All but profile when unset.
+    /// no-plugins, bulk, new-conn, rss-4g, idle-agents, traced, relay,
+    /// profile. All but profile when unset.
     #[arg(long, value_delimiter = ',', value_parser = [
         "rps", "latency", "no-plugins", "bulk", "new-conn", "rss-4g", "idle-agents", "traced",
-        "profile",
+        "relay", "profile",
     ])]
     only: Vec<String>,
     /// Skip the peers (nginx, rathole): only direct and the tunnel.
@@ -991,6 +991,123 @@ async fn main() -> anyhow::Result<()> {
             100.0 * dropped / (exported + dropped).max(1.0),
             Goal::Report,
         ));
+    }
+    if want("relay") {
+        // Two gateway instances on a throwaway PostgreSQL, the agent on the
+        // first: the same route (no plugins) reached at the first (local)
+        // and at the second (relayed one hop over mutual TLS), with the
+        // CPU time of every process on each path.
+        let pg = tests::pg::OwnCluster::start().await;
+        let shared = tempfile::tempdir()?;
+        let kek = shared.path().join("kek");
+        let pki = tests::pki::Pki::generate();
+        let instance = |i: usize| {
+            let mut o = GatewayOptions::new()
+                .pki(pki.clone())
+                .store_url(&pg.url)
+                .kek_file(&kek)
+                .with_route(Route::new("bench.test", "bench").max_body_bytes(1 << 40))
+                .cluster(&pki, &format!("bench-{i}"), Duration::from_secs(6));
+            if let Some(n) = args.gateway_threads {
+                o = o.env("GATEWAY__SERVER__THREADS", &n.to_string());
+            }
+            o
+        };
+        let first = Gateway::start(instance(0)).await;
+        let second = Gateway::start(instance(1)).await;
+        let t = first.create_tunnel("bench-org", "bench").await;
+        let tok = first.create_caller("bench-org").await;
+        let near = Agent::connect(&first, &t, origin, AgentOptions::new()).await;
+        let at = |g: &Gateway| Target {
+            addr: g.public_addr(),
+            headers: vec![
+                ("Host".into(), "bench.test".into()),
+                ("Proxy-Authorization".into(), format!("Bearer {tok}")),
+            ],
+        };
+        let (local, relayed) = (at(&first), at(&second));
+        // The second instance relays once it has read the first's presence.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let req = Request::get("/1k");
+            let empty = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
+            if send(&relayed, req, empty).await?.status() == 200 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the second instance did not relay within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let paths = [
+            (direct.clone(), vec![]),
+            (local.clone(), vec![first.pid(), near.pid()]),
+            (relayed.clone(), vec![first.pid(), second.pid(), near.pid()]),
+        ];
+        for (t, _) in &paths {
+            wrk(t, "/1k", 16, 1, &[])?;
+        }
+        let mut rps = vec![Vec::new(); 3];
+        let mut cpu = vec![Vec::new(); 3];
+        for _ in 0..rounds {
+            for (i, (t, pids)) in paths.iter().enumerate() {
+                let before = cpu_of(pids, ticks)?;
+                let out = wrk(t, "/1k", 64, secs, &[])?;
+                anyhow::ensure!(
+                    !out.contains("Non-2xx"),
+                    "relay group: failed requests\n{out}"
+                );
+                let after = cpu_of(pids, ticks)?;
+                rps[i].push(parse_rps(&out)?);
+                cpu[i].push((after - before) * 1e6 / parse_requests(&out)?);
+            }
+        }
+        let m: Vec<f64> = rps.into_iter().map(median).collect();
+        let c: Vec<f64> = cpu.into_iter().map(median).collect();
+        add(Figure::new(
+            "relay_local_rps_c64",
+            "req/s",
+            m[0],
+            m[1],
+            Goal::Report,
+        ));
+        add(Figure::new(
+            "relay_relayed_rps_c64",
+            "req/s",
+            m[0],
+            m[2],
+            Goal::Report,
+        ));
+        add(Figure::new(
+            "relay_local_cpu_us_per_req",
+            "us",
+            NA,
+            c[1],
+            Goal::Report,
+        ));
+        add(Figure::new(
+            "relay_relayed_cpu_us_per_req",
+            "us",
+            NA,
+            c[2],
+            Goal::Report,
+        ));
+        add(Figure::new(
+            "relay_rps_relayed_over_local",
+            "x",
+            NA,
+            m[2] / m[1],
+            Goal::Report,
+        ));
+        add(Figure::new(
+            "relay_cpu_relayed_over_local",
+            "x",
+            NA,
+            c[2] / c[1],
+            Goal::Report,
+        ));
+        drop((near, second, first));
     }
     print!("{}", report::table(&figures, peer_bins.is_some()));
     if !profile_lines.is_empty() {

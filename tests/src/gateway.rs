@@ -138,6 +138,24 @@ impl GatewayOptions {
         self
     }
 
+    /// `[cluster]`: a relay listener on `127.0.0.1:0`, an instance
+    /// certificate from `pki` named `gateway-relay` (written as
+    /// `<instance>-cert.pem`), and presence leases of `lease`. Needs
+    /// [`GatewayOptions::store_url`].
+    pub fn cluster(self, pki: &Pki, instance: &str, lease: Duration) -> Self {
+        let cert = pki.issue(instance, &["gateway-relay"]);
+        let path_str = |p: &Path| toml_str(&p.to_string_lossy());
+        let toml = format!(
+            "[cluster]\nrelay_listen = \"127.0.0.1:0\"\ntls_cert = {}\ntls_key = {}\n\
+             tls_ca = {}\nlease = {}\n",
+            path_str(&cert.cert),
+            path_str(&cert.key),
+            path_str(&pki.ca_file),
+            toml_duration(lease)
+        );
+        self.extra_config(&toml)
+    }
+
     /// `store.kek_file`: the key-encryption key (several instances on one
     /// store share it); a file in the work dir by default.
     pub fn kek_file(mut self, path: &Path) -> Self {
@@ -358,6 +376,21 @@ impl Gateway {
             "gateway reported ready with a config it should refuse"
         );
         stderr
+    }
+
+    /// The relay listener (`[cluster]`), from the `ready` line.
+    pub fn relay_addr(&self) -> SocketAddr {
+        let ready = self
+            .events
+            .snapshot()
+            .into_iter()
+            .rev()
+            .find(|e| e["event"] == "ready")
+            .expect("a ready event");
+        ready["relay"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("ready names no relay listener: {ready}"))
     }
 
     /// The callers' listener.

@@ -51,6 +51,7 @@ pub mod lifecycle;
 pub mod otlp;
 mod outer_build_env;
 pub mod pattern;
+pub mod pg;
 pub mod pki;
 mod process;
 pub mod scrape;

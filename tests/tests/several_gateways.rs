@@ -15,54 +15,12 @@ use tests::agent::{Agent, AgentOptions};
 use tests::gateway::Tunnel;
 use tests::lifecycle::{disconnected, reason};
 
+use tests::pg::{fresh_database, OwnCluster};
 use tests::pki::Pki;
 use tests::{scrape, upstream, Gateway, GatewayOptions, Route};
 
 /// What every instance must do within, after the change returned.
 const WITHIN: Duration = Duration::from_secs(1);
-
-/// A new database of its own on the tests' PostgreSQL (`psql`, from the
-/// same packages as the server).
-async fn fresh_database() -> String {
-    let base = std::env::var("TUNNEL_TEST_PG").unwrap_or_else(|_| {
-        panic!(
-            "TUNNEL_TEST_PG is not set: these stories need a PostgreSQL server. Start a \
-             throwaway one with `export \"$(scripts/pg.sh start /tmp/tunnel-pg)\"` \
-             (scripts/test.sh does)"
-        )
-    });
-    let name = format!("t_{:016x}", rand_u64());
-    let out = tokio::process::Command::new("psql")
-        .arg(&base)
-        .args(["-v", "ON_ERROR_STOP=1", "-qc"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .await
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "creating a test database: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // postgres://user@host/postgres?host=… → …/<name>?host=…
-    let (head, query) = base.split_once('?').unwrap_or((&base, ""));
-    let (server, _) = head
-        .rsplit_once('/')
-        .expect("TUNNEL_TEST_PG names a database");
-    format!("{server}/{name}?{query}")
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
-}
 
 struct Cluster {
     gateways: Vec<Gateway>,
@@ -84,22 +42,14 @@ async fn three_instances() -> Cluster {
     let pki = Pki::generate();
     let mut gateways = Vec::new();
     for i in 0..3 {
-        let cert = pki.issue(&format!("instance-{i}"), &["gateway-relay"]);
         let opts = GatewayOptions::new()
             .pki(pki.clone())
             .store_url(&url)
             .kek_file(&kek)
             .with_route(Route::new("wiki.test", "wiki").plugin("org-check", ""))
             .env("GATEWAY__STORE__REFRESH", "60s")
-            .extra_config(&format!(
-                "[callers]\nmax_failures_per_minute = 100000\n\n[cluster]\n\
-                 relay_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\
-                 tls_ca = {:?}\nlease = \"{}s\"\n",
-                cert.cert,
-                cert.key,
-                pki.ca_file,
-                LEASE.as_secs()
-            ));
+            .extra_config("[callers]\nmax_failures_per_minute = 100000")
+            .cluster(&pki, &format!("instance-{i}"), LEASE);
         gateways.push(Gateway::start(opts).await);
     }
     Cluster {
@@ -108,21 +58,6 @@ async fn three_instances() -> Cluster {
         pki,
         _shared: shared,
     }
-}
-
-/// The relay listener of an instance, from its `ready` line.
-fn relay_addr(g: &Gateway) -> std::net::SocketAddr {
-    let ready = g
-        .events()
-        .snapshot()
-        .into_iter()
-        .rev()
-        .find(|e| e["event"] == "ready")
-        .expect("a ready event");
-    ready["relay"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("ready names no relay listener: {ready}"))
 }
 
 /// Polls `check` on each instance until it holds, all within [`WITHIN`]
@@ -369,59 +304,6 @@ async fn a_store_url_that_is_wrong_or_unreachable_stops_the_start_with_a_clear_e
     );
 }
 
-/// A PostgreSQL cluster of this test's own (`scripts/pg.sh`), stopped and
-/// removed on drop, so stopping it disturbs no other story.
-struct OwnCluster {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl OwnCluster {
-    async fn start() -> OwnCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("tunnel-pg-")
-            .tempdir()
-            .expect("temp dir");
-        let out = Self::pg("start", dir.path()).await;
-        let url = out
-            .trim()
-            .strip_prefix("TUNNEL_TEST_PG=")
-            .unwrap_or_else(|| panic!("pg.sh start printed {out:?}"))
-            .to_string();
-        OwnCluster { dir, url }
-    }
-
-    async fn pg(cmd: &str, dir: &std::path::Path) -> String {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
-        let out = tokio::process::Command::new(script)
-            .arg(cmd)
-            .arg(dir)
-            .output()
-            .await
-            .expect("run scripts/pg.sh");
-        assert!(
-            out.status.success(),
-            "pg.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    async fn stop(&self) {
-        Self::pg("stop", self.dir.path()).await;
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
-        let _ = std::process::Command::new(script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_stopping_under_a_serving_gateway_stops_changes_not_traffic() {
     let pg = OwnCluster::start().await;
@@ -559,7 +441,7 @@ async fn any_instance_serves_a_tunnel_whose_agent_sits_on_another_one_hop_plugin
         ("no certificate", None),
         ("another CA's", Some(&stranger_cert)),
     ] {
-        let answer = relay_get(relay_addr(&c.gateways[0]), &c.pki, cert, &tunnel.id).await;
+        let answer = relay_get(c.gateways[0].relay_addr(), &c.pki, cert, &tunnel.id).await;
         eprintln!("relay listener, {who}: {answer}");
         assert!(
             !answer.starts_with("HTTP/1.1"),
@@ -569,7 +451,7 @@ async fn any_instance_serves_a_tunnel_whose_agent_sits_on_another_one_hop_plugin
     // An instance's own certificate is answered (a relayed request for a
     // tunnel this instance has no agent of: 503, not relayed again).
     let own = c.pki.issue("instance-x", &["gateway-relay"]);
-    let answer = relay_get(relay_addr(&c.gateways[1]), &c.pki, Some(&own), &tunnel.id).await;
+    let answer = relay_get(c.gateways[1].relay_addr(), &c.pki, Some(&own), &tunnel.id).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
 }
 
