@@ -389,12 +389,16 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         &cfg.public,
         &public_addr.to_string(),
     )?;
-    let _reloader = crate::reload::start(crate::reload::Reloader::new(
-        cfg.clone(),
-        live,
-        failures,
-        listener_limits,
-    ))
+    // On a shared store, reloads are announced to the other instances
+    // and theirs heard (see `crate::reload`).
+    let instance = cluster.as_ref().map_or_else(
+        || format!("gw_{:012x}", rand::random::<u64>() >> 16),
+        |c| c.instance.clone(),
+    );
+    let _reloader = crate::reload::start(
+        crate::reload::Reloader::new(cfg.clone(), live, failures, listener_limits)
+            .map(|r| r.shared(instance, registry.clone())),
+    )
     .context("starting the configuration reloader")?;
     // The agent connections (TLS, WebSocket and HTTP/2 framing of every
     // tunnel) run on the public proxy's runtime: see `PublicAndTunnels`.

@@ -659,3 +659,82 @@ async fn an_agent_keeps_two_instances_and_an_instance_dying_loses_only_its_in_fl
     );
     assert!(o1.len() + o2.len() >= 60);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_reloaded_on_one_instance_is_announced_to_all() {
+    let c = three_instances().await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = c.gateways[0].create_tunnel("acme", "wiki").await;
+    let _agents = an_agent_on_each(&c, &tunnel, wiki.addr()).await;
+    let token = c.gateways[0].create_caller("acme").await;
+    let docs = |i: usize| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move {
+            g.caller(&token)
+                .get("docs.test", "/")
+                .send()
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(docs(i).await, 404, "instance {i} before the reload");
+    }
+    let add_docs = |text: String| {
+        format!(
+            "{text}\n[[routes]]\nname = \"docs\"\nhost = \"docs.test\"\ntunnel = \"wiki\"\n\
+             [[routes.plugins]]\nname = \"org-check\"\nconfig = \"\"\n"
+        )
+    };
+
+    // Only instance 0's file gets the route, and it reloads: the others
+    // hear of it at once, read their own files again, find them
+    // different, and say so.
+    let marks: Vec<usize> = c.gateways.iter().map(|g| g.events().mark()).collect();
+    c.gateways[0].rewrite_config(add_docs);
+    c.gateways[0].sighup();
+    let reloaded = c.gateways[0].wait_reload(marks[0]).await;
+    let at = Instant::now();
+    assert_eq!(reloaded["event"], "config_reloaded", "{reloaded}");
+    assert_eq!(docs(0).await, 200);
+    for i in [1, 2] {
+        let differs = c.gateways[i]
+            .events()
+            .wait_after(
+                marks[i],
+                "config_differs",
+                |e| e["event"] == "config_differs",
+                tests::PATIENCE,
+            )
+            .await;
+        assert!(
+            at.elapsed() <= WITHIN,
+            "instance {i} heard of the reload {:?} after it",
+            at.elapsed()
+        );
+        assert!(
+            differs["instance"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("gw_")),
+            "{differs}"
+        );
+        assert_ne!(differs["announced"], differs["here"], "{differs}");
+        assert_eq!(
+            docs(i).await,
+            404,
+            "instance {i} kept its own file's routes"
+        );
+    }
+
+    // Given the same file, every instance serves the route.
+    for g in &c.gateways[1..] {
+        g.rewrite_config(add_docs);
+    }
+    let written = Instant::now();
+    on_every_instance_within(&c, written, tests::PATIENCE, "serving the new route", |i| {
+        let docs = docs(i);
+        async move { docs.await == 200 }
+    })
+    .await;
+}

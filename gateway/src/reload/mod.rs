@@ -104,6 +104,9 @@ pub struct Reloader {
     live: Current,
     failures: Arc<FailureBudget>,
     listener: LiveLimits,
+    /// On a shared store: this instance's id and the registry whose store
+    /// announces reloads to the other instances and hears theirs.
+    shared: Option<(String, Arc<crate::registry::Registry>)>,
 }
 
 impl Reloader {
@@ -122,7 +125,27 @@ impl Reloader {
             live,
             failures,
             listener,
+            shared: None,
         })
+    }
+
+    /// On a shared store (`store.url`): a reload here is announced to the
+    /// other instances, which read their own files again at once; one
+    /// they announce is read here. `instance` names this one.
+    pub fn shared(mut self, instance: String, registry: Arc<crate::registry::Registry>) -> Self {
+        if self.running.store.url.is_some() {
+            self.shared = Some((instance, registry));
+        }
+        self
+    }
+
+    /// What identifies the routes in force: a SHA-256 (hex, 16 digits) of
+    /// `routes` and `routing` as serialized.
+    pub fn routes_digest(&self) -> String {
+        use sha2::Digest;
+        let text =
+            serde_json::to_vec(&(&self.running.routes, &self.running.routing)).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&text)[..8])
     }
 
     /// Reads the file again and applies it, or refuses it whole.
@@ -162,8 +185,10 @@ impl Reloader {
     }
 
     /// [`Reloader::reload`], reported: event line, log line and metric.
-    pub async fn reload_and_report(&mut self, trigger: &'static str) {
+    /// Whether something changed.
+    pub async fn reload_and_report(&mut self, trigger: &str) -> bool {
         let outcome = self.reload().await;
+        let changed = outcome.as_ref().is_ok_and(|d| !d.is_empty());
         let result = if outcome.is_ok() { "ok" } else { "failed" };
         crate::metrics::CONFIG_RELOADS
             .get_or_create(&crate::metrics::ResultLabels { result })
@@ -205,6 +230,40 @@ impl Reloader {
                 }));
             }
         }
+        changed
+    }
+
+    /// After a reload here: the other instances are told.
+    async fn announce(&self) {
+        let Some((me, registry)) = &self.shared else {
+            return;
+        };
+        let (me, digest) = (me.clone(), self.routes_digest());
+        if let Err(e) = registry
+            .with_store(move |s| async move { s.announce_reload(&me, &digest).await })
+            .await
+        {
+            tracing::warn!("could not announce this reload to the other instances: {e}");
+        }
+    }
+
+    /// After reading the file again because `other` announced a reload of
+    /// routes with `digest`: says so when this instance's routes differ.
+    fn compare(&self, other: &str, digest: &str) {
+        let here = self.routes_digest();
+        if here != digest {
+            tracing::warn!(
+                instance = other,
+                "instance {other} reloaded routes that differ from this instance's file \
+                 (digest {digest}, here {here}): give every instance the same routes"
+            );
+            emit(json!({
+                "event": "config_differs",
+                "instance": other,
+                "announced": digest,
+                "here": here,
+            }));
+        }
     }
 }
 
@@ -231,9 +290,23 @@ pub fn start(reloader: Option<Reloader>) -> anyhow::Result<Option<Handle>> {
 async fn run(mut reloader: Reloader, mut hup: Signal, mut seen: Option<Stamp>) {
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let registry = reloader.shared.as_ref().map(|(_, r)| r.clone());
+    let announced = || async {
+        match &registry {
+            Some(r) => r.store().reload_announced().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
-        let trigger = tokio::select! {
-            _ = hup.recv() => "sighup",
+        let (trigger, from) = tokio::select! {
+            _ = hup.recv() => ("sighup".to_string(), None),
+            (who, digest) = announced() => {
+                let me = reloader.shared.as_ref().map(|(me, _)| me.as_str());
+                if me == Some(who.as_str()) {
+                    continue;
+                }
+                (format!("announced by {who}"), Some((who, digest)))
+            }
             _ = poll.tick() => {
                 match stamp(&reloader.path) {
                     // Changed (in place, or replaced by a rename: a new
@@ -241,14 +314,19 @@ async fn run(mut reloader: Reloader, mut hup: Signal, mut seen: Option<Stamp>) {
                     // the running configuration stays.
                     Ok(now) if Some(now) != seen => {
                         settle(&reloader.path, now).await;
-                        "file"
+                        ("file".to_string(), None)
                     }
                     _ => continue,
                 }
             }
         };
         seen = stamp(&reloader.path).ok();
-        reloader.reload_and_report(trigger).await;
+        let changed = reloader.reload_and_report(&trigger).await;
+        match from {
+            Some((who, digest)) => reloader.compare(&who, &digest),
+            None if changed => reloader.announce().await,
+            None => {}
+        }
     }
 }
 

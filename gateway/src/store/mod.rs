@@ -173,8 +173,15 @@ struct Changes {
     wake: tokio::sync::Notify,
     /// Another instance's presence changed ([`presence`]).
     presence: tokio::sync::Notify,
+    /// The last reload another instance announced (`<instance> <digest>`),
+    /// and a wake-up for the reloader.
+    reloaded: std::sync::Mutex<Option<String>>,
+    reload: tokio::sync::Notify,
     listener: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
+
+/// The channel a reload is announced on (PostgreSQL).
+const RELOAD_CHANNEL: &str = "tunnel_reload";
 
 /// How long the listening connection waits before connecting again after
 /// it failed (doubling up to [`LISTEN_BACKOFF_MAX`]).
@@ -540,7 +547,7 @@ impl Store {
         };
         let mut listener = sqlx::postgres::PgListener::connect(url.expose()).await?;
         listener
-            .listen_all([schema::CHANNEL, presence::CHANNEL])
+            .listen_all([schema::CHANNEL, presence::CHANNEL, RELOAD_CHANNEL])
             .await?;
         let changes = self.changes.clone();
         let task = tokio::spawn(async move {
@@ -549,6 +556,11 @@ impl Store {
                 match listener.try_recv().await {
                     Ok(Some(n)) if n.channel() == presence::CHANNEL => {
                         changes.presence.notify_one();
+                        continue;
+                    }
+                    Ok(Some(n)) if n.channel() == RELOAD_CHANNEL => {
+                        *changes.reloaded.lock().expect("lock") = Some(n.payload().to_string());
+                        changes.reload.notify_one();
                         continue;
                     }
                     Ok(Some(_)) => backoff = LISTEN_BACKOFF,
@@ -598,6 +610,38 @@ impl Store {
         match self.backend {
             Backend::Postgres => self.changes.presence.notified().await,
             Backend::Sqlite => std::future::pending().await,
+        }
+    }
+
+    /// Tells the other instances (PostgreSQL) that `instance` reloaded its
+    /// configuration, whose routes now have `digest`: each reads its own
+    /// file again at once. Nothing on SQLite.
+    pub async fn announce_reload(&self, instance: &str, digest: &str) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        // pg_notify returns void, which no driver decodes.
+        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_notify($1, $2)) AS n")
+            .bind(RELOAD_CHANNEL)
+            .bind(format!("{instance} {digest}"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Returns the next reload another instance announced, as
+    /// `(instance, digest)` (PostgreSQL, while [`Store::listen`] runs);
+    /// never on SQLite.
+    pub async fn reload_announced(&self) -> (String, String) {
+        if self.backend != Backend::Postgres {
+            return std::future::pending().await;
+        }
+        loop {
+            self.changes.reload.notified().await;
+            let payload = self.changes.reloaded.lock().expect("lock").take();
+            if let Some((who, digest)) = payload.as_deref().and_then(|p| p.split_once(' ')) {
+                return (who.to_string(), digest.to_string());
+            }
         }
     }
 
