@@ -120,14 +120,16 @@ impl TunnelProxy {
             .ok_or_else(|| Outcome::NoTunnel {
                 name: tunnel_id.clone(),
             })?;
+        // The caller's Host, which the first instance judged and forwarded
+        // untouched.
         let host = req
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        ctx.host = host.split(':').next().unwrap_or_default().to_string();
-        ctx.authority = host;
+            .and_then(|h| crate::judgement::judge_host(h).ok())
+            .ok_or_else(|| Outcome::bad_request("relayed request without a valid Host"))?;
+        ctx.host = host.host.clone();
+        ctx.authority = host.authority();
         ctx.path = req.uri.path().to_string();
         ctx.route = Some(route.into());
         ctx.upgrade = http_checks::is_websocket_upgrade(&req.headers);
