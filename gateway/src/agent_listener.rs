@@ -548,6 +548,7 @@ async fn run_tunnel(
                 Ok(Some(Control::Drain)) => {
                     draining = true;
                     agent.start_draining();
+                    shared.registry.held_changed.notify_one();
                     tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, inflight = agent.inflight(), "agent draining");
                     emit(agent_event("agent_draining", &agent));
                 }
@@ -564,6 +565,7 @@ async fn run_tunnel(
                 draining = true;
                 by_operator = true;
                 agent.start_draining();
+                shared.registry.held_changed.notify_one();
                 tracing::info!(tunnel = %agent.tunnel.name, agent = %agent.agent_name, inflight = agent.inflight(), "agent drained by operator");
                 emit(agent_event("agent_draining", &agent));
             }

@@ -193,7 +193,7 @@ impl Cluster {
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2);
         let others = registry
             .with_store(move |s| async move {
-                let now = now_ms();
+                let now = s.presence_now().await?;
                 s.presence_renew(&me, &addr, &held, now + lease_ms, announce)
                     .await?;
                 s.presence_others(&me, now).await
@@ -212,13 +212,6 @@ impl Cluster {
         self.holders.store(Arc::new(holders));
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The relay listener's TLS: 1.3 only, this instance's certificate, and a

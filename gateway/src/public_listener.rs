@@ -130,13 +130,13 @@ pub fn relay_service<SV>(
     public: &PublicSection,
     addr: &str,
     tls: Arc<rustls::ServerConfig>,
-) -> Service<PublicApp<HttpProxy<SV>>>
+) -> (Service<PublicApp<HttpProxy<SV>>>, LiveLimits)
 where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
 {
     let tls = Some(Acceptor::from_server_config(tls));
-    build("relay", conf, proxy, public, addr, tls).0
+    build("relay", conf, proxy, public, addr, tls)
 }
 
 fn build<SV>(
@@ -216,6 +216,7 @@ impl<A> PublicApp<A> {
         LiveLimits {
             limits: self.limits.clone(),
             conns: self.conns.clone(),
+            also: None,
         }
     }
 }
@@ -228,6 +229,8 @@ impl<A> PublicApp<A> {
 pub struct LiveLimits {
     limits: Arc<ArcSwap<Limits>>,
     conns: Arc<Connections>,
+    /// Another listener under the same `[public]` settings (the relay).
+    also: Option<Box<LiveLimits>>,
 }
 
 impl LiveLimits {
@@ -237,6 +240,15 @@ impl LiveLimits {
         self.conns
             .set_caps(limits.max_connections, limits.max_connections_per_source);
         self.limits.store(Arc::new(limits));
+        if let Some(other) = &self.also {
+            other.set(public);
+        }
+    }
+
+    /// These limits and, when given, `other`'s: a reload sets both.
+    pub fn also(mut self, other: Option<LiveLimits>) -> Self {
+        self.also = other.map(Box::new);
+        self
     }
 }
 

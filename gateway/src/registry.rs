@@ -603,13 +603,14 @@ impl Registry {
         }
     }
 
-    /// The ids of the tunnels with at least one agent connected here.
+    /// The ids of the tunnels with at least one agent here that serves
+    /// (connected, not draining): what the cluster's presence says.
     pub fn held_tunnels(&self) -> Vec<String> {
         self.agents
             .read()
             .expect("lock")
             .iter()
-            .filter(|(_, list)| !list.is_empty())
+            .filter(|(_, list)| list.iter().any(|a| !a.draining.load(Ordering::Acquire)))
             .map(|(id, _)| id.clone())
             .collect()
     }

@@ -187,7 +187,7 @@ pub fn is_safe(method: &http::Method) -> bool {
 /// this request, so nothing of it was delivered. pingora 0.9.1's HTTP/1
 /// client names the step in the error's context (`write_request_header`);
 /// a partial write to a closed Unix socket stays in a buffer nobody reads.
-fn is_stale(e: &Error) -> bool {
+pub fn is_stale(e: &Error) -> bool {
     *e.esource() == ErrorSource::Upstream
         && *e.etype() == ErrorType::WriteError
         && chain(e).any(|e| {

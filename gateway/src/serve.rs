@@ -358,6 +358,7 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     // `[cluster]`: the relay listener (its port reserved like the public
     // one's until pingora listens) and this instance's presence.
     let mut relay = None;
+    let mut relay_live = None;
     let mut cluster = None;
     if let Some(c) = &cfg.cluster {
         let addr = c.listen_addr()?;
@@ -369,18 +370,18 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         proxy = proxy.with_cluster(member.clone());
         let relay_proxy =
             TunnelProxy::new(&cfg, registry.clone(), live.clone(), failures.clone()).relay_side();
-        // Every relayed request comes from a few instances: the cap per
-        // source is the listener's whole cap.
-        let mut limits = cfg.public.clone();
-        limits.max_connections_per_source = limits.max_connections;
-        let service = crate::public_listener::relay_service(
+        // The public listener's caps: the per-source one holds before the
+        // TLS handshake, so one host on the network cannot take every
+        // slot (an instance's pooled connections stay far below it).
+        let (service, relay_limits) = crate::public_listener::relay_service(
             &server.configuration,
             relay_proxy,
-            &limits,
+            &cfg.public,
             &bound.to_string(),
             crate::cluster::relay_server_config(c)?,
         );
         relay = Some((service, reservation, bound));
+        relay_live = Some(relay_limits);
         cluster = Some(member);
     }
     let (public, listener_limits) = crate::public_listener::service(
@@ -396,8 +397,13 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
         |c| c.instance.clone(),
     );
     let _reloader = crate::reload::start(
-        crate::reload::Reloader::new(cfg.clone(), live, failures, listener_limits)
-            .map(|r| r.shared(instance, registry.clone())),
+        crate::reload::Reloader::new(
+            cfg.clone(),
+            live,
+            failures,
+            listener_limits.also(relay_live),
+        )
+        .map(|r| r.shared(instance, registry.clone())),
     )
     .context("starting the configuration reloader")?;
     // The agent connections (TLS, WebSocket and HTTP/2 framing of every

@@ -738,3 +738,48 @@ async fn a_route_reloaded_on_one_instance_is_announced_to_all() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_agent_drains_stops_being_relayed_to_within_moments() {
+    let c = three_instances().await;
+    let wiki = upstream::echo("wiki").await;
+    let tunnel = c.gateways[0].create_tunnel("acme", "wiki").await;
+    let on_0 = Agent::connect(&c.gateways[0], &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let _on_1 = Agent::connect(&c.gateways[1], &tunnel, wiki.addr(), AgentOptions::new()).await;
+    let token = c.gateways[2].create_caller("acme").await;
+    on_every_instance(&c, Instant::now(), "serving", |i| {
+        let (g, token) = (&c.gateways[i], token.clone());
+        async move { status(g, &token).await == 200 }
+    })
+    .await;
+    // Instance 2 relays to 0 and 1 in turn; 0's only agent drains.
+    let load = tests::RequestLoop::start(&c.gateways[2].caller(&token), "wiki.test", "/", 2);
+    load.wait_more(20).await;
+    let conn = c.gateways[0].conn_id(on_0.name());
+    let mark = c.gateways[0].events().mark();
+    let asked = Instant::now();
+    c.gateways[0]
+        .cli_json(&["agent", "drain", &conn.to_string()])
+        .await;
+    disconnected(&c.gateways[0], mark, on_0.name()).await;
+    load.wait_more(40).await;
+    let outcomes = load.stop().await;
+    // Instance 0 announces at once that it no longer serves the tunnel;
+    // until instance 2 has read that (milliseconds), a request it relays
+    // there is answered 503 "no agent". None fails after.
+    let window = Duration::from_millis(300);
+    let mut in_window = 0;
+    for o in outcomes.iter().filter(|o| o.result != Ok(200)) {
+        assert_eq!(o.result, Ok(503), "{:?}", o.result);
+        assert!(
+            o.sent >= asked && o.sent <= asked + window,
+            "a relayed request sent {:?} after the drain failed",
+            o.sent.saturating_duration_since(asked)
+        );
+        in_window += 1;
+    }
+    eprintln!(
+        "{} relayed requests, {in_window} answered 503 in the moments after the drain",
+        outcomes.len()
+    );
+}

@@ -291,6 +291,7 @@ pub async fn execute(
             let agent = r.agent(conn_id).ok_or(OpError::NoAgent(conn_id))?;
             agent.request_drain();
             agent.start_draining();
+            r.held_changed.notify_one();
             let audit = entry(
                 &who,
                 "agent.drain",

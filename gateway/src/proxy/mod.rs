@@ -322,24 +322,35 @@ impl ProxyHttp for TunnelProxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         // Replaces pingora's default, which retries any idempotent request
         // whose reused stream closed before the response, even after the
         // agent received it. `retry::decide` holds our rules.
         let mut e = e.more_context(format!("Peer: {peer}"));
         if ctx.relay_to.is_some() {
-            // The instance relayed to went away: a safe request with no
-            // answer begun goes to another instance holding the tunnel.
+            // Only a failure of the hop counts (not the caller's body over
+            // its limit, nor the caller gone). A pooled connection the
+            // other side had closed took nothing: any method goes again,
+            // on a new connection to the same instance. The instance gone
+            // mid-request: a safe request with no answer begun goes to
+            // another instance holding the tunnel.
+            if *e.esource() != pingora_error::ErrorSource::Upstream
+                || session.response_written().is_some()
+                || session.as_ref().retry_buffer_truncated()
+            {
+                e.set_retry(false);
+                return e;
+            }
+            if client_reused && crate::retry::is_stale(&e) {
+                e.set_retry(true);
+                return e;
+            }
             let safe = matches!(
                 session.req_header().method,
                 http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
             );
-            let again = safe
-                && session.response_written().is_none()
-                && !session.as_ref().retry_buffer_truncated()
-                && self.relay_again(ctx);
-            e.set_retry(again);
+            e.set_retry(safe && self.relay_again(ctx));
             return e;
         }
         let method = session.req_header().method.clone();

@@ -161,7 +161,10 @@ pub(super) fn peer(cluster: &Cluster, to: SocketAddr, ctx: &Ctx) -> Box<HttpPeer
     peer.options.total_connection_timeout = Some(RELAY_HANDSHAKE);
     peer.options.read_timeout = (!ctx.upgrade).then_some(ctx.live.upstream_timeout + RELAY_SLACK);
     peer.options.write_timeout = Some(ctx.live.upstream_timeout + RELAY_SLACK);
-    peer.options.idle_timeout = Some(ctx.live.pool_idle);
+    // Well under the listener's keep-alive (the same `public.keepalive`
+    // on every instance): a pooled connection is dropped here before the
+    // other side closes it under a request.
+    peer.options.idle_timeout = Some(ctx.live.pool_idle / 2);
     Box::new(peer)
 }
 

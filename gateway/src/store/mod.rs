@@ -423,9 +423,12 @@ impl Store {
         } else {
             (None, None, None)
         };
-        sqlx::query(
+        // Only from the generation read: two rotations at once (two
+        // instances) must not both print a key when one overwrote the other.
+        let updated = sqlx::query(
             "UPDATE tunnels SET key_nonce = $1, key_ct = $2, key_generation = $3, \
-             prev_key_nonce = $4, prev_key_ct = $5, prev_key_until = $6 WHERE id = $7",
+             prev_key_nonce = $4, prev_key_ct = $5, prev_key_until = $6 \
+             WHERE id = $7 AND key_generation = $8",
         )
         .bind(&nonce[..])
         .bind(&ct)
@@ -434,8 +437,15 @@ impl Store {
         .bind(prev_ct)
         .bind(until)
         .bind(&id)
+        .bind(generation - 1)
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::Invalid {
+                field: "tunnel",
+                reason: "its key was rotated by someone else at the same moment; rotate again",
+            });
+        }
         let row = sqlx::query(&format!("{TUNNEL_SELECT} WHERE id = $1"))
             .bind(&id)
             .fetch_one(&mut *tx)

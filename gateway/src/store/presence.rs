@@ -23,10 +23,27 @@ pub struct Holder {
 }
 
 impl Store {
+    /// The time leases are counted in (unix milliseconds): the database's
+    /// clock on PostgreSQL, so instances whose clocks disagree still agree
+    /// on when a lease ends; this process's on SQLite (one machine).
+    pub async fn presence_now(&self) -> Result<i64, StoreError> {
+        match self.backend {
+            Backend::Postgres => Ok(sqlx::query_scalar(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            )
+            .fetch_one(&self.pool)
+            .await?),
+            Backend::Sqlite => Ok(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)),
+        }
+    }
+
     /// Records that `instance` (relaying at `relay_addr`) holds agents of
-    /// exactly `tunnels`, until `until_ms` (unix milliseconds): its rows
-    /// are replaced in one transaction, and when `announce`, the others
-    /// are told on commit.
+    /// exactly `tunnels`, until `until_ms` (unix milliseconds, in
+    /// [`Store::presence_now`]'s clock): its rows are replaced in one
+    /// transaction, and when `announce`, the others are told on commit.
     pub async fn presence_renew(
         &self,
         instance: &str,
