@@ -15,5 +15,6 @@ cargo build --workspace --bins
 # several-gateway tests run on it as well as on SQLite. Stopped on exit.
 pgdir=$(mktemp -d /tmp/tunnel-pg.XXXXXX)
 trap 'scripts/pg.sh stop "$pgdir"; rm -rf "$pgdir"' EXIT
-export "$(scripts/pg.sh start "$pgdir")"
+pg=$(scripts/pg.sh start "$pgdir")
+export "$pg"
 cargo test --workspace -- --test-threads=2
