@@ -96,7 +96,7 @@ pub fn registry() -> Registry {
     );
     r.register(
         "gateway_connected",
-        "1 while connected to the gateway, else 0",
+        "Connections to gateway instances up (1 with one gateway url; 0 when none)",
         m.connected.clone(),
     );
     r.register(
