@@ -295,6 +295,8 @@ struct Tables {
     callers: HashMap<[u8; 32], (CallerInfo, Option<i64>)>,
     admins: HashMap<[u8; 32], AdminTokenInfo>,
     tunnels: HashMap<String, TunnelInfo>,
+    /// Tunnel id to name (what a relayed request names).
+    names: HashMap<String, String>,
     /// By tunnel id: the current key's generation, and until when the
     /// previous one is accepted.
     keys: HashMap<String, (i64, Option<i64>)>,
@@ -397,7 +399,7 @@ impl Registry {
 
     /// A tunnel by id (what a relayed request names).
     pub async fn tunnel_by_id(&self, id: &str) -> Result<Option<TunnelInfo>, StoreError> {
-        let find = |t: &Tables| t.tunnels.values().find(|x| x.id == id).cloned();
+        let find = |t: &Tables| t.names.get(id).and_then(|n| t.tunnels.get(n)).cloned();
         if let Some(t) = find(&self.tables()) {
             return Ok(Some(t));
         }
@@ -449,6 +451,10 @@ impl Registry {
                         (t.key_generation, t.previous_key_valid_until),
                     )
                 })
+                .collect(),
+            names: tunnels
+                .iter()
+                .map(|t| (t.info.id.clone(), t.info.name.clone()))
                 .collect(),
             tunnels: tunnels
                 .into_iter()
