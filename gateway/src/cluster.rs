@@ -85,10 +85,8 @@ impl Cluster {
             .iter()
             .map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509))
             .collect();
-        let mut id = [0u8; 6];
-        rand::rngs::OsRng.fill_bytes(&mut id);
         Ok(Cluster {
-            instance: format!("gw_{}", hex::encode(id)),
+            instance: new_instance_id(),
             advertised,
             lease: cfg.lease,
             holders: ArcSwap::default(),
@@ -212,6 +210,13 @@ impl Cluster {
         self.holders.store(Arc::new(holders));
         Ok(())
     }
+}
+
+/// A new instance id: `gw_` and 12 random hex digits.
+pub fn new_instance_id() -> String {
+    let mut id = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    format!("gw_{}", hex::encode(id))
 }
 
 /// The relay listener's TLS: 1.3 only, this instance's certificate, and a

@@ -1013,6 +1013,47 @@ allow_without_plugins = true
         );
     }
 
+    /// `[cluster]`: needs the shared store, and each field is checked.
+    #[test]
+    fn cluster_settings_are_checked_and_name_the_field() {
+        let cluster = "[cluster]\nrelay_listen = \"127.0.0.1:0\"\ntls_cert = \"i.pem\"\n\
+                       tls_key = \"i.key\"\ntls_ca = \"ca.pem\"\n";
+        let shared = base().replace("[store]", "[store]\nurl = \"postgres://u@h/db\"");
+        let ok = load_str(&format!("{shared}{cluster}")).unwrap();
+        let c = ok.cluster.unwrap();
+        assert_eq!(c.lease, Duration::from_secs(6));
+        assert_eq!(c.server_name, "gateway-relay");
+        let bound: SocketAddr = "0.0.0.0:7443".parse().unwrap();
+        let e = c.advertised(bound).unwrap_err().to_string();
+        assert!(e.contains("cluster.relay_advertise"), "{e}");
+        for (text, field) in [
+            (format!("{}{cluster}", base()), "store.url"),
+            (
+                format!("{shared}{}", cluster.replace("127.0.0.1:0", "nope")),
+                "cluster.relay_listen",
+            ),
+            (
+                format!("{shared}{cluster}relay_advertise = \"0.0.0.0:7443\"\n"),
+                "cluster.relay_advertise",
+            ),
+            (
+                format!("{shared}{cluster}lease = \"2s\"\n"),
+                "cluster.lease",
+            ),
+            (
+                format!("{shared}{cluster}server_name = \"not a name\"\n"),
+                "cluster.server_name",
+            ),
+            (
+                format!("{shared}{}", cluster.replace("tls_ca = \"ca.pem\"\n", "")),
+                "tls_ca",
+            ),
+        ] {
+            let e = load_str(&text).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
     #[test]
     fn public_budgets_have_strict_defaults_and_name_the_bad_field() {
         let p = load_str(base()).unwrap().public;

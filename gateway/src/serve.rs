@@ -392,10 +392,9 @@ pub fn serve(cfg: GatewayConfig) -> anyhow::Result<()> {
     )?;
     // On a shared store, reloads are announced to the other instances
     // and theirs heard (see `crate::reload`).
-    let instance = cluster.as_ref().map_or_else(
-        || format!("gw_{:012x}", rand::random::<u64>() >> 16),
-        |c| c.instance.clone(),
-    );
+    let instance = cluster
+        .as_ref()
+        .map_or_else(crate::cluster::new_instance_id, |c| c.instance.clone());
     let _reloader = crate::reload::start(
         crate::reload::Reloader::new(
             cfg.clone(),

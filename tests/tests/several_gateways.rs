@@ -441,7 +441,7 @@ async fn any_instance_serves_a_tunnel_whose_agent_sits_on_another_one_hop_plugin
         ("no certificate", None),
         ("another CA's", Some(&stranger_cert)),
     ] {
-        let answer = relay_get(c.gateways[0].relay_addr(), &c.pki, cert, &tunnel.id).await;
+        let answer = relay_get(c.gateways[0].relay_addr(), &c.pki, cert, &tunnel.id, "10").await;
         eprintln!("relay listener, {who}: {answer}");
         assert!(
             !answer.starts_with("HTTP/1.1"),
@@ -451,8 +451,33 @@ async fn any_instance_serves_a_tunnel_whose_agent_sits_on_another_one_hop_plugin
     // An instance's own certificate is answered (a relayed request for a
     // tunnel this instance has no agent of: 503, not relayed again).
     let own = c.pki.issue("instance-x", &["gateway-relay"]);
-    let answer = relay_get(c.gateways[1].relay_addr(), &c.pki, Some(&own), &tunnel.id).await;
+    let answer = relay_get(
+        c.gateways[1].relay_addr(),
+        &c.pki,
+        Some(&own),
+        &tunnel.id,
+        "10",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // Relay fields that do not read are refused, not guessed at.
+    let answer = relay_get(
+        c.gateways[0].relay_addr(),
+        &c.pki,
+        Some(&own),
+        &tunnel.id,
+        "-1",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("body limit"),
+        "{answer}"
+    );
+    let answer = relay_get(c.gateways[0].relay_addr(), &c.pki, Some(&own), "", "10").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("tunnel-relay-tunnel"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,6 +549,7 @@ async fn relay_get(
     pki: &Pki,
     cert: Option<&tests::pki::CertFiles>,
     tunnel_id: &str,
+    body_limit: &str,
 ) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -553,14 +579,16 @@ async fn relay_get(
     let head = format!(
         "GET / HTTP/1.1\r\nHost: wiki.test\r\ntunnel-relay-tunnel: {tunnel_id}\r\n\
          tunnel-relay-caller: cal_x\r\ntunnel-relay-org: acme\r\ntunnel-relay-route: r\r\n\
-         tunnel-relay-body-limit: 10\r\nConnection: close\r\n\r\n"
+         tunnel-relay-body-limit: {body_limit}\r\nConnection: close\r\n\r\n"
     );
     if let Err(e) = tls.write_all(head.as_bytes()).await {
         return format!("write failed: {e}");
     }
-    let mut buf = vec![0u8; 4096];
-    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
-        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+    // `Connection: close`: everything up to the end of the stream.
+    let mut answer = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await {
+        Ok(Ok(_)) => String::from_utf8_lossy(&answer).into_owned(),
+        Ok(Err(_)) if !answer.is_empty() => String::from_utf8_lossy(&answer).into_owned(),
         Ok(Err(e)) => format!("read failed: {e}"),
         Err(_) => "no answer within 10 s".into(),
     }
